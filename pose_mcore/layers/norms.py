@@ -1,0 +1,46 @@
+"""Normalisations: an fp32 LayerNorm and an RMSNorm whose normalised dimension is split over TP ranks."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed.nn.functional as dist_fn
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import set_tensor_model_parallel_attributes
+from torch import nn
+
+
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the activation dtype (as Wan and diffusers do)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
+class TPRMSNorm(nn.Module):
+    """RMSNorm over a hidden dimension whose channels are split across the tensor-parallel ranks.
+
+    Wan normalises q and k over all heads together (``rms_norm_across_heads``), but each TP rank
+    holds only its heads' channels. The sum of squares is therefore all-reduced across the TP group
+    (forward and backward) before dividing by the full size. The weight is split like the channels.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.tp_size = parallel_state.get_tensor_model_parallel_world_size()
+        if hidden_size % self.tp_size:
+            raise ValueError(f"TPRMSNorm: hidden_size={hidden_size} must be divisible by the TP size {self.tp_size}")
+        self.hidden_size = hidden_size
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size // self.tp_size))
+        set_tensor_model_parallel_attributes(self.weight, True, 0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        sum_sq = xf.pow(2).sum(dim=-1, keepdim=True)
+        if self.tp_size > 1:
+            sum_sq = dist_fn.all_reduce(sum_sq, group=parallel_state.get_tensor_model_parallel_group())
+        y = xf * torch.rsqrt(sum_sq / self.hidden_size + self.eps)
+        return (y * self.weight.float()).to(x.dtype)

@@ -1,0 +1,51 @@
+"""ModuleSpecs of the shared layers in two flavours: megatron-core's local parallel linears (CPU and
+GPU) and transformer-engine's (GPU). The choice is made here and nowhere else."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.spec_utils import ModuleSpec
+
+from pose_mcore.layers.attention import AttentionSubmodules, CrossAttention, SelfAttention
+from pose_mcore.layers.mlp import MLP, MLPSubmodules
+from pose_mcore.layers.norms import TPRMSNorm
+
+
+def resolve_transformer_impl(requested: str) -> str:
+    """'transformer_engine' when asked (or 'auto') and usable (installed, CUDA), else 'local'."""
+    te_usable = torch.cuda.is_available() and importlib.util.find_spec("transformer_engine") is not None
+    if requested == "transformer_engine" and not te_usable:
+        raise RuntimeError("transformer_impl='transformer_engine' needs transformer-engine installed and CUDA")
+    if requested == "transformer_engine" or (requested == "auto" and te_usable):
+        return "transformer_engine"
+    return "local"
+
+
+def parallel_linears(impl: str) -> tuple[type, type]:
+    """(column-parallel, row-parallel) linear classes of an implementation."""
+    if impl == "transformer_engine":
+        from megatron.core.extensions.transformer_engine import TEColumnParallelLinear, TERowParallelLinear
+
+        return TEColumnParallelLinear, TERowParallelLinear
+    return ColumnParallelLinear, RowParallelLinear
+
+
+def self_attention_spec(impl: str) -> ModuleSpec:
+    col, row = parallel_linears(impl)
+    return ModuleSpec(module=SelfAttention, submodules=AttentionSubmodules(
+        linear_q=col, linear_k=col, linear_v=col, linear_proj=row, q_norm=TPRMSNorm, k_norm=TPRMSNorm))
+
+
+def cross_attention_spec(impl: str, image_context: bool) -> ModuleSpec:
+    col, row = parallel_linears(impl)
+    return ModuleSpec(module=CrossAttention, params={"image_context": image_context}, submodules=AttentionSubmodules(
+        linear_q=col, linear_k=col, linear_v=col, linear_proj=row, q_norm=TPRMSNorm, k_norm=TPRMSNorm,
+        linear_k_img=col, linear_v_img=col, k_img_norm=TPRMSNorm))
+
+
+def mlp_spec(impl: str) -> ModuleSpec:
+    col, row = parallel_linears(impl)
+    return ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=col, linear_fc2=row))

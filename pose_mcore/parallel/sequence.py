@@ -1,0 +1,77 @@
+"""Sequence parallelism over the tensor-parallel ranks, in the Megatron sense.
+
+Between blocks the video tokens (sequence-first, ``[s, b, h]``) are split over the TP ranks.
+Column-parallel layers all-gather them and row-parallel layers reduce-scatter them (megatron-core
+does both). This module handles what megatron-core leaves to the model: padding a token count
+that does not divide by the TP size, entering and leaving the split region, and reducing the
+gradients of replicated parameters that only saw this rank's tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import (
+    copy_to_tensor_model_parallel_region,
+    gather_from_sequence_parallel_region,
+    scatter_to_sequence_parallel_region,
+)
+
+
+def pad_sequence(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad dim 0 of ``x`` up to a multiple of ``multiple``."""
+    pad = -x.shape[0] % multiple
+    if pad == 0:
+        return x
+    return F.pad(x, (0, 0) * (x.dim() - 1) + (0, pad))
+
+
+def scatter_tokens(x: torch.Tensor) -> torch.Tensor:
+    """Pad the full sequence ``[s, ...]`` to a multiple of the TP size and keep this rank's slice.
+
+    The backward all-gathers, so parameters before the split receive whole gradients.
+    """
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    return scatter_to_sequence_parallel_region(pad_sequence(x, tp))
+
+
+def gather_tokens(x: torch.Tensor, length: int) -> torch.Tensor:
+    """All-gather this rank's slice into the full sequence and strip the padding beyond ``length``.
+
+    Used once the result is replicated (the model output): the backward keeps this rank's slice.
+    """
+    return gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=False)[:length]
+
+
+def broadcast_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """Mark a replicated tensor that is about to act on this rank's tokens only (e.g. a timestep
+    modulation): identity forward, all-reduce of its gradient across the TP ranks backward."""
+    return copy_to_tensor_model_parallel_region(x)
+
+
+def mark_sequence_parallel(module: torch.nn.Module, enabled: bool) -> None:
+    """Tag every parameter of ``module`` as replicated-but-seeing-a-shard (megatron's attribute)."""
+    for p in module.parameters():
+        p.sequence_parallel = enabled
+
+
+def allreduce_sequence_parallel_grads(model: torch.nn.Module) -> None:
+    """Sum, across the TP ranks, the gradients of parameters tagged ``sequence_parallel``.
+
+    Under sequence parallelism a replicated parameter applied to token shards (norms, modulation
+    tables, row-parallel biases, the output head) gets only its shard's gradient on each rank.
+    Megatron's DDP does this in ``finalize_model_grads``; call this when training without it.
+    """
+    if parallel_state.get_tensor_model_parallel_world_size() == 1:
+        return
+    grads = [p.grad for p in model.parameters() if getattr(p, "sequence_parallel", False) and p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=parallel_state.get_tensor_model_parallel_group())
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
