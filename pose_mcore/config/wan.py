@@ -31,6 +31,10 @@ WAN_ARCH_FIELDS = (
     "rope_theta",
 )
 
+RECOMPUTE_EVERY_BLOCK: dict[str, Any] = dict(recompute_granularity="full", recompute_method="uniform",
+                                             recompute_num_layers=1)
+"""Overrides that turn on activation checkpointing of every block."""
+
 _ATTN_IMPLS = ("auto", "sdpa", "flash")
 _TRANSFORMER_IMPLS = ("auto", "local", "transformer_engine")
 

@@ -150,7 +150,8 @@ class CrossAttention(_HeadParallelAttention):
             self.linear_v_img = build_module(submodules.linear_v_img, d, d, **col)
             self.k_img_norm = build_module(submodules.k_img_norm, d, eps=config.layernorm_epsilon)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, image_context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor,
+                image_context: torch.Tensor | None = None) -> torch.Tensor:
         """``x [s_local, b, h]`` attends to ``context [l, b, h]`` (and ``image_context [m, b, h]``)."""
         q = split_heads(self._queries(x), self.head_dim)
         k, v = self._keys_values(context)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import set_tensor_model_parallel_attributes
 from torch import nn
+
+from pose_mcore.parallel.mappings import all_reduce_sum
 
 
 class FP32LayerNorm(nn.LayerNorm):
@@ -41,6 +42,6 @@ class TPRMSNorm(nn.Module):
         xf = x.float()
         sum_sq = xf.pow(2).sum(dim=-1, keepdim=True)
         if self.tp_size > 1:
-            sum_sq = dist_fn.all_reduce(sum_sq, group=parallel_state.get_tensor_model_parallel_group())
+            sum_sq = all_reduce_sum(sum_sq, parallel_state.get_tensor_model_parallel_group())
         y = xf * torch.rsqrt(sum_sq / self.hidden_size + self.eps)
         return (y * self.weight.float()).to(x.dtype)
