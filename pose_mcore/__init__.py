@@ -1,0 +1,7 @@
+"""pose_mcore: Megatron-style POSE distillation of video diffusion transformers."""
+
+from pose_mcore.config.wan import WAN_PRESETS, WanConfig, wan_config
+from pose_mcore.models.wan import WanModel
+from pose_mcore.parallel.state import destroy_parallel, initialize_parallel
+
+__all__ = ["WAN_PRESETS", "WanConfig", "WanModel", "destroy_parallel", "initialize_parallel", "wan_config"]

@@ -1,0 +1,1 @@
+"""Other projects' parameter names, mapped to pose_mcore's own."""
