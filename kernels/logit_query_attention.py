@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
 from pose_kernels._dispatch import HAVE_TRITON, check_float, interpreting, select_backend
 
 MAX_QUERIES = 128
@@ -143,9 +142,9 @@ def _key_mask(key_lengths: torch.Tensor | None, s0: int, s1: int, device: torch.
     return (torch.arange(s0, s1, device=device)[None, :] < key_lengths.to(device)[:, None])[:, None, None, :]
 
 
-def _reference_forward(q, k, v, key_lengths, scale, chunk=_REFERENCE_CHUNK):
+def _reference_forward(q, k, v, key_lengths, scale):
     """Chunked over S with the LSE merge: fp32 ``(out, lse)``, never an ``N x S`` matrix for all of S."""
-    qf = q.float()
+    qf, chunk = q.float(), _REFERENCE_CHUNK
     outs, lses = [], []
     for s0 in range(0, k.shape[2], chunk):
         s1 = min(s0 + chunk, k.shape[2])
@@ -160,8 +159,8 @@ def _reference_forward(q, k, v, key_lengths, scale, chunk=_REFERENCE_CHUNK):
     return _merge(torch.stack(outs), torch.stack(lses))
 
 
-def _reference_backward(q, k, v, key_lengths, scale, lse, grad_out, delta, chunk=_REFERENCE_CHUNK):
-    qf, do = q.float(), grad_out.float()
+def _reference_backward(q, k, v, key_lengths, scale, lse, grad_out, delta):
+    qf, do, chunk = q.float(), grad_out.float(), _REFERENCE_CHUNK
     dq = torch.zeros_like(qf)
     dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
     dv = torch.zeros_like(dk)
@@ -194,19 +193,20 @@ def _splits(q: torch.Tensor, s: int) -> tuple[int, int]:
     return triton.cdiv(s, keys), keys
 
 
-def _launch_args(q, k, v, key_lengths):
+def _launch_args(q, k, key_lengths):
+    """Shapes, split, key lengths and compile-time constants shared by the forward and backward launches."""
     b, h, n, d = q.shape
     s = k.shape[2]
     n_splits, keys = _splits(q, s)
     lens = key_lengths.to(device=q.device, dtype=torch.int32) if key_lengths is not None else q.new_empty(0)
-    common = dict(HAS_LEN=key_lengths is not None, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-                  BLOCK_N=max(16, triton.next_power_of_2(n)), BLOCK_S=_BLOCK_S, BLOCK_D=max(16, triton.next_power_of_2(d)),
-                  num_warps=4 if n <= 64 else 8)
-    return (b, h, n, d, s, n_splits, keys, lens, common)
+    meta = dict(HAS_LEN=key_lengths is not None, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+                BLOCK_N=max(16, triton.next_power_of_2(n)), BLOCK_S=_BLOCK_S,
+                BLOCK_D=max(16, triton.next_power_of_2(d)), num_warps=4 if n <= 64 else 8)
+    return b, h, n, d, s, n_splits, keys, lens, meta
 
 
 def _triton_forward(q, k, v, key_lengths, scale):
-    b, h, n, d, s, n_splits, keys, lens, meta = _launch_args(q, k, v, key_lengths)
+    b, h, n, d, s, n_splits, keys, lens, meta = _launch_args(q, k, key_lengths)
     o_part = torch.empty(b * h, n_splits, n, d, dtype=torch.float32, device=q.device)
     lse_part = torch.empty(b * h, n_splits, n, dtype=torch.float32, device=q.device)
     _fwd_kernel[(b * h, n_splits)](q, k, v, lens, o_part, lse_part, *q.stride(), *k.stride(), *v.stride(),
@@ -216,7 +216,7 @@ def _triton_forward(q, k, v, key_lengths, scale):
 
 
 def _triton_backward(q, k, v, key_lengths, scale, lse, grad_out, delta):
-    b, h, n, d, s, n_splits, keys, lens, meta = _launch_args(q, k, v, key_lengths)
+    b, h, n, d, s, n_splits, keys, lens, meta = _launch_args(q, k, key_lengths)
     dq_part = torch.empty(b * h, n_splits, n, d, dtype=torch.float32, device=q.device)
     dk = torch.zeros(b, h, s, d, dtype=torch.float32, device=q.device)
     dv = torch.zeros_like(dk)

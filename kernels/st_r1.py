@@ -17,7 +17,6 @@ Each is reproducible by seed; they are different streams with the same distribut
 from __future__ import annotations
 
 import torch
-
 from pose_kernels._dispatch import HAVE_TRITON, check_float, select_backend
 
 if HAVE_TRITON:

@@ -13,6 +13,13 @@ import torch
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 
+# Without a GPU the Triton kernels run under Triton's interpreter; it must be chosen before they are defined.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+KERNEL_BACKEND = "triton" if torch.cuda.is_available() else "interpret"
+"""The kernel backend of this machine; tests run it and the torch reference."""
+
 
 @pytest.fixture(scope="session")
 def tp1():
