@@ -22,7 +22,7 @@ def plain_attention(q, k, v, key_lengths=None, scale=None):
     """softmax(q k^T * scale) v and logsumexp of the scores: the formula, with autograd."""
     scores = q @ k.transpose(-1, -2) * (q.shape[-1] ** -0.5 if scale is None else scale)
     if key_lengths is not None:
-        valid = torch.arange(k.shape[2])[None, :] < key_lengths[:, None]
+        valid = torch.arange(k.shape[2], device=k.device)[None, :] < key_lengths[:, None]
         scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
     return torch.softmax(scores, dim=-1) @ v, torch.logsumexp(scores, dim=-1)
 
@@ -131,3 +131,18 @@ def test_bad_key_lengths_and_too_many_queries():
     with pytest.raises(ValueError, match=r"at most 128 queries"):
         logit_query_attention(torch.zeros(1, 1, 129, 16), torch.zeros(1, 1, 5, 16), torch.zeros(1, 1, 5, 16),
                               backend=KERNEL_BACKEND)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_kernel_matches_fp32_formula_on_gpu():
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(shape, device="cuda", generator=gen) for shape in ((2, 8, 33, 128), (2, 8, 5000, 128), (2, 8, 5000, 128)))
+    lengths = torch.tensor([5000, 1234], device="cuda")
+    qb, kb, vb = (t.bfloat16().requires_grad_() for t in (q, k, v))
+    out, lse = logit_query_attention(qb, kb, vb, lengths, backend="triton")
+    ref_out, ref_lse = plain_attention(q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), lengths)
+    assert_close_rel(out.float(), ref_out, 2e-2, "bf16 out")
+    assert_close_rel(lse, ref_lse, 1e-2, "bf16 lse")
+    for name, g, e in zip("qkv", _grads((out.float(), lse), (qb, kb, vb), 3), _grads((ref_out, ref_lse), (q, k, v), 3), strict=True):
+        assert_close_rel(g.float(), e, 3e-2, f"bf16 d{name}")
