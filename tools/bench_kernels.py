@@ -250,6 +250,7 @@ def main() -> None:
     print(f"device: {name}; dtype: {dtype}; reps: {reps}; peak bandwidth: {f'{peak:.0f} GB/s' if peak else 'unknown'}")
     if not cuda:
         print("No CUDA device: only the torch paths run here; the Triton kernel timings need a GPU.")
+        print("peak MB on the CPU is the sampled rise of the process RSS: memory the allocator reuses is not counted.")
     rows = bench_attention(attention, device, dtype, paths, reps) + bench_st_r1(latents, features, device, dtype,
                                                                                 backends, reps)
     print_table(rows, peak)
