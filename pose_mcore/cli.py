@@ -25,7 +25,7 @@ from tqdm import tqdm  # noqa: E402
 
 from pose_mcore.config.wan import RECOMPUTE_EVERY_BLOCK, WAN_PRESETS, wan_config  # noqa: E402
 from pose_mcore.models.wan import WanModel  # noqa: E402
-from pose_mcore.parallel.sequence import allreduce_sequence_parallel_grads  # noqa: E402
+from pose_mcore.parallel.sequence import finalize_tensor_parallel_grads  # noqa: E402
 from pose_mcore.parallel.state import destroy_parallel, initialize_parallel  # noqa: E402
 
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         loss = F.mse_loss(model(x_t, 1000 * t, text, image).sample, eps - x0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        allreduce_sequence_parallel_grads(model)
+        finalize_tensor_parallel_grads(model)
         average_data_parallel_grads(model)
         optimizer.step()
         if info.rank == 0:

@@ -37,7 +37,7 @@ def test_bad_config(overrides, match):
 
 
 def test_unknown_preset_lists_known():
-    with pytest.raises(ValueError, match=r"unknown Wan preset 'wan3'.*wan2.1-t2v-14b"):
+    with pytest.raises(ValueError, match=r"unknown WanConfig preset 'wan3'.*wan2.1-t2v-14b"):
         wan_config("wan3")
 
 

@@ -20,23 +20,30 @@ class FP32LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
-class TPRMSNorm(nn.Module):
-    """RMSNorm over a hidden dimension whose channels are split across the tensor-parallel ranks.
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dimension, in fp32.
 
-    Wan normalises q and k over all heads together (``rms_norm_across_heads``), but each TP rank
-    holds only its heads' channels. The sum of squares is therefore all-reduced across the TP group
-    (forward and backward) before dividing by the full size. The weight is split like the channels.
+    ``across_tp_ranks=True`` is for a dimension whose channels are split over the tensor-parallel
+    ranks: Wan normalises q and k over all heads together (``rms_norm_across_heads``) while each TP
+    rank holds only its heads' channels, so the sum of squares is all-reduced across the TP group
+    (forward and backward) before dividing by the full size, and the weight is split like the
+    channels. Otherwise (HunyuanVideo's per-head q/k norm) the weight is replicated; applied to this
+    rank's heads only, its gradient is partial and is tagged ``tp_partial_grad`` so
+    :func:`pose_mcore.parallel.sequence.finalize_tensor_parallel_grads` sums it over the TP ranks.
     """
 
-    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+    def __init__(self, hidden_size: int, eps: float = 1e-6, across_tp_ranks: bool = False) -> None:
         super().__init__()
-        self.tp_size = parallel_state.get_tensor_model_parallel_world_size()
+        self.tp_size = parallel_state.get_tensor_model_parallel_world_size() if across_tp_ranks else 1
         if hidden_size % self.tp_size:
-            raise ValueError(f"TPRMSNorm: hidden_size={hidden_size} must be divisible by the TP size {self.tp_size}")
+            raise ValueError(f"RMSNorm: hidden_size={hidden_size} must be divisible by the TP size {self.tp_size}")
         self.hidden_size = hidden_size
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size // self.tp_size))
-        set_tensor_model_parallel_attributes(self.weight, True, 0, 1)
+        if across_tp_ranks:
+            set_tensor_model_parallel_attributes(self.weight, True, 0, 1)
+        else:
+            self.weight.tp_partial_grad = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()

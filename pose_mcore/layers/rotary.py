@@ -10,15 +10,17 @@ import torch
 
 
 def rope_3d(axes_dim: tuple[int, int, int], grid: tuple[int, int, int], theta: float,
-            device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+            device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosines and sines ``[f*h*w, sum(axes_dim)]`` (fp32) for a token grid in raster order.
 
-    Angles are computed in float64 (as the reference implementations do) and rounded once.
+    Angles are computed in ``dtype`` and rounded to fp32 once: Wan's reference computes them in
+    float64, HunyuanVideo's in float32.
     """
     cos_axes, sin_axes = [], []
     for axis, (dim, n) in enumerate(zip(axes_dim, grid, strict=True)):
-        inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim)
-        angles = torch.outer(torch.arange(n, device=device, dtype=torch.float64), inv_freq)
+        inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=dtype, device=device) / dim)
+        angles = torch.outer(torch.arange(n, device=device, dtype=dtype), inv_freq)
         shape = [1, 1, 1, dim]
         shape[axis] = n
         cos_axes.append(angles.cos().repeat_interleave(2, dim=1).float().view(shape).expand(*grid, dim))

@@ -11,7 +11,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 
 from pose_mcore.layers.attention import AttentionSubmodules, CrossAttention, SelfAttention
 from pose_mcore.layers.mlp import MLP, MLPSubmodules
-from pose_mcore.layers.norms import TPRMSNorm
+from pose_mcore.layers.norms import RMSNorm
 
 
 def resolve_transformer_impl(requested: str) -> str:
@@ -33,17 +33,23 @@ def parallel_linears(impl: str) -> tuple[type, type]:
     return ColumnParallelLinear, RowParallelLinear
 
 
+# RMSNorm over all heads (Wan): the statistics are reduced across the TP ranks that hold the heads.
+ACROSS_HEADS_RMSNORM = ModuleSpec(module=RMSNorm, params={"across_tp_ranks": True})
+
+
 def self_attention_spec(impl: str) -> ModuleSpec:
     col, row = parallel_linears(impl)
+    norm = ACROSS_HEADS_RMSNORM
     return ModuleSpec(module=SelfAttention, submodules=AttentionSubmodules(
-        linear_q=col, linear_k=col, linear_v=col, linear_proj=row, q_norm=TPRMSNorm, k_norm=TPRMSNorm))
+        linear_q=col, linear_k=col, linear_v=col, linear_proj=row, q_norm=norm, k_norm=norm))
 
 
 def cross_attention_spec(impl: str, image_context: bool) -> ModuleSpec:
     col, row = parallel_linears(impl)
+    norm = ACROSS_HEADS_RMSNORM
     return ModuleSpec(module=CrossAttention, params={"image_context": image_context}, submodules=AttentionSubmodules(
-        linear_q=col, linear_k=col, linear_v=col, linear_proj=row, q_norm=TPRMSNorm, k_norm=TPRMSNorm,
-        linear_k_img=col, linear_v_img=col, k_img_norm=TPRMSNorm))
+        linear_q=col, linear_k=col, linear_v=col, linear_proj=row, q_norm=norm, k_norm=norm,
+        linear_k_img=col, linear_v_img=col, k_img_norm=norm))
 
 
 def mlp_spec(impl: str) -> ModuleSpec:

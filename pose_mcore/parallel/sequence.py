@@ -57,16 +57,18 @@ def mark_sequence_parallel(module: torch.nn.Module, enabled: bool) -> None:
         p.sequence_parallel = enabled
 
 
-def allreduce_sequence_parallel_grads(model: torch.nn.Module) -> None:
-    """Sum, across the TP ranks, the gradients of parameters tagged ``sequence_parallel``.
+def finalize_tensor_parallel_grads(model: torch.nn.Module) -> None:
+    """Sum, across the TP ranks, the gradients that each rank only partly computes.
 
-    Under sequence parallelism a replicated parameter applied to token shards (norms, modulation
-    tables, row-parallel biases, the output head) gets only its shard's gradient on each rank.
-    Megatron's DDP does this in ``finalize_model_grads``; call this when training without it.
+    These are replicated parameters tagged ``sequence_parallel`` (applied to this rank's token shard:
+    norms, modulation tables, row-parallel biases, the output head; megatron's own tag) and those
+    tagged ``tp_partial_grad`` (applied to this rank's heads only: per-head q/k norms). Megatron's
+    DDP does the former in ``finalize_model_grads``; call this after ``backward()`` without it.
     """
     if parallel_state.get_tensor_model_parallel_world_size() == 1:
         return
-    grads = [p.grad for p in model.parameters() if getattr(p, "sequence_parallel", False) and p.grad is not None]
+    grads = [p.grad for p in model.parameters() if p.grad is not None and (
+        getattr(p, "sequence_parallel", False) or getattr(p, "tp_partial_grad", False))]
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])

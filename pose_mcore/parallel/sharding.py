@@ -3,6 +3,11 @@
 pose_mcore's checkpoints hold whole tensors under the model's own parameter names. A TP rank keeps
 the slice that megatron-core's attributes describe (``tensor_model_parallel``, ``partition_dim``);
 these helpers cut whole tensors into a rank's slices and gather slices back into whole tensors.
+
+A fused parameter may also carry ``partition_groups``: the sizes of the consecutive groups it
+concatenates along ``partition_dim`` (e.g. ``(h, h, h, m)`` for HunyuanVideo's fused q, k, v, MLP
+input). Each group is split evenly over the ranks and a rank holds its piece of every group, in
+order: ``[q_r | k_r | v_r | mlp_r]``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ def _partition_dim(param: torch.Tensor, name: str) -> int:
     return param.partition_dim
 
 
+def _groups(param: torch.Tensor, dim: int, tp: int) -> tuple[int, ...]:
+    """Whole-tensor sizes of the groups concatenated along ``dim`` (one group unless fused)."""
+    return tuple(getattr(param, "partition_groups", None) or (param.shape[dim] * tp,))
+
+
 def local_slice(full: torch.Tensor, param: torch.Tensor, name: str = "?") -> torch.Tensor:
     """This TP rank's slice of the whole tensor ``full`` for the (local) parameter ``param``."""
     if not _is_sharded(param):
@@ -32,10 +42,11 @@ def local_slice(full: torch.Tensor, param: torch.Tensor, name: str = "?") -> tor
     dim = _partition_dim(param, name)
     tp = parallel_state.get_tensor_model_parallel_world_size()
     rank = parallel_state.get_tensor_model_parallel_rank()
-    if full.shape[dim] != param.shape[dim] * tp:
+    groups = _groups(param, dim, tp)
+    if full.shape[dim] != param.shape[dim] * tp or sum(groups) != full.shape[dim] or any(g % tp for g in groups):
         raise ValueError(f"{name}: whole tensor of shape {tuple(full.shape)} does not split into "
-                         f"{tp} slices of shape {tuple(param.shape)} along dim {dim}")
-    return full.narrow(dim, rank * param.shape[dim], param.shape[dim])
+                         f"{tp} slices of shape {tuple(param.shape)} along dim {dim} (groups {groups})")
+    return torch.cat([g.chunk(tp, dim=dim)[rank] for g in full.split(groups, dim=dim)], dim=dim)
 
 
 def load_full_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
@@ -66,9 +77,12 @@ def gather_full(param: torch.Tensor, local: torch.Tensor | None = None, name: st
         return local.clone()
     dim = _partition_dim(param, name)
     group = parallel_state.get_tensor_model_parallel_group()
-    pieces = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    tp = dist.get_world_size(group)
+    pieces = [torch.empty_like(local) for _ in range(tp)]
     dist.all_gather(pieces, local.contiguous(), group=group)
-    return torch.cat(pieces, dim=dim)
+    local_groups = [g // tp for g in _groups(param, dim, tp)]
+    per_rank = [p.split(local_groups, dim=dim) for p in pieces]
+    return torch.cat([torch.cat([r[i] for r in per_rank], dim=dim) for i in range(len(local_groups))], dim=dim)
 
 
 def full_state_dict(model: torch.nn.Module, grads: bool = False) -> dict[str, torch.Tensor]:

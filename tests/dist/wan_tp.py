@@ -15,7 +15,7 @@ from wan_reference import wan_inputs  # noqa: E402
 
 from pose_mcore.config.wan import RECOMPUTE_EVERY_BLOCK, wan_config  # noqa: E402
 from pose_mcore.models.wan import WanModel  # noqa: E402
-from pose_mcore.parallel.sequence import allreduce_sequence_parallel_grads  # noqa: E402
+from pose_mcore.parallel.sequence import finalize_tensor_parallel_grads  # noqa: E402
 from pose_mcore.parallel.sharding import full_state_dict, load_full_state_dict  # noqa: E402
 from pose_mcore.parallel.state import destroy_parallel, initialize_parallel  # noqa: E402
 
@@ -31,7 +31,7 @@ def run(model: WanModel, inputs: dict[str, torch.Tensor], weight: torch.Tensor) 
     inputs = {k: v.clone().requires_grad_(k != "timestep") for k, v in inputs.items()}
     out = model(**inputs).sample
     (out * weight).sum().backward()
-    allreduce_sequence_parallel_grads(model)
+    finalize_tensor_parallel_grads(model)
     result = {"out": out.detach()}
     result.update({f"input_grad.{k}": v.grad for k, v in inputs.items() if v.grad is not None})
     result.update({f"grad.{k}": v for k, v in full_state_dict(model, grads=True).items()})
