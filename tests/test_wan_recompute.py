@@ -26,4 +26,4 @@ def test_recompute_same_gradients(tp1, method):
     for name, p in recompute.named_parameters():
         assert p.grad is not None, name
         assert_close_rel(p.grad, grads[name].grad, 1e-6, name)
-    assert recompute._recompute(0) and (method == "uniform") == recompute._recompute(1)
+    assert recompute.config.recompute_block(0) and (method == "uniform") == recompute.config.recompute_block(1)

@@ -88,6 +88,13 @@ class VideoDiTConfig(TransformerConfig):
         if self.transformer_impl not in TRANSFORMER_IMPLS:
             self.fail(f"transformer_impl={self.transformer_impl!r} must be one of {TRANSFORMER_IMPLS}")
 
+    def recompute_block(self, index: int) -> bool:
+        """Whether block ``index`` is activation-checkpointed: megatron's ``recompute_granularity='full'``
+        with method 'uniform' checkpoints every block, 'block' the first ``recompute_num_layers``."""
+        if self.recompute_granularity != "full" or not torch.is_grad_enabled():
+            return False
+        return self.recompute_method == "uniform" or index < (self.recompute_num_layers or 0)
+
     def check_rope_axes(self, axes: tuple[int, int, int]) -> None:
         if len(axes) != 3 or sum(axes) != self.head_dim or any(a < 2 or a % 2 for a in axes):
             self.fail(f"rotary axes {tuple(axes)} must be three even positive sizes summing to the head dim "

@@ -9,7 +9,6 @@ is replicated, so its key/value projections are built without sequence paralleli
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from pose_mcore.layers.rotary import apply_rotary
+from pose_mcore.parallel.sequence import without_sequence_parallel
 
 _flash_attn_func = None
 
@@ -38,8 +38,15 @@ def resolve_attn_impl(requested: str, q: torch.Tensor) -> str:
     return "sdpa"
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "auto") -> torch.Tensor:
-    """Softmax attention of ``q [b, h, sq, d]`` over ``k, v [b, h, sk, d]`` with scale ``d ** -0.5``."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "auto",
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax attention of ``q [b, h, sq, d]`` over ``k, v [b, h, sk, d]`` with scale ``d ** -0.5``.
+
+    ``mask`` (bool, broadcastable to ``[b, h, sq, sk]``, True = attend) is applied with SDPA; the
+    flash-attn path is taken only without a mask.
+    """
+    if mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if resolve_attn_impl(impl, q) == "flash":
         global _flash_attn_func
         if _flash_attn_func is None:
@@ -61,13 +68,6 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """``[b, n, s, d]`` -> ``[s, b, n*d]``."""
     b, n, s, d = x.shape
     return x.permute(2, 0, 1, 3).reshape(s, b, n * d)
-
-
-def without_sequence_parallel(config: TransformerConfig) -> TransformerConfig:
-    """A copy of ``config`` for layers fed replicated (not sequence-split) inputs."""
-    if not config.sequence_parallel:
-        return config
-    return dataclasses.replace(config, sequence_parallel=False)
 
 
 @dataclass
@@ -164,3 +164,129 @@ class CrossAttention(_HeadParallelAttention):
             out = out + attention(q, split_heads(k_img, self.head_dim), split_heads(v_img, self.head_dim),
                                   self.attn_impl)
         return self._out(out)
+
+
+def _key_mask(key_length: int, context_mask: torch.Tensor) -> torch.Tensor:
+    """Boolean mask ``[b, 1, 1, key_length + l]`` over keys [video ; text]: every video key, the valid text keys."""
+    video = torch.ones(context_mask.shape[0], key_length, dtype=torch.bool, device=context_mask.device)
+    return torch.cat([video, context_mask], dim=1)[:, None, None, :]
+
+
+@dataclass
+class JointAttentionSubmodules:
+    """Video projections (sequence-split input) and text projections (replicated input)."""
+
+    linear_q: ModuleSpec | type
+    linear_k: ModuleSpec | type
+    linear_v: ModuleSpec | type
+    linear_proj: ModuleSpec | type
+    q_norm: ModuleSpec | type
+    k_norm: ModuleSpec | type
+    linear_q_ctx: ModuleSpec | type
+    linear_k_ctx: ModuleSpec | type
+    linear_v_ctx: ModuleSpec | type
+    linear_proj_ctx: ModuleSpec | type
+    q_norm_ctx: ModuleSpec | type
+    k_norm_ctx: ModuleSpec | type
+
+
+class JointAttention(MegatronModule):
+    """One attention over [video ; text] tokens with separate projections per stream (HunyuanVideo's
+    dual-stream blocks). Video q/k get the 3-D rotary embedding; q/k are RMS-normalised per head;
+    padded text tokens are masked as keys. Video projections follow sequence parallelism, text ones
+    see the replicated text."""
+
+    def __init__(self, config: TransformerConfig, submodules: JointAttentionSubmodules) -> None:
+        super().__init__(config)
+        d = config.hidden_size
+        self.head_dim = d // config.num_attention_heads
+        self.attn_impl = getattr(config, "attn_impl", "auto")
+        text_config = without_sequence_parallel(config)
+        for stream, cfg in (("", config), ("_ctx", text_config)):
+            col = dict(config=cfg, init_method=config.init_method, bias=True, gather_output=False,
+                       skip_bias_add=False, is_expert=False)
+            for name in ("linear_q", "linear_k", "linear_v"):
+                setattr(self, name + stream, build_module(getattr(submodules, name + stream), d, d, **col))
+            for name in ("q_norm", "k_norm"):
+                setattr(self, name + stream, build_module(getattr(submodules, name + stream), self.head_dim,
+                                                          eps=config.layernorm_epsilon))
+            setattr(self, "linear_proj" + stream, build_module(
+                getattr(submodules, "linear_proj" + stream), d, d, config=cfg,
+                init_method=config.output_layer_init_method, bias=True, input_is_parallel=True, skip_bias_add=False,
+                is_expert=False))
+
+    def _qkv(self, x: torch.Tensor, stream: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = (getattr(self, f"linear_{n}{stream}")(x)[0].unflatten(-1, (-1, self.head_dim)) for n in "qkv")
+        return getattr(self, f"q_norm{stream}")(q), getattr(self, f"k_norm{stream}")(k), v
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
+                key_length: int, context_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x [s_local, b, h]``, ``context [l, b, h]``, ``context_mask [b, l]`` -> (video, text) outputs."""
+        qv, kv, vv = self._qkv(x, "")
+        cos, sin = (r[:, None, None, :] for r in rotary)
+        qv, kv = apply_rotary(qv, cos, sin), apply_rotary(kv, cos, sin)
+        qc, kc, vc = self._qkv(context, "_ctx")
+        n_video = qv.shape[0]
+        q = torch.cat([qv, qc]).flatten(-2)
+        k = torch.cat([kv[:key_length], kc]).flatten(-2)
+        v = torch.cat([vv[:key_length], vc]).flatten(-2)
+        out = attention(split_heads(q, self.head_dim), split_heads(k, self.head_dim), split_heads(v, self.head_dim),
+                        self.attn_impl, _key_mask(key_length, context_mask))
+        video, text = out[:, :, :n_video], out[:, :, n_video:]
+        return self.linear_proj(merge_heads(video))[0], self.linear_proj_ctx(merge_heads(text))[0]
+
+
+@dataclass
+class FusedAttentionMLPSubmodules:
+    linear_fc1: ModuleSpec | type
+    linear_fc2: ModuleSpec | type
+    q_norm: ModuleSpec | type
+    k_norm: ModuleSpec | type
+
+
+class FusedAttentionMLP(MegatronModule):
+    """HunyuanVideo's single-stream block body: one fused input linear for q, k, v and the MLP, attention
+    over [video ; text] in parallel with a tanh-GELU MLP, one fused output linear.
+
+    Tensor-parallel layout (the checkpoint converter depends on it). The whole ``linear_fc1`` weight
+    is ``[q | k | v | mlp]`` along its output dim (sizes ``h, h, h, m``, the official order); TP rank
+    ``r`` holds ``[q_r | k_r | v_r | mlp_r]``, the r-th of ``tp`` equal chunks of each part: its own
+    heads' q, k, v and its slice of the MLP. The whole ``linear_fc2`` weight is ``[attn | mlp]``
+    along its input dim (sizes ``h, m``); rank ``r`` holds ``[attn_r | mlp_r]``. Both carry
+    ``partition_groups`` so :mod:`pose_mcore.parallel.sharding` cuts and gathers them this way.
+
+    The input is the replicated [video ; text] sequence: under sequence parallelism the block gathers
+    the video tokens before and splits them after (see ``models/hunyuan.py``).
+    """
+
+    def __init__(self, config: TransformerConfig, submodules: FusedAttentionMLPSubmodules) -> None:
+        super().__init__(config)
+        d, m = config.hidden_size, config.ffn_hidden_size
+        self.head_dim = d // config.num_attention_heads
+        self.attn_impl = getattr(config, "attn_impl", "auto")
+        tp = parallel_state.get_tensor_model_parallel_world_size()
+        self.local_sizes = (d // tp, d // tp, d // tp, m // tp)
+        cfg = without_sequence_parallel(config)
+        self.linear_fc1 = build_module(submodules.linear_fc1, d, 3 * d + m, config=cfg, init_method=config.init_method,
+                                       bias=True, gather_output=False, skip_bias_add=False, is_expert=False)
+        self.linear_fc2 = build_module(submodules.linear_fc2, d + m, d, config=cfg,
+                                       init_method=config.output_layer_init_method, bias=True, input_is_parallel=True,
+                                       skip_bias_add=False, is_expert=False)
+        self.linear_fc1.weight.partition_groups = self.linear_fc1.bias.partition_groups = (d, d, d, m)
+        self.linear_fc2.weight.partition_groups = (d, m)
+        self.q_norm = build_module(submodules.q_norm, self.head_dim, eps=config.layernorm_epsilon)
+        self.k_norm = build_module(submodules.k_norm, self.head_dim, eps=config.layernorm_epsilon)
+
+    def forward(self, x: torch.Tensor, n_video: int, rotary: tuple[torch.Tensor, torch.Tensor], key_length: int,
+                context_mask: torch.Tensor) -> torch.Tensor:
+        """``x [n_video + l, b, h]`` (video first, ``n_video`` of them incl. padding) -> ``[n_video + l, b, h]``."""
+        q, k, v, mlp = self.linear_fc1(x)[0].split(self.local_sizes, dim=-1)
+        q = self.q_norm(q.unflatten(-1, (-1, self.head_dim)))
+        k = self.k_norm(k.unflatten(-1, (-1, self.head_dim)))
+        cos, sin = (r[:, None, None, :] for r in rotary)
+        q = torch.cat([apply_rotary(q[:n_video], cos, sin), q[n_video:]]).flatten(-2)
+        k = torch.cat([apply_rotary(k[:key_length], cos[:key_length], sin[:key_length]), k[n_video:]]).flatten(-2)
+        v = torch.cat([v[:key_length], v[n_video:]])
+        out = attention(split_heads(q, self.head_dim), split_heads(k, self.head_dim), split_heads(v, self.head_dim),
+                        self.attn_impl, _key_mask(key_length, context_mask))
+        return self.linear_fc2(torch.cat([merge_heads(out), F.gelu(mlp, approximate="tanh")], dim=-1))[0]

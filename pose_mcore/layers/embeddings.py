@@ -73,3 +73,18 @@ class ImageEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm2(self.ff(self.norm1(x)))
+
+
+def unpatchify(tokens: torch.Tensor, batch: int, grid: tuple[int, int, int], patch: tuple[int, int, int],
+               channels: int, channels_first: bool) -> torch.Tensor:
+    """Tokens ``[s, b, prod(patch) * channels]`` back to a video ``[b, channels, f, h, w]``.
+
+    Within a token the values are ordered (pt, ph, pw, c) for Wan and (c, pt, ph, pw) for
+    HunyuanVideo (``channels_first``), as their output projections are laid out.
+    """
+    x = tokens.transpose(0, 1)
+    if channels_first:
+        x = x.reshape(batch, *grid, channels, *patch).permute(0, 4, 1, 5, 2, 6, 3, 7)
+    else:
+        x = x.reshape(batch, *grid, *patch, channels).permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return x.reshape(batch, channels, *(g * p for g, p in zip(grid, patch, strict=True)))

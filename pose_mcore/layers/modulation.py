@@ -6,8 +6,15 @@ timesteps or ``[1, b, n, d]`` for one timestep per sample.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
 from torch import nn
+
+from pose_mcore.parallel.sequence import without_sequence_parallel
 
 
 def modulation_chunks(table: torch.Tensor, mod: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -23,3 +30,37 @@ def modulate(norm: nn.Module, x: torch.Tensor, shift: torch.Tensor, scale: torch
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """``x + y * gate`` in fp32, returned in ``x``'s dtype."""
     return (x.float() + y.float() * gate).type_as(x)
+
+
+class AdaLNModulation(MegatronModule):
+    """``linear(silu(emb))`` split into ``n`` modulation vectors ``[1, b, d]`` (HunyuanVideo's AdaLN).
+
+    The linear is column-parallel with a gathered output, so its ``d x n*d`` weight is split over
+    the TP ranks instead of replicated; ``emb`` is replicated (not sequence-split).
+    """
+
+    def __init__(self, config: TransformerConfig, n: int, linear: type) -> None:
+        super().__init__(config)
+        self.n = n
+        self.linear = linear(config.hidden_size, n * config.hidden_size, config=without_sequence_parallel(config),
+                             init_method=config.init_method, bias=True, gather_output=True, skip_bias_add=False,
+                             is_expert=False)
+
+    def forward(self, emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.linear(F.silu(emb))[0].unflatten(-1, (self.n, -1)).unsqueeze(0).unbind(dim=-2)
+
+
+def by_segment(fn: Callable[..., torch.Tensor], n_first: int, tokens: tuple[torch.Tensor, ...],
+               mods: tuple[torch.Tensor, ...], first_mods: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+    """``fn(*tokens, *mods)``, except that the first ``n_first`` tokens use ``first_mods`` (HunyuanVideo-I2V's
+    token replacement gives the clean first frame its own modulation).
+
+    With ``first_mods`` the split is made even when ``n_first`` is 0 (a sequence-parallel rank whose
+    shard holds no first-frame token), so every rank builds the same autograd graph: the backward,
+    and the recomputation of checkpointed blocks, then run their collectives in the same order.
+    """
+    if first_mods is None:
+        return fn(*tokens, *mods)
+    head = fn(*(t[:n_first] for t in tokens), *first_mods)
+    tail = fn(*(t[n_first:] for t in tokens), *mods)
+    return torch.cat([head, tail], dim=0)

@@ -9,7 +9,15 @@ import torch
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.spec_utils import ModuleSpec
 
-from pose_mcore.layers.attention import AttentionSubmodules, CrossAttention, SelfAttention
+from pose_mcore.layers.attention import (
+    AttentionSubmodules,
+    CrossAttention,
+    FusedAttentionMLP,
+    FusedAttentionMLPSubmodules,
+    JointAttention,
+    JointAttentionSubmodules,
+    SelfAttention,
+)
 from pose_mcore.layers.mlp import MLP, MLPSubmodules
 from pose_mcore.layers.norms import RMSNorm
 
@@ -55,3 +63,19 @@ def cross_attention_spec(impl: str, image_context: bool) -> ModuleSpec:
 def mlp_spec(impl: str) -> ModuleSpec:
     col, row = parallel_linears(impl)
     return ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=col, linear_fc2=row))
+
+
+def joint_attention_spec(impl: str) -> ModuleSpec:
+    """HunyuanVideo dual-stream attention; q/k RMSNorm per head (replicated weight)."""
+    col, row = parallel_linears(impl)
+    return ModuleSpec(module=JointAttention, submodules=JointAttentionSubmodules(
+        linear_q=col, linear_k=col, linear_v=col, linear_proj=row, q_norm=RMSNorm, k_norm=RMSNorm,
+        linear_q_ctx=col, linear_k_ctx=col, linear_v_ctx=col, linear_proj_ctx=row, q_norm_ctx=RMSNorm,
+        k_norm_ctx=RMSNorm))
+
+
+def fused_attention_mlp_spec(impl: str) -> ModuleSpec:
+    """HunyuanVideo single-stream body: fused q/k/v/MLP input linear, fused output linear."""
+    col, row = parallel_linears(impl)
+    return ModuleSpec(module=FusedAttentionMLP, submodules=FusedAttentionMLPSubmodules(
+        linear_fc1=col, linear_fc2=row, q_norm=RMSNorm, k_norm=RMSNorm))

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pose_mcore.config.wan import WanConfig
-from pose_mcore.layers.embeddings import ImageEmbedding, MLPEmbedding, PatchEmbed3D, timestep_sinusoid
+from pose_mcore.layers.embeddings import ImageEmbedding, MLPEmbedding, PatchEmbed3D, timestep_sinusoid, unpatchify
 from pose_mcore.layers.modulation import gated_residual, modulate, modulation_chunks
 from pose_mcore.layers.norms import FP32LayerNorm
 from pose_mcore.layers.rotary import rope_3d
@@ -126,7 +126,7 @@ class WanModel(MegatronModule):
         """Velocity for ``hidden_states [b, c, f, h, w]`` at ``timestep`` (``1000 * t``, ``[b]`` or
         ``[b, tokens]``) given text embeddings ``[b, l, text_dim]`` (and CLIP image tokens)."""
         cfg = self.config
-        b, _, f, h, w = hidden_states.shape
+        b = hidden_states.shape[0]
         grid = self.patch_embedding.grid(hidden_states.shape)
         n_tokens = math.prod(grid)
         x = self.patch_embedding(hidden_states)
@@ -146,7 +146,7 @@ class WanModel(MegatronModule):
 
         for i, block in enumerate(self.blocks):
             args = (x, context, image_context, mod, rotary, n_tokens)
-            if self._recompute(i):
+            if cfg.recompute_block(i):
                 x = checkpoint(block, *args, use_reentrant=False)
             else:
                 x = block(*args)
@@ -155,15 +155,5 @@ class WanModel(MegatronModule):
         x = self.proj_out(modulate(self.norm_out, x, shift, scale))
         if cfg.sequence_parallel:
             x = gather_tokens(x, n_tokens)
-        pt, ph, pw = cfg.patch_size
-        x = x.transpose(0, 1).reshape(b, *grid, pt, ph, pw, cfg.out_channels)
-        out = x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, cfg.out_channels, f, h, w)
+        out = unpatchify(x, b, grid, cfg.patch_size, cfg.out_channels, channels_first=False)
         return TransformerOutput(sample=out) if return_dict else (out,)
-
-    def _recompute(self, index: int) -> bool:
-        """Activation checkpointing per block: megatron's ``recompute_granularity='full'`` with method
-        'uniform' checkpoints every block, 'block' the first ``recompute_num_layers``."""
-        cfg = self.config
-        if cfg.recompute_granularity != "full" or not torch.is_grad_enabled():
-            return False
-        return cfg.recompute_method == "uniform" or index < (cfg.recompute_num_layers or 0)

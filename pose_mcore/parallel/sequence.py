@@ -9,6 +9,8 @@ gradients of replicated parameters that only saw this rank's tokens.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -18,6 +20,14 @@ from megatron.core.tensor_parallel import (
     gather_from_sequence_parallel_region,
     scatter_to_sequence_parallel_region,
 )
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+
+def without_sequence_parallel(config: TransformerConfig) -> TransformerConfig:
+    """A copy of ``config`` for layers fed replicated (not sequence-split) inputs, such as text."""
+    if not config.sequence_parallel:
+        return config
+    return dataclasses.replace(config, sequence_parallel=False)
 
 
 def pad_sequence(x: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -1,0 +1,84 @@
+"""Run under torchrun with 2 ranks: each model at TP=2 (sequence parallelism off and on) against the
+same weights at TP=1, saving both sides for tests/test_model_parallel.py to compare."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hunyuan_reference import VARIANTS, hunyuan_inputs  # noqa: E402
+from wan_reference import wan_inputs  # noqa: E402
+
+from pose_mcore.config.base import RECOMPUTE_EVERY_BLOCK  # noqa: E402
+from pose_mcore.config.hunyuan import hunyuan_config  # noqa: E402
+from pose_mcore.config.wan import wan_config  # noqa: E402
+from pose_mcore.models.hunyuan import HunyuanModel  # noqa: E402
+from pose_mcore.models.wan import WanModel  # noqa: E402
+from pose_mcore.parallel.sequence import finalize_tensor_parallel_grads  # noqa: E402
+from pose_mcore.parallel.sharding import full_state_dict, load_full_state_dict  # noqa: E402
+from pose_mcore.parallel.state import destroy_parallel, initialize_parallel  # noqa: E402
+
+
+def wan_case(preset, i2v, shape, per_token=False):
+    return lambda **kw: WanModel(wan_config(preset, **kw)), wan_inputs(i2v, *shape, seed=3, per_token_timestep=per_token)
+
+
+def hunyuan_case(variant, shape, text_lengths):
+    preset = VARIANTS[variant][1]
+    return lambda **kw: HunyuanModel(hunyuan_config(preset, **kw)), hunyuan_inputs(variant, *shape, text_lengths, seed=3)
+
+
+# name -> ((model factory, inputs), activation checkpointing)
+CASES = {
+    "wan_t2v_odd_tokens": (wan_case("tiny-t2v", False, (2, 3, 2, 6)), False),  # 9 tokens
+    "wan_i2v": (wan_case("tiny-i2v", True, (2, 2, 4, 6)), False),
+    "wan_t2v_per_token_t_recompute": (wan_case("tiny-t2v", False, (1, 3, 6, 2), per_token=True), True),
+    "hunyuan_t2v_odd_tokens": (hunyuan_case("t2v", (2, 3, 2, 6), [5, 2]), False),  # 9 tokens, masked text
+    "hunyuan_i2v_concat": (hunyuan_case("i2v_concat", (2, 2, 4, 6), [4, 6]), False),
+    "hunyuan_i2v_replace_recompute": (hunyuan_case("i2v_replace", (2, 3, 2, 6), [3, 4]), True),
+    "hunyuan_i2v_replace_first_frame_split": (hunyuan_case("i2v_replace", (1, 1, 2, 10), [4]), False),  # 5 tokens
+}
+
+
+def run(model, inputs: dict[str, torch.Tensor], weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    inputs = {k: v.clone().requires_grad_(v.is_floating_point() and k not in ("timestep", "guidance"))
+              for k, v in inputs.items()}
+    out = model(**inputs).sample
+    (out * weight).sum().backward()
+    finalize_tensor_parallel_grads(model)
+    result = {"out": out.detach()}
+    result.update({f"input_grad.{k}": v.grad for k, v in inputs.items() if v.grad is not None})
+    result.update({f"grad.{k}": v for k, v in full_state_dict(model, grads=True).items()})
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    results = {}
+    for name, ((build, inputs), recompute) in CASES.items():
+        extra = RECOMPUTE_EVERY_BLOCK if recompute else {}
+        initialize_parallel(1, seed=11)
+        reference = build()
+        weights = full_state_dict(reference)
+        out_shape = reference(**inputs).sample.shape
+        weight = torch.randn(out_shape, generator=torch.Generator().manual_seed(5))
+        results[name] = {"tp1": run(reference, inputs, weight)}
+        initialize_parallel(2, seed=11)
+        for sp in (False, True):
+            model = build(tensor_model_parallel_size=2, sequence_parallel=sp, **extra)
+            load_full_state_dict(model, weights)
+            results[name][f"tp2_sp{int(sp)}"] = run(model, inputs, weight)
+    if dist.get_rank() == 0:
+        torch.save(results, args.out)
+    destroy_parallel()
+
+
+if __name__ == "__main__":
+    main()
