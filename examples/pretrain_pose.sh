@@ -11,6 +11,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON="${PYTHON:-python3}"
 
+# megatron-core announces at import that it falls back to torch without transformer-engine / apex
+export PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore:Transformer Engine and Apex are not installed"
+
 if [[ -n "${TORCHELASTIC_RUN_ID:-}" || -n "${LOCAL_RANK:-}" ]]; then
   exec "$PYTHON" -m pose_mcore.cli "$@"
 fi

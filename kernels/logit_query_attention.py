@@ -31,6 +31,16 @@ if HAVE_TRITON:
     import triton.language as tl
 
     @triton.jit
+    def _program_keys(len_ptr, bh, split, H, S, keys_per_split, HAS_LEN: tl.constexpr):
+        """(batch, head, first key, end key) of the program for head row ``bh`` and key split ``split``."""
+        b = bh // H
+        length = S
+        if HAS_LEN:
+            length = tl.minimum(tl.load(len_ptr + b), S)
+        start = split * keys_per_split
+        return b, bh % H, start, tl.minimum(start + keys_per_split, length)
+
+    @triton.jit
     def _fwd_kernel(q_ptr, k_ptr, v_ptr, len_ptr, o_ptr, lse_ptr,
                     sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_s, sk_d, sv_b, sv_h, sv_s, sv_d,
                     H, N, S, D, scale, keys_per_split, n_splits,
@@ -38,13 +48,7 @@ if HAVE_TRITON:
                     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
         bh = tl.program_id(0)
         split = tl.program_id(1)
-        b = bh // H
-        h = bh % H
-        length = S
-        if HAS_LEN:
-            length = tl.minimum(tl.load(len_ptr + b), S)
-        start = split * keys_per_split
-        end = tl.minimum(start + keys_per_split, length)
+        b, h, start, end = _program_keys(len_ptr, bh, split, H, S, keys_per_split, HAS_LEN)
         n = tl.arange(0, BLOCK_N)
         d = tl.arange(0, BLOCK_D)
         nd_mask = (n[:, None] < N) & (d[None, :] < D)
@@ -80,13 +84,7 @@ if HAVE_TRITON:
                     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
         bh = tl.program_id(0)
         split = tl.program_id(1)
-        b = bh // H
-        h = bh % H
-        length = S
-        if HAS_LEN:
-            length = tl.minimum(tl.load(len_ptr + b), S)
-        start = split * keys_per_split
-        end = tl.minimum(start + keys_per_split, length)
+        b, h, start, end = _program_keys(len_ptr, bh, split, H, S, keys_per_split, HAS_LEN)
         n = tl.arange(0, BLOCK_N)
         d = tl.arange(0, BLOCK_D)
         n_mask = n < N

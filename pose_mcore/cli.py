@@ -1,8 +1,9 @@
 """Entry point that ``examples/pretrain_pose.sh`` executes on every rank.
 
-The POSE training phases have not landed yet, so this runs the Wan DiT with the requested tensor
-and sequence parallelism on a synthetic batch of random latents: a few flow-matching steps
-(velocity loss, Adam), printing the loss. It says so when it starts.
+The POSE training phases have not landed yet, so this runs a DiT (any Wan or HunyuanVideo preset)
+with the requested tensor and sequence parallelism on a synthetic batch of random latents and
+conditions: a few flow-matching steps (velocity loss, Adam), printing the loss. It says so when it
+starts.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import time
 import warnings
 
 # megatron-core's import-time notices that say nothing to a user of this command
-for _message in ("Transformer Engine and Apex are not installed", ".*tp_group is None", ".*CUDA_DEVICE_MAX_CONNECTIONS",
-                 ".*is deprecated"):
+for _message in (".*tp_group is None", ".*CUDA_DEVICE_MAX_CONNECTIONS", ".*is deprecated"):
     warnings.filterwarnings("ignore", message=_message)
 
 import torch  # noqa: E402
@@ -23,8 +23,8 @@ import torch.nn.functional as F  # noqa: E402
 from megatron.core import parallel_state  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from pose_mcore.config.wan import RECOMPUTE_EVERY_BLOCK, WAN_PRESETS, wan_config  # noqa: E402
-from pose_mcore.models.wan import WanModel  # noqa: E402
+from pose_mcore.config.base import RECOMPUTE_EVERY_BLOCK  # noqa: E402
+from pose_mcore.models.registry import ALL_PRESETS, family_of_preset  # noqa: E402
 from pose_mcore.parallel.sequence import finalize_tensor_parallel_grads  # noqa: E402
 from pose_mcore.parallel.state import destroy_parallel, initialize_parallel  # noqa: E402
 
@@ -42,7 +42,7 @@ def average_data_parallel_grads(model: torch.nn.Module) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="pose-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="tiny-t2v", choices=sorted(WAN_PRESETS), help="Wan model preset")
+    p.add_argument("--preset", default="tiny-t2v", choices=list(ALL_PRESETS), help="model preset (Wan or Hunyuan)")
     p.add_argument("--tp", type=int, default=None, help="tensor-parallel size (default: all ranks)")
     p.add_argument("--no-sequence-parallel", dest="sequence_parallel", action="store_false",
                    help="keep activations replicated across TP ranks (sequence parallelism is on when TP > 1)")
@@ -63,9 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     tp = args.tp or int(os.environ.get("WORLD_SIZE", 1))
     info = initialize_parallel(tp, seed=args.seed)
     extra = RECOMPUTE_EVERY_BLOCK if args.recompute else {}
-    cfg = wan_config(args.preset, tensor_model_parallel_size=tp, sequence_parallel=args.sequence_parallel and tp > 1,
-                     **extra)
-    model = WanModel(cfg).to(info.device)
+    family = family_of_preset(args.preset)
+    cfg = family.make_config(args.preset, tensor_model_parallel_size=tp,
+                             sequence_parallel=args.sequence_parallel and tp > 1, **extra)
+    model = family.model_class(cfg).to(info.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     if info.rank == 0:
         print(f"pose_mcore: POSE training has not landed yet; running {args.steps} flow-matching steps of "
@@ -78,15 +79,14 @@ def main(argv: list[str] | None = None) -> None:
         x0 = torch.randn(shape, generator=gen).to(info.device)
         eps = torch.randn(shape, generator=gen).to(info.device)
         t = torch.rand(args.batch, generator=gen).to(info.device)
-        text = torch.randn(args.batch, args.text_len, cfg.text_dim, generator=gen).to(info.device)
-        image = (torch.randn(args.batch, 8, cfg.image_dim, generator=gen).to(info.device)
-                 if cfg.image_dim is not None else None)
+        conditions = {k: v.to(info.device)
+                      for k, v in family.random_conditions(cfg, args.batch, args.text_len, gen).items()}
         x_t = (1 - t.view(-1, 1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1, 1) * eps
         if cfg.in_channels > cfg.out_channels:  # I2V: condition channels beside the noisy latent
             cond = torch.randn(args.batch, cfg.in_channels - cfg.out_channels, *shape[2:], generator=gen)
             x_t = torch.cat([x_t, cond.to(info.device)], dim=1)
         start = time.perf_counter()
-        loss = F.mse_loss(model(x_t, 1000 * t, text, image).sample, eps - x0)
+        loss = F.mse_loss(model(x_t, 1000 * t, **conditions).sample, eps - x0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         finalize_tensor_parallel_grads(model)

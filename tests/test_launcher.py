@@ -18,7 +18,8 @@ def test_launcher_runs_two_ranks_with_tp_and_sp():
     env = dict(os.environ, PYTHON=sys.executable, NPROC="2")
     env.pop("LOCAL_RANK", None)
     env.pop("TORCHELASTIC_RUN_ID", None)
-    proc = subprocess.run(["bash", str(ROOT / "examples" / "pretrain_pose.sh"), "--steps", "2", "--preset", "tiny-i2v",
+    proc = subprocess.run(["bash", str(ROOT / "examples" / "pretrain_pose.sh"), "--steps", "2", "--preset",
+                           "tiny-hunyuan-i2v-token-replace",
                            "--recompute"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "TP=2, sequence parallel=True" in proc.stdout

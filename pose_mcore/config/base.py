@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import torch
+from megatron.core import parallel_state
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 ATTN_IMPLS = ("auto", "sdpa", "flash")
@@ -87,6 +88,13 @@ class VideoDiTConfig(TransformerConfig):
             self.fail(f"attn_impl={self.attn_impl!r} must be one of {ATTN_IMPLS}")
         if self.transformer_impl not in TRANSFORMER_IMPLS:
             self.fail(f"transformer_impl={self.transformer_impl!r} must be one of {TRANSFORMER_IMPLS}")
+
+    def check_tensor_parallel_group(self) -> None:
+        """The initialised tensor-parallel group must have ``tensor_model_parallel_size`` ranks."""
+        tp = parallel_state.get_tensor_model_parallel_world_size()
+        if tp != self.tensor_model_parallel_size:
+            raise ConfigError(f"{type(self).__name__}.tensor_model_parallel_size={self.tensor_model_parallel_size} "
+                              f"but the initialised tensor-parallel group has {tp} ranks")
 
     def recompute_block(self, index: int) -> bool:
         """Whether block ``index`` is activation-checkpointed: megatron's ``recompute_granularity='full'``

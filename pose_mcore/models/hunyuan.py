@@ -209,10 +209,7 @@ class HunyuanModel(MegatronModule):
 
     def __init__(self, config: HunyuanConfig, block_specs: tuple[ModuleSpec, ModuleSpec] | None = None) -> None:
         super().__init__(config)
-        tp = parallel_state.get_tensor_model_parallel_world_size()
-        if tp != config.tensor_model_parallel_size:
-            raise ValueError(f"HunyuanConfig.tensor_model_parallel_size={config.tensor_model_parallel_size} but the "
-                             f"initialised tensor-parallel group has {tp} ranks")
+        config.check_tensor_parallel_group()
         d = config.hidden_size
         dual, single = block_specs or hunyuan_block_specs(config)
         self.x_embedder = PatchEmbed3D(config.in_channels, d, config.patch_size)

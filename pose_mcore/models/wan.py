@@ -90,10 +90,7 @@ class WanModel(MegatronModule):
 
     def __init__(self, config: WanConfig, block_spec: ModuleSpec | None = None) -> None:
         super().__init__(config)
-        tp = parallel_state.get_tensor_model_parallel_world_size()
-        if tp != config.tensor_model_parallel_size:
-            raise ValueError(f"WanConfig.tensor_model_parallel_size={config.tensor_model_parallel_size} but the "
-                             f"initialised tensor-parallel group has {tp} ranks")
+        config.check_tensor_parallel_group()
         d = config.hidden_size
         self.patch_embedding = PatchEmbed3D(config.in_channels, d, config.patch_size)
         self.time_embedder = MLPEmbedding(config.freq_dim, d, d, "silu")

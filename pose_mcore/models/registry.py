@@ -1,0 +1,69 @@
+"""The model families by name: their presets, config class and model class, and the conditioning
+keyword arguments each ``forward`` takes beside ``hidden_states`` and ``timestep``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pose_mcore.config.base import ConfigError, VideoDiTConfig
+from pose_mcore.config.hunyuan import HUNYUAN_PRESETS, HunyuanConfig, hunyuan_config
+from pose_mcore.config.wan import WAN_PRESETS, WanConfig, wan_config
+from pose_mcore.models.hunyuan import HunyuanModel
+from pose_mcore.models.wan import WanModel
+
+
+def _wan_conditions(cfg: WanConfig, batch: int, text_len: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    out = {"encoder_hidden_states": torch.randn(batch, text_len, cfg.text_dim, generator=gen)}
+    if cfg.image_dim is not None:
+        out["encoder_hidden_states_image"] = torch.randn(batch, 257, cfg.image_dim, generator=gen)
+    return out
+
+
+def _hunyuan_conditions(cfg: HunyuanConfig, batch: int, text_len: int, gen: torch.Generator
+                        ) -> dict[str, torch.Tensor]:
+    lengths = torch.randint(1, text_len + 1, (batch,), generator=gen)
+    out = {"encoder_hidden_states": torch.randn(batch, text_len, cfg.text_dim, generator=gen),
+           "encoder_attention_mask": (torch.arange(text_len)[None, :] < lengths[:, None]).long(),
+           "pooled_projections": torch.randn(batch, cfg.pooled_dim, generator=gen)}
+    if cfg.guidance_embeds:
+        out["guidance"] = torch.full((batch,), 6000.0)
+    return out
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One architecture family: how to configure, build and condition it."""
+
+    name: str
+    presets: dict[str, dict[str, Any]]
+    config_class: type[VideoDiTConfig]
+    make_config: Callable[..., VideoDiTConfig]
+    model_class: type[torch.nn.Module]
+    random_conditions: Callable[[Any, int, int, torch.Generator], dict[str, torch.Tensor]]
+    """Random conditioning inputs of the right shapes (text tokens, masks, image tokens), for smoke runs."""
+
+
+FAMILIES: dict[str, ModelFamily] = {
+    "wan": ModelFamily("wan", WAN_PRESETS, WanConfig, wan_config, WanModel, _wan_conditions),
+    "hunyuan": ModelFamily("hunyuan", HUNYUAN_PRESETS, HunyuanConfig, hunyuan_config, HunyuanModel,
+                           _hunyuan_conditions),
+}
+ALL_PRESETS: dict[str, str] = {preset: fam.name for fam in FAMILIES.values() for preset in fam.presets}
+"""Every preset name and the family it belongs to."""
+
+
+def family_of_preset(preset: str) -> ModelFamily:
+    if preset not in ALL_PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; known presets: {', '.join(ALL_PRESETS)}")
+    return FAMILIES[ALL_PRESETS[preset]]
+
+
+def family_of_config(config: VideoDiTConfig) -> ModelFamily:
+    for fam in FAMILIES.values():
+        if isinstance(config, fam.config_class):
+            return fam
+    raise ConfigError(f"no model family for config type {type(config).__name__}")
