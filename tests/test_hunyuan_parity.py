@@ -48,7 +48,7 @@ def test_matches_diffusers(tp1, variant, shape):
     masked = inputs["encoder_attention_mask"] == 0  # hidden text tokens get no gradient
     assert not grads["encoder_hidden_states"][masked].any()
     ref_param_grads = {k: p.grad for k, p in reference.named_parameters()}
-    ours = hunyuan_to_diffusers({k: p.grad for k, p in model.named_parameters()})
+    ours = hunyuan_to_diffusers({k: p.grad for k, p in model.named_parameters()}, model.config)
     assert set(ours) == set(ref_param_grads)
     # Compared on each gradient's own scale, or on a thousandth of the largest one when smaller: the
     # key-bias gradients are analytically zero (softmax ignores a shift of every score) and are rounding noise.
@@ -69,7 +69,7 @@ def test_text_mask_changes_the_output(tp1):
 
 def test_layout_round_trip_is_exact(tp1):
     state = diffusers_hunyuan("i2v_replace").state_dict()
-    back = hunyuan_to_diffusers(hunyuan_from_diffusers(state))
+    back = hunyuan_to_diffusers(hunyuan_from_diffusers(state), hunyuan_config("tiny-hunyuan-i2v-token-replace"))
     assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
     with pytest.raises(KeyError, match="transformer_blocks.0.attn.mystery.weight"):
         hunyuan_from_diffusers({**state, "transformer_blocks.0.attn.mystery.weight": torch.zeros(1)})

@@ -1,103 +1,136 @@
-"""HunyuanVideo parameter names and tensor layouts: diffusers' ``HunyuanVideoTransformer3DModel`` <->
-pose_mcore's own.
+"""HunyuanVideo parameter layouts as conversion rules into pose_mcore's own names.
 
-Besides renames, the single-stream blocks differ in layout: diffusers keeps ``attn.to_q``,
-``attn.to_k``, ``attn.to_v`` and ``proj_mlp`` separate; pose_mcore fuses them into
-``attention_mlp.linear_fc1`` in the order [q | k | v | mlp] (the official checkpoints' ``linear1``).
+``DIFFUSERS``: diffusers' ``HunyuanVideoTransformer3DModel``, whose single-stream blocks keep
+``attn.to_q``, ``attn.to_k``, ``attn.to_v`` and ``proj_mlp`` apart (pose_mcore fuses them into
+``attention_mlp.linear_fc1`` as [q | k | v | mlp]). ``ORIGINAL``: the official checkpoints
+(``mp_rank_00_model_states.pt``), whose q, k, v are fused (``img_attn_qkv``, ``self_attn_qkv``),
+whose single-stream ``linear1`` is already pose_mcore's layout, and whose final AdaLN holds
+(shift, scale) where diffusers and pose_mcore hold (scale, shift).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import torch
 
-from pose_mcore.checkpoint.layouts.keymap import KeyMap
+from pose_mcore.checkpoint.layouts.rules import Rule, apply_rules, concat, invert, rename, split_equal
+from pose_mcore.config.hunyuan import HunyuanConfig
 
-_DUAL = "transformer_blocks.{i}."
-_OURS_DUAL = "double_blocks.{i}."
-_REF = "context_embedder.token_refiner.refiner_blocks.{i}."
-_OURS_REF = "context_refiner.blocks.{i}."
+_D = "transformer_blocks.{i}."
+_S = "single_transformer_blocks.{i}."
+_R = "context_embedder.token_refiner.refiner_blocks.{i}."
 _CTX = "context_embedder.time_text_embed."
-
-DIFFUSERS = KeyMap((
-    ("x_embedder.proj.{p}", "x_embedder.{p}"),
-    ("time_text_embed.timestep_embedder.linear_{j}.{p}", "time_embedder.linear_{j}.{p}"),
-    ("time_text_embed.text_embedder.linear_{j}.{p}", "pooled_embedder.linear_{j}.{p}"),
-    ("time_text_embed.guidance_embedder.linear_{j}.{p}", "guidance_embedder.linear_{j}.{p}"),
-    (_CTX + "timestep_embedder.linear_{j}.{p}", "context_refiner.time_embedder.linear_{j}.{p}"),
-    (_CTX + "text_embedder.linear_{j}.{p}", "context_refiner.pooled_embedder.linear_{j}.{p}"),
-    ("context_embedder.proj_in.{p}", "context_refiner.proj_in.{p}"),
-    (_REF + "norm1.{p}", _OURS_REF + "norm1.{p}"),
-    (_REF + "norm2.{p}", _OURS_REF + "norm2.{p}"),
-    (_REF + "attn.to_q.{p}", _OURS_REF + "linear_q.{p}"),
-    (_REF + "attn.to_k.{p}", _OURS_REF + "linear_k.{p}"),
-    (_REF + "attn.to_v.{p}", _OURS_REF + "linear_v.{p}"),
-    (_REF + "attn.to_out.0.{p}", _OURS_REF + "linear_proj.{p}"),
-    (_REF + "ff.net.0.proj.{p}", _OURS_REF + "mlp.linear_1.{p}"),
-    (_REF + "ff.net.2.{p}", _OURS_REF + "mlp.linear_2.{p}"),
-    (_REF + "norm_out.linear.{p}", _OURS_REF + "gates.{p}"),
-    (_DUAL + "norm1.linear.{p}", _OURS_DUAL + "modulation.linear.{p}"),
-    (_DUAL + "norm1_context.linear.{p}", _OURS_DUAL + "modulation_ctx.linear.{p}"),
-    (_DUAL + "attn.to_q.{p}", _OURS_DUAL + "attention.linear_q.{p}"),
-    (_DUAL + "attn.to_k.{p}", _OURS_DUAL + "attention.linear_k.{p}"),
-    (_DUAL + "attn.to_v.{p}", _OURS_DUAL + "attention.linear_v.{p}"),
-    (_DUAL + "attn.to_out.0.{p}", _OURS_DUAL + "attention.linear_proj.{p}"),
-    (_DUAL + "attn.norm_q.{p}", _OURS_DUAL + "attention.q_norm.{p}"),
-    (_DUAL + "attn.norm_k.{p}", _OURS_DUAL + "attention.k_norm.{p}"),
-    (_DUAL + "attn.add_q_proj.{p}", _OURS_DUAL + "attention.linear_q_ctx.{p}"),
-    (_DUAL + "attn.add_k_proj.{p}", _OURS_DUAL + "attention.linear_k_ctx.{p}"),
-    (_DUAL + "attn.add_v_proj.{p}", _OURS_DUAL + "attention.linear_v_ctx.{p}"),
-    (_DUAL + "attn.to_add_out.{p}", _OURS_DUAL + "attention.linear_proj_ctx.{p}"),
-    (_DUAL + "attn.norm_added_q.{p}", _OURS_DUAL + "attention.q_norm_ctx.{p}"),
-    (_DUAL + "attn.norm_added_k.{p}", _OURS_DUAL + "attention.k_norm_ctx.{p}"),
-    (_DUAL + "ff.net.0.proj.{p}", _OURS_DUAL + "mlp.linear_fc1.{p}"),
-    (_DUAL + "ff.net.2.{p}", _OURS_DUAL + "mlp.linear_fc2.{p}"),
-    (_DUAL + "ff_context.net.0.proj.{p}", _OURS_DUAL + "mlp_ctx.linear_fc1.{p}"),
-    (_DUAL + "ff_context.net.2.{p}", _OURS_DUAL + "mlp_ctx.linear_fc2.{p}"),
-    ("single_transformer_blocks.{i}.norm.linear.{p}", "single_blocks.{i}.modulation.linear.{p}"),
-    ("single_transformer_blocks.{i}.attn.norm_q.{p}", "single_blocks.{i}.attention_mlp.q_norm.{p}"),
-    ("single_transformer_blocks.{i}.attn.norm_k.{p}", "single_blocks.{i}.attention_mlp.k_norm.{p}"),
-    ("single_transformer_blocks.{i}.proj_out.{p}", "single_blocks.{i}.attention_mlp.linear_fc2.{p}"),
-    ("norm_out.linear.{p}", "out_modulation.linear.{p}"),
-    ("proj_out.{p}", "proj_out.{p}"),
-))
-"""Renames between diffusers and pose_mcore; the fused single-stream input linear is handled apart."""
-
-_FUSED_PARTS = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
-_DIFFUSERS_FUSED = re.compile(r"^single_transformer_blocks\.(\d+)\.(attn\.to_[qkv]|proj_mlp)\.(weight|bias)$")
-_OURS_FUSED = re.compile(r"^single_blocks\.(\d+)\.attention_mlp\.linear_fc1\.(weight|bias)$")
+_OD, _OS, _OR = "double_blocks.{i}.", "single_blocks.{i}.", "context_refiner.blocks.{i}."
 
 
-def hunyuan_from_diffusers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _single_sizes(cfg: HunyuanConfig) -> list[int]:
+    return [cfg.hidden_size] * 3 + [cfg.ffn_hidden_size]
+
+
+def _swap_halves(tensors: list[torch.Tensor], cfg: object) -> list[torch.Tensor]:
+    first, second = tensors[0].chunk(2)
+    return [torch.cat([second, first])]
+
+
+DIFFUSERS: list[Rule] = [
+    rename("x_embedder.proj.{p}", "x_embedder.{p}"),
+    rename("time_text_embed.timestep_embedder.linear_{j}.{p}", "time_embedder.linear_{j}.{p}"),
+    rename("time_text_embed.text_embedder.linear_{j}.{p}", "pooled_embedder.linear_{j}.{p}"),
+    rename("time_text_embed.guidance_embedder.linear_{j}.{p}", "guidance_embedder.linear_{j}.{p}"),
+    rename(_CTX + "timestep_embedder.linear_{j}.{p}", "context_refiner.time_embedder.linear_{j}.{p}"),
+    rename(_CTX + "text_embedder.linear_{j}.{p}", "context_refiner.pooled_embedder.linear_{j}.{p}"),
+    rename("context_embedder.proj_in.{p}", "context_refiner.proj_in.{p}"),
+    rename(_R + "norm1.{p}", _OR + "norm1.{p}"),
+    rename(_R + "norm2.{p}", _OR + "norm2.{p}"),
+    rename(_R + "attn.to_q.{p}", _OR + "linear_q.{p}"),
+    rename(_R + "attn.to_k.{p}", _OR + "linear_k.{p}"),
+    rename(_R + "attn.to_v.{p}", _OR + "linear_v.{p}"),
+    rename(_R + "attn.to_out.0.{p}", _OR + "linear_proj.{p}"),
+    rename(_R + "ff.net.0.proj.{p}", _OR + "mlp.linear_1.{p}"),
+    rename(_R + "ff.net.2.{p}", _OR + "mlp.linear_2.{p}"),
+    rename(_R + "norm_out.linear.{p}", _OR + "gates.{p}"),
+    rename(_D + "norm1.linear.{p}", _OD + "modulation.linear.{p}"),
+    rename(_D + "norm1_context.linear.{p}", _OD + "modulation_ctx.linear.{p}"),
+    rename(_D + "attn.to_q.{p}", _OD + "attention.linear_q.{p}"),
+    rename(_D + "attn.to_k.{p}", _OD + "attention.linear_k.{p}"),
+    rename(_D + "attn.to_v.{p}", _OD + "attention.linear_v.{p}"),
+    rename(_D + "attn.to_out.0.{p}", _OD + "attention.linear_proj.{p}"),
+    rename(_D + "attn.norm_q.{p}", _OD + "attention.q_norm.{p}"),
+    rename(_D + "attn.norm_k.{p}", _OD + "attention.k_norm.{p}"),
+    rename(_D + "attn.add_q_proj.{p}", _OD + "attention.linear_q_ctx.{p}"),
+    rename(_D + "attn.add_k_proj.{p}", _OD + "attention.linear_k_ctx.{p}"),
+    rename(_D + "attn.add_v_proj.{p}", _OD + "attention.linear_v_ctx.{p}"),
+    rename(_D + "attn.to_add_out.{p}", _OD + "attention.linear_proj_ctx.{p}"),
+    rename(_D + "attn.norm_added_q.{p}", _OD + "attention.q_norm_ctx.{p}"),
+    rename(_D + "attn.norm_added_k.{p}", _OD + "attention.k_norm_ctx.{p}"),
+    rename(_D + "ff.net.0.proj.{p}", _OD + "mlp.linear_fc1.{p}"),
+    rename(_D + "ff.net.2.{p}", _OD + "mlp.linear_fc2.{p}"),
+    rename(_D + "ff_context.net.0.proj.{p}", _OD + "mlp_ctx.linear_fc1.{p}"),
+    rename(_D + "ff_context.net.2.{p}", _OD + "mlp_ctx.linear_fc2.{p}"),
+    rename(_S + "norm.linear.{p}", _OS + "modulation.linear.{p}"),
+    rename(_S + "attn.norm_q.{p}", _OS + "attention_mlp.q_norm.{p}"),
+    rename(_S + "attn.norm_k.{p}", _OS + "attention_mlp.k_norm.{p}"),
+    concat([_S + "attn.to_q.{p}", _S + "attn.to_k.{p}", _S + "attn.to_v.{p}", _S + "proj_mlp.{p}"],
+           _OS + "attention_mlp.linear_fc1.{p}", _single_sizes),
+    rename(_S + "proj_out.{p}", _OS + "attention_mlp.linear_fc2.{p}"),
+    rename("norm_out.linear.{p}", "out_modulation.linear.{p}"),
+    rename("proj_out.{p}", "proj_out.{p}"),
+]
+"""diffusers' ``HunyuanVideoTransformer3DModel`` -> pose_mcore."""
+
+_OI = "txt_in.individual_token_refiner.blocks.{i}."
+
+ORIGINAL: list[Rule] = [
+    rename("img_in.proj.{p}", "x_embedder.{p}"),
+    rename("time_in.mlp.0.{p}", "time_embedder.linear_1.{p}"),
+    rename("time_in.mlp.2.{p}", "time_embedder.linear_2.{p}"),
+    rename("vector_in.in_layer.{p}", "pooled_embedder.linear_1.{p}"),
+    rename("vector_in.out_layer.{p}", "pooled_embedder.linear_2.{p}"),
+    rename("guidance_in.mlp.0.{p}", "guidance_embedder.linear_1.{p}"),
+    rename("guidance_in.mlp.2.{p}", "guidance_embedder.linear_2.{p}"),
+    rename("txt_in.t_embedder.mlp.0.{p}", "context_refiner.time_embedder.linear_1.{p}"),
+    rename("txt_in.t_embedder.mlp.2.{p}", "context_refiner.time_embedder.linear_2.{p}"),
+    rename("txt_in.c_embedder.linear_{j}.{p}", "context_refiner.pooled_embedder.linear_{j}.{p}"),
+    rename("txt_in.input_embedder.{p}", "context_refiner.proj_in.{p}"),
+    rename(_OI + "norm1.{p}", _OR + "norm1.{p}"),
+    rename(_OI + "norm2.{p}", _OR + "norm2.{p}"),
+    split_equal(_OI + "self_attn_qkv.{p}", [_OR + "linear_q.{p}", _OR + "linear_k.{p}", _OR + "linear_v.{p}"]),
+    rename(_OI + "self_attn_proj.{p}", _OR + "linear_proj.{p}"),
+    rename(_OI + "mlp.fc1.{p}", _OR + "mlp.linear_1.{p}"),
+    rename(_OI + "mlp.fc2.{p}", _OR + "mlp.linear_2.{p}"),
+    rename(_OI + "adaLN_modulation.1.{p}", _OR + "gates.{p}"),
+    rename(_OD + "img_mod.linear.{p}", _OD + "modulation.linear.{p}"),
+    rename(_OD + "txt_mod.linear.{p}", _OD + "modulation_ctx.linear.{p}"),
+    split_equal(_OD + "img_attn_qkv.{p}", [_OD + f"attention.linear_{x}.{{p}}" for x in "qkv"]),
+    rename(_OD + "img_attn_q_norm.{p}", _OD + "attention.q_norm.{p}"),
+    rename(_OD + "img_attn_k_norm.{p}", _OD + "attention.k_norm.{p}"),
+    rename(_OD + "img_attn_proj.{p}", _OD + "attention.linear_proj.{p}"),
+    split_equal(_OD + "txt_attn_qkv.{p}", [_OD + f"attention.linear_{x}_ctx.{{p}}" for x in "qkv"]),
+    rename(_OD + "txt_attn_q_norm.{p}", _OD + "attention.q_norm_ctx.{p}"),
+    rename(_OD + "txt_attn_k_norm.{p}", _OD + "attention.k_norm_ctx.{p}"),
+    rename(_OD + "txt_attn_proj.{p}", _OD + "attention.linear_proj_ctx.{p}"),
+    rename(_OD + "img_mlp.fc1.{p}", _OD + "mlp.linear_fc1.{p}"),
+    rename(_OD + "img_mlp.fc2.{p}", _OD + "mlp.linear_fc2.{p}"),
+    rename(_OD + "txt_mlp.fc1.{p}", _OD + "mlp_ctx.linear_fc1.{p}"),
+    rename(_OD + "txt_mlp.fc2.{p}", _OD + "mlp_ctx.linear_fc2.{p}"),
+    rename(_OS + "modulation.linear.{p}", _OS + "modulation.linear.{p}"),
+    rename(_OS + "linear1.{p}", _OS + "attention_mlp.linear_fc1.{p}"),
+    rename(_OS + "linear2.{p}", _OS + "attention_mlp.linear_fc2.{p}"),
+    rename(_OS + "q_norm.{p}", _OS + "attention_mlp.q_norm.{p}"),
+    rename(_OS + "k_norm.{p}", _OS + "attention_mlp.k_norm.{p}"),
+    Rule(("final_layer.adaLN_modulation.1.{p}",), ("out_modulation.linear.{p}",), _swap_halves, _swap_halves),
+    rename("final_layer.linear.{p}", "proj_out.{p}"),
+]
+"""The official HunyuanVideo checkpoints -> pose_mcore."""
+
+
+def hunyuan_from_diffusers(state: Mapping[str, torch.Tensor], cfg: HunyuanConfig | None = None
+                           ) -> dict[str, torch.Tensor]:
     """A diffusers HunyuanVideo state dict under pose_mcore's names, single-stream q/k/v/MLP fused."""
-    out: dict[str, torch.Tensor] = {}
-    fused: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in state.items():
-        m = _DIFFUSERS_FUSED.match(key)
-        if m:
-            fused.setdefault(f"single_blocks.{m[1]}.attention_mlp.linear_fc1.{m[3]}", {})[m[2]] = value
-        else:
-            out[DIFFUSERS.forward(key)] = value
-    for key, parts in fused.items():
-        missing = [p for p in _FUSED_PARTS if p not in parts]
-        if missing:
-            raise KeyError(f"{key}: the diffusers state dict lacks {missing} of the single-stream block")
-        out[key] = torch.cat([parts[p] for p in _FUSED_PARTS])
-    return out
+    return apply_rules(DIFFUSERS, state, cfg)
 
 
-def hunyuan_to_diffusers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def hunyuan_to_diffusers(state: Mapping[str, torch.Tensor], cfg: HunyuanConfig) -> dict[str, torch.Tensor]:
     """A pose_mcore HunyuanVideo state dict under diffusers' names, ``linear_fc1`` split again."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        m = _OURS_FUSED.match(key)
-        if m:
-            hidden = state[f"single_blocks.{m[1]}.attention_mlp.linear_fc2.weight"].shape[0]
-            pieces = value.split([hidden, hidden, hidden, value.shape[0] - 3 * hidden])
-            out.update({f"single_transformer_blocks.{m[1]}.{part}.{m[2]}": piece
-                        for part, piece in zip(_FUSED_PARTS, pieces, strict=True)})
-        else:
-            out[DIFFUSERS.inverse(key)] = value
-    return out
+    return apply_rules(invert(DIFFUSERS), state, cfg)
