@@ -28,5 +28,6 @@ setup(
         # NVIDIA apex is not on PyPI (the PyPI package `apex` is unrelated): use the NGC image.
         "gpu": ["transformer-engine[pytorch]", "flash-attn", "triton>=3.0"],
     },
-    entry_points={"console_scripts": ["pose-train=pose_mcore.cli:main"]},
+    entry_points={"console_scripts": ["pose-train=pose_mcore.cli:main",
+                                      "pose-convert=pose_mcore.checkpoint.convert:main"]},
 )

@@ -35,18 +35,35 @@ def _groups(param: torch.Tensor, dim: int, tp: int) -> tuple[int, ...]:
     return tuple(getattr(param, "partition_groups", None) or (param.shape[dim] * tp,))
 
 
-def local_slice(full: torch.Tensor, param: torch.Tensor, name: str = "?") -> torch.Tensor:
-    """This TP rank's slice of the whole tensor ``full`` for the (local) parameter ``param``."""
+def local_ranges(param: torch.Tensor, full_shape: tuple[int, ...], name: str = "?"
+                 ) -> tuple[int, list[tuple[int, int]]] | None:
+    """Where this TP rank's slice of ``param`` lies in the whole tensor: ``(dim, [(start, end), ...])``
+    (several ranges for a fused parameter), or None for a replicated parameter."""
     if not _is_sharded(param):
-        return full
+        return None
     dim = _partition_dim(param, name)
     tp = parallel_state.get_tensor_model_parallel_world_size()
     rank = parallel_state.get_tensor_model_parallel_rank()
     groups = _groups(param, dim, tp)
-    if full.shape[dim] != param.shape[dim] * tp or sum(groups) != full.shape[dim] or any(g % tp for g in groups):
-        raise ValueError(f"{name}: whole tensor of shape {tuple(full.shape)} does not split into "
+    if (len(full_shape) != param.dim() or full_shape[dim] != param.shape[dim] * tp or sum(groups) != full_shape[dim]
+            or any(g % tp for g in groups)):
+        raise ValueError(f"{name}: whole tensor of shape {tuple(full_shape)} does not split into "
                          f"{tp} slices of shape {tuple(param.shape)} along dim {dim} (groups {groups})")
-    return torch.cat([g.chunk(tp, dim=dim)[rank] for g in full.split(groups, dim=dim)], dim=dim)
+    ranges, start = [], 0
+    for g in groups:
+        piece = g // tp
+        ranges.append((start + rank * piece, start + (rank + 1) * piece))
+        start += g
+    return dim, ranges
+
+
+def local_slice(full: torch.Tensor, param: torch.Tensor, name: str = "?") -> torch.Tensor:
+    """This TP rank's slice of the whole tensor ``full`` for the (local) parameter ``param``."""
+    where = local_ranges(param, tuple(full.shape), name)
+    if where is None:
+        return full
+    dim, ranges = where
+    return torch.cat([full.narrow(dim, a, b - a) for a, b in ranges], dim=dim)
 
 
 def load_full_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:

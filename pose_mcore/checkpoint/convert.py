@@ -1,0 +1,398 @@
+"""Import, export and inspect checkpoints: Wan and HunyuanVideo, official and diffusers layouts,
+to and from pose_mcore's own (TP-independent names, sharded safetensors, config.json).
+
+Conversion streams: tensors are read one group at a time (a rename, or the parts of a fused
+tensor), written straight into the output shard, and released. Output shapes are worked out on
+the meta device first, so every shard's header is known before its data is written. Destinations
+are written to a temporary path and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from pose_mcore.checkpoint import configs
+from pose_mcore.checkpoint.io import (
+    CheckpointError,
+    PrefixStripped,
+    SafetensorsStreamWriter,
+    TensorSource,
+    atomic_destination,
+    open_source,
+)
+from pose_mcore.checkpoint.layouts import hunyuan as hunyuan_layout
+from pose_mcore.checkpoint.layouts import wan as wan_layout
+from pose_mcore.checkpoint.layouts.rules import Rule, invert, plan
+from pose_mcore.config.base import VideoDiTConfig
+from pose_mcore.models.registry import FAMILIES, family_of_config
+
+FORMAT = "pose_mcore"
+FORMAT_VERSION = 1
+POSE_INDEX = "model.safetensors.index.json"
+DIFFUSERS_INDEX = "diffusion_pytorch_model.safetensors.index.json"
+DEFAULT_SHARD_BYTES = 2 * 2**30
+DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    family: str
+    rules: list[Rule]
+    """From this layout to pose_mcore's names."""
+
+
+LAYOUTS: dict[str, Layout] = {
+    "wan": Layout("wan", "wan", wan_layout.ORIGINAL),
+    "wan-diffusers": Layout("wan-diffusers", "wan", wan_layout.DIFFUSERS),
+    "hunyuan": Layout("hunyuan", "hunyuan", hunyuan_layout.ORIGINAL),
+    "hunyuan-diffusers": Layout("hunyuan-diffusers", "hunyuan", hunyuan_layout.DIFFUSERS),
+}
+_ORIGINAL_MARKERS = {"wan": "blocks.0.self_attn.q.weight", "hunyuan": "double_blocks.0.img_attn_qkv.weight"}
+_COMFY_PREFIX = "model.diffusion_model."
+
+
+@dataclass
+class Detected:
+    """What a source checkpoint is."""
+
+    layout: str  # a key of LAYOUTS, or "pose"
+    family: str
+    source: TensorSource
+    config: VideoDiTConfig
+    notes: list[str]
+
+    @property
+    def variant(self) -> str:
+        return configs.matching_preset(self.config) or "custom"
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable JSON file ({e})") from e
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` strings -> architecture overrides (ints, floats, booleans, None, comma tuples)."""
+    def value(text: str) -> Any:
+        if "," in text:
+            return tuple(value(t) for t in text.split(","))
+        for cast in (int, float):
+            try:
+                return cast(text)
+            except ValueError:
+                pass
+        return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise CheckpointError(f"--set {pair!r}: expected key=value")
+        key, text = pair.split("=", 1)
+        out[key.strip()] = value(text.strip())
+    return out
+
+
+def detect(src: Path, family: str | None = None, overrides: dict[str, Any] | None = None,
+           container: str | None = None) -> Detected:
+    """Work out the layout, family and architecture of a checkpoint from its files and tensor shapes."""
+    src = Path(src)
+    overrides = overrides or {}
+    notes: list[str] = []
+    cfg_file = src / "config.json" if src.is_dir() else None
+    j = _read_json(cfg_file) if cfg_file is not None and cfg_file.is_file() else {}
+    source = open_source(src, container)
+    if j.get("format") == FORMAT:
+        layout, fam = "pose", j["family"]
+        cfg = configs.make_config(fam, {**j["architecture"], **overrides})
+    elif j.get("_class_name") in ("WanTransformer3DModel", "HunyuanVideoTransformer3DModel"):
+        fam = "wan" if j["_class_name"].startswith("Wan") else "hunyuan"
+        layout = f"{fam}-diffusers"
+        cfg = configs.from_diffusers_config(fam, j)
+        if overrides:
+            cfg = configs.make_config(fam, {**cfg.architecture(), **overrides})
+    else:
+        keys = set(source.keys())
+        if any(k.startswith(_COMFY_PREFIX) for k in keys):
+            source = PrefixStripped(source, _COMFY_PREFIX)
+            keys = set(source.keys())
+            notes.append(f"stripped the key prefix {_COMFY_PREFIX!r}")
+        found = [f for f, marker in _ORIGINAL_MARKERS.items() if marker in keys]
+        if not found:
+            raise CheckpointError(f"{src}: unknown layout: no config.json of a known kind and none of the tensors "
+                                  f"{sorted(_ORIGINAL_MARKERS.values())} (first keys: {sorted(keys)[:8]})")
+        fam, layout = found[0], found[0]
+        arch, shape_notes = configs.official_arch_from_shapes(fam, source)
+        notes += shape_notes
+        if fam == "wan" and j.get("_class_name") == "WanModel":
+            arch.update(configs.from_official_wan_config(j))
+        elif fam == "wan" and "num_attention_heads" not in overrides:
+            arch["num_attention_heads"], note = configs.infer_wan_heads(arch)
+            notes.append(note)
+        arch.update(overrides)
+        notes = [n for n in notes if not any(f"--set {k}=" in n for k in overrides)]
+        if fam == "hunyuan" and "rope_axes_dim" not in arch:
+            raise CheckpointError(f"{src}: " + shape_notes[0])
+        cfg = configs.make_config(fam, arch)
+    if family is not None and family != fam:
+        raise CheckpointError(f"{src}: --family {family} but the checkpoint is a {fam} model ({layout} layout)")
+    return Detected(layout, fam, source, cfg, notes)
+
+
+def expected_shapes(cfg: VideoDiTConfig) -> dict[str, tuple[int, ...]]:
+    """pose_mcore's parameter names and whole-tensor shapes for ``cfg`` (the model built on the meta device)."""
+    from megatron.core import parallel_state
+
+    from pose_mcore.parallel.state import initialize_parallel
+
+    if not parallel_state.model_parallel_is_initialized():
+        initialize_parallel(1)
+    single = configs.make_config(family_of_config(cfg).name, cfg.architecture(), perform_initialization=False)
+    with torch.device("meta"):
+        model = family_of_config(cfg).model_class(single)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+@dataclass
+class _Group:
+    rule: Rule
+    src: list[str]
+    dst: list[str]
+    metas: list[tuple[str, torch.dtype, tuple[int, ...]]]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(torch.Size(s).numel() * torch.empty((), dtype=d).element_size() for _, d, s in self.metas)
+
+
+def _groups(rules: Sequence[Rule], source: TensorSource, cfg: VideoDiTConfig, dtype: torch.dtype | None
+            ) -> list[_Group]:
+    p = plan(rules, source.keys())
+    if p.unplaced or p.missing:
+        raise CheckpointError(f"{source.path}: keys the layout cannot place: {p.unplaced[:20]}"
+                              f"{' ...' if len(p.unplaced) > 20 else ''}; keys a group lacks: {p.missing[:20]}")
+    groups = []
+    for rule, src, dst in p.groups:
+        metas_in = [torch.empty(source.shape(k), dtype=source.dtype(k), device="meta") for k in src]
+        outs = rule.fn(metas_in, cfg)
+        groups.append(_Group(rule, src, dst, [(n, _cast_dtype(t.dtype, dtype), tuple(t.shape))
+                                              for n, t in zip(dst, outs, strict=True)]))
+    return groups
+
+
+def _cast_dtype(have: torch.dtype, want: torch.dtype | None) -> torch.dtype:
+    return want if want is not None and have.is_floating_point else have
+
+
+def _check_against_model(groups: Sequence[_Group], cfg: VideoDiTConfig, src: Path) -> None:
+    want = expected_shapes(cfg)
+    have = {n: s for g in groups for n, _, s in g.metas}
+    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing or unexpected:
+        raise CheckpointError(f"{src}: does not fit the detected {type(cfg).__name__}: missing {missing[:20]}; "
+                              f"unexpected {unexpected[:20]}")
+    for name, shape in have.items():
+        if shape != want[name]:
+            raise CheckpointError(f"{src}: tensor for {name!r} has shape {shape} but the detected config needs "
+                                  f"{want[name]}")
+
+
+def _write_shards(groups: Sequence[_Group], source: TensorSource, cfg: Any, dtype: torch.dtype | None,
+                  folder: Path, name_fmt: str, single_name: str | None, index_name: str | None, shard_bytes: int,
+                  desc: str) -> list[str]:
+    """Write the groups' outputs as safetensors shards (``name_fmt.format(i, n)``), streaming."""
+    shards: list[list[_Group]] = [[]]
+    size = 0
+    for g in groups:
+        if shards[-1] and size + g.nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(g)
+        size += g.nbytes
+    n = len(shards)
+    names = [single_name] if n == 1 and single_name else [name_fmt.format(i + 1, n) for i in range(n)]
+    weight_map, total = {}, 0
+    bar = tqdm(total=sum(g.nbytes for g in groups), unit="B", unit_scale=True, desc=desc, leave=False)
+    for shard, fname in zip(shards, names, strict=True):
+        writer = SafetensorsStreamWriter(folder / fname, [m for g in shard for m in g.metas])
+        for g in shard:
+            outs = g.rule.fn([source.get(k) for k in g.src], cfg)
+            for (name, want_dtype, _), tensor in zip(g.metas, outs, strict=True):
+                writer.write(name, tensor.to(want_dtype))
+                weight_map[name] = fname
+            total += g.nbytes
+            bar.update(g.nbytes)
+            del outs
+        writer.close()
+    bar.close()
+    if index_name is not None and (n > 1 or single_name is None):
+        (folder / index_name).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                                    indent=2))
+    return names
+
+
+def import_checkpoint(src: Path, dst: Path, family: str | None = None, dtype: str = "keep",
+                      overrides: dict[str, Any] | None = None, overwrite: bool = False,
+                      shard_bytes: int = DEFAULT_SHARD_BYTES, container: str | None = None,
+                      tp: int | None = None) -> Detected:
+    """Convert a Wan or HunyuanVideo checkpoint (any supported layout) into pose_mcore's layout at ``dst``
+    (checking first, if ``tp`` is given, that the model splits over that many tensor-parallel ranks)."""
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise CheckpointError(f"{dst}: destination exists (pass --overwrite to replace it)")
+    found = detect(src, family, overrides, container)
+    if tp is not None:
+        configs.make_config(found.family, found.config.architecture(), tensor_model_parallel_size=tp)
+    rules = [Rule((k,), (k,)) for k in found.source.keys()] if found.layout == "pose" else LAYOUTS[found.layout].rules
+    groups = _groups(rules, found.source, found.config, DTYPES[dtype])
+    _check_against_model(groups, found.config, Path(src))
+    with atomic_destination(dst, overwrite) as tmp:
+        tmp.mkdir()
+        _write_shards(groups, found.source, found.config, DTYPES[dtype], tmp, "model-{:05d}-of-{:05d}.safetensors",
+                      None, POSE_INDEX, shard_bytes, "import")
+        (tmp / "config.json").write_text(json.dumps(
+            {"format": FORMAT, "format_version": FORMAT_VERSION, "family": found.family,
+             "architecture": found.config.architecture(), "converted_from": found.layout}, indent=2))
+    return found
+
+
+def export_checkpoint(src: Path, dst: Path, layout: str, dtype: str = "keep", overwrite: bool = False,
+                      shard_bytes: int = DEFAULT_SHARD_BYTES) -> Detected:
+    """Write a pose_mcore checkpoint in another layout: a diffusers folder, or the official files."""
+    dst = Path(dst)
+    if layout not in LAYOUTS:
+        raise CheckpointError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    found = detect(src)
+    if found.layout != "pose":
+        raise CheckpointError(f"{src}: export reads a pose_mcore checkpoint; this is a {found.layout} one "
+                              "(import it first)")
+    target = LAYOUTS[layout]
+    if target.family != found.family:
+        raise CheckpointError(f"{src}: a {found.family} checkpoint cannot be written in the {layout} layout")
+    cfg = found.config
+    groups = _groups(invert(target.rules), found.source, cfg, DTYPES[dtype])
+    with atomic_destination(dst, overwrite) as tmp:
+        if layout.endswith("-diffusers"):
+            tmp.mkdir()
+            _write_shards(groups, found.source, cfg, DTYPES[dtype], tmp,
+                          "diffusion_pytorch_model-{:05d}-of-{:05d}.safetensors", "diffusion_pytorch_model.safetensors",
+                          DIFFUSERS_INDEX, shard_bytes, "export")
+            (tmp / "config.json").write_text(json.dumps(configs.to_diffusers_config(cfg), indent=2))
+        elif dst.suffix == ".safetensors":
+            _write_shards(groups, found.source, cfg, DTYPES[dtype], tmp.parent, "", tmp.name, None, 2**62, "export")
+        elif layout == "hunyuan" and dst.suffix in (".pt", ".pth"):
+            # A torch pickle is written whole: this holds the model in memory (safetensors output does not).
+            state = {}
+            for g in groups:
+                for (name, want, _), t in zip(g.metas, g.rule.fn([found.source.get(k) for k in g.src], cfg),
+                                              strict=True):
+                    state[name] = t.to(want).clone()
+            torch.save({"module": state}, tmp)
+        elif layout == "wan":
+            tmp.mkdir()
+            _write_shards(groups, found.source, cfg, DTYPES[dtype], tmp,
+                          "diffusion_pytorch_model-{:05d}-of-{:05d}.safetensors", "diffusion_pytorch_model.safetensors",
+                          DIFFUSERS_INDEX, shard_bytes, "export")
+            (tmp / "config.json").write_text(json.dumps(configs.to_official_wan_config(cfg), indent=2))
+        else:
+            raise CheckpointError(f"{dst}: the hunyuan layout is written to a .pt (as the official "
+                                  "mp_rank_00_model_states.pt) or a .safetensors file")
+    return found
+
+
+def inspect_checkpoint(src: Path, overrides: dict[str, Any] | None = None, container: str | None = None
+                       ) -> dict[str, Any]:
+    """What a checkpoint is: family, variant, layout, parameter count, dtypes, keys it cannot place."""
+    found = detect(src, overrides=overrides, container=container)
+    keys = found.source.keys()
+    rules = [Rule((k,), (k,)) for k in keys] if found.layout == "pose" else LAYOUTS[found.layout].rules
+    p = plan(rules, keys)
+    params = sum(torch.Size(found.source.shape(k)).numel() for k in keys)
+    dtypes = sorted({str(found.source.dtype(k)).removeprefix("torch.") for k in keys})
+    return {"path": str(src), "family": found.family, "variant": found.variant, "layout": found.layout,
+            "parameters": params, "dtypes": dtypes, "tensors": len(keys), "unplaced_keys": p.unplaced,
+            "missing_keys": p.missing, "architecture": found.config.architecture(), "notes": found.notes}
+
+
+def _parse_size(text: str) -> int:
+    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    t = text.strip().lower().removesuffix("b")
+    try:
+        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except ValueError as e:
+        raise CheckpointError(f"--shard-size {text!r}: expected a size such as 2GB or 500MB") from e
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pose-convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="architecture field the files do not state (e.g. num_attention_heads=40)")
+    common.add_argument("--container", default=None,
+                        help="entry of a torch checkpoint that holds the weights (HunyuanVideo: module or ema)")
+    imp = sub.add_parser("import", parents=[common], help="any supported layout -> pose_mcore")
+    imp.add_argument("--src", type=Path, required=True)
+    imp.add_argument("--dst", type=Path, required=True)
+    imp.add_argument("--family", choices=sorted(FAMILIES), default=None)
+    imp.add_argument("--dtype", choices=list(DTYPES), default="keep")
+    imp.add_argument("--shard-size", default="2GB")
+    imp.add_argument("--overwrite", action="store_true")
+    imp.add_argument("--tp", type=int, default=None, help="also check that the model splits over this many TP ranks")
+    exp = sub.add_parser("export", help="pose_mcore -> " + " | ".join(LAYOUTS))
+    exp.add_argument("--src", type=Path, required=True)
+    exp.add_argument("--dst", type=Path, required=True)
+    exp.add_argument("--layout", choices=list(LAYOUTS), required=True)
+    exp.add_argument("--dtype", choices=list(DTYPES), default="keep")
+    exp.add_argument("--shard-size", default="2GB")
+    exp.add_argument("--overwrite", action="store_true")
+    ins = sub.add_parser("inspect", parents=[common], help="print what a checkpoint is")
+    ins.add_argument("path", type=Path)
+    ins.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``pose-convert``: exit 0 on success, 2 with one message naming the file, key or value otherwise."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "import":
+            found = import_checkpoint(args.src, args.dst, args.family, args.dtype, parse_overrides(args.overrides),
+                                      args.overwrite, _parse_size(args.shard_size), args.container, args.tp)
+            print(f"found {found.family} ({found.variant}) in the {found.layout} layout at {args.src}")
+            for note in found.notes:
+                print(f"  note: {note}")
+            print(f"wrote {args.dst}")
+        elif args.command == "export":
+            found = export_checkpoint(args.src, args.dst, args.layout, args.dtype, args.overwrite,
+                                      _parse_size(args.shard_size))
+            print(f"wrote {found.family} ({found.variant}) in the {args.layout} layout to {args.dst}")
+        else:
+            info = inspect_checkpoint(args.path, parse_overrides(args.overrides), args.container)
+            if args.json:
+                print(json.dumps(info, indent=2))
+            else:
+                for key in ("path", "family", "variant", "layout", "parameters", "tensors", "dtypes", "unplaced_keys",
+                            "missing_keys", "notes"):
+                    value = f"{info[key]:,}" if key == "parameters" else info[key]
+                    print(f"{key:>14}: {value}")
+    except CheckpointError as e:
+        print(f"pose-convert: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,69 @@
+"""Load a pose_mcore checkpoint into a model: each tensor-parallel rank reads only its own slices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from megatron.core import parallel_state
+
+from pose_mcore.checkpoint.configs import make_config
+from pose_mcore.checkpoint.convert import FORMAT, detect
+from pose_mcore.checkpoint.io import CheckpointError
+from pose_mcore.models.registry import FAMILIES
+from pose_mcore.parallel.sharding import local_ranges
+from pose_mcore.parallel.state import initialize_parallel
+
+
+def load_model(path: str | Path, **config: Any) -> torch.nn.Module:
+    """The model of a pose_mcore checkpoint, weights loaded, in eval mode.
+
+    Its tensor-parallel size is the initialised one (TP=1, initialising a single-rank group, when
+    parallel state is not initialised). ``config`` sets runtime fields (``sequence_parallel``,
+    ``params_dtype``, ``attn_impl``, ...). Each rank reads only its slices (safetensors slice reads).
+    """
+    path = Path(path)
+    found = detect(path)
+    if found.layout != "pose":
+        raise CheckpointError(f"{path}: load_model reads pose_mcore checkpoints ({FORMAT}); this is {found.layout} "
+                              "(convert it with: pose-convert import)")
+    if not parallel_state.model_parallel_is_initialized():
+        initialize_parallel(1)
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    cfg = make_config(found.family, found.config.architecture(), tensor_model_parallel_size=tp, **config)
+    # Built on the meta device (no memory, no random init), then given storage that the checkpoint fills.
+    with torch.device("meta"):
+        model = FAMILIES[found.family].model_class(cfg)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    model = _materialize(model, device)
+    source = found.source
+    wanted = {k: v for k, v in model.state_dict(keep_vars=True).items() if not k.endswith("_extra_state")}
+    missing, unexpected = sorted(set(wanted) - set(source.keys())), sorted(set(source.keys()) - set(wanted))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: does not fit {type(cfg).__name__}: missing {missing[:20]}; "
+                              f"unexpected {unexpected[:20]}")
+    with torch.no_grad():
+        for name, param in wanted.items():
+            full_shape = source.shape(name)
+            try:
+                where = local_ranges(param, full_shape, name)
+            except ValueError as e:
+                raise CheckpointError(f"{path}: {e}") from e
+            local = source.get(name) if where is None else source.get_ranges(name, *where)
+            if tuple(local.shape) != tuple(param.shape):
+                raise CheckpointError(f"{path}: tensor {name!r} has shape {full_shape}; the model needs "
+                                      f"{tuple(param.shape)} on this rank")
+            param.copy_(local.to(param.dtype))
+    return model.eval()
+
+
+def _materialize(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Give a meta-device model uninitialised storage on ``device``, keeping the attributes megatron-core
+    and pose_mcore set on parameters (TP partitioning, sequence-parallel tags), which ``to_empty`` drops."""
+    attributes = {name: dict(vars(p)) for name, p in model.named_parameters()}
+    model = model.to_empty(device=device)
+    for name, p in model.named_parameters():
+        for key, value in attributes[name].items():
+            setattr(p, key, value)
+    return model
