@@ -262,3 +262,19 @@ def test_bench_convert_runs(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "import: peak RSS" in proc.stdout and "export: peak RSS" in proc.stdout
+
+
+def test_pth_and_ema_sources(layouts, tmp_path):
+    """A Wan official .pth and a HunyuanVideo file whose EMA weights are chosen with --container."""
+    reference = layouts["wan_t2v_original"][1]
+    torch.save(wan_original_state(reference.state_dict()), tmp_path / "wan.pth")
+    assert main(["import", "--src", str(tmp_path / "wan.pth"), "--dst", str(tmp_path / "wan_pose")]) == 0
+    hy = layouts["hunyuan_t2v_original"][1].state_dict()
+    ema = {k: v + 1 for k, v in hunyuan_original_state(hy).items()}
+    torch.save({"module": hunyuan_original_state(hy), "ema": ema}, tmp_path / "hy.pt")
+    assert main(["import", "--src", str(tmp_path / "hy.pt"), "--dst", str(tmp_path / "hy_ema"), "--container", "ema",
+                 *HUNYUAN_TINY_ROPE]) == 0
+    imported = _tensors(tmp_path / "hy_ema")
+    assert torch.equal(imported["x_embedder.weight"], ema["img_in.proj.weight"])
+    assert main(["import", "--src", str(tmp_path / "hy.pt"), "--dst", str(tmp_path / "no"), "--container", "nope",
+                 *HUNYUAN_TINY_ROPE]) == 2
