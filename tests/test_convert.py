@@ -278,3 +278,16 @@ def test_pth_and_ema_sources(layouts, tmp_path):
     assert torch.equal(imported["x_embedder.weight"], ema["img_in.proj.weight"])
     assert main(["import", "--src", str(tmp_path / "hy.pt"), "--dst", str(tmp_path / "no"), "--container", "nope",
                  *HUNYUAN_TINY_ROPE]) == 2
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2])
+def test_slice_reads_match_narrow(tmp_path, dim):
+    """Reading ranges of a tensor from a safetensors file equals narrowing the whole tensor."""
+    from pose_mcore.checkpoint.io import SafetensorsSource
+
+    full = torch.randn(6, 10, 4)
+    save_file({"t": full}, tmp_path / "t.safetensors")
+    source = SafetensorsSource(tmp_path, [tmp_path / "t.safetensors"])
+    ranges = [(1, 3), (4, full.shape[dim])]
+    expected = torch.cat([full.narrow(dim, a, b - a) for a, b in ranges], dim=dim)
+    assert torch.equal(source.get_ranges("t", dim, ranges), expected)

@@ -100,12 +100,24 @@ class SafetensorsSource(TensorSource):
         return self._tensor(self._read(key, 0, torch.Size(shape).numel() * _itemsize(self.dtype(key))), key, shape)
 
     def get_ranges(self, key: str, dim: int, ranges: Sequence[tuple[int, int]]) -> torch.Tensor:
-        if dim != 0:  # a strided slice: read the tensor, keep the slice
-            return super().get_ranges(key, dim, ranges)
-        shape = self.shape(key)
-        row = torch.Size(shape[1:]).numel() * _itemsize(self.dtype(key))
-        pieces = [self._tensor(self._read(key, a * row, (b - a) * row), key, (b - a, *shape[1:])) for a, b in ranges]
-        return torch.cat(pieces)
+        """Reads only the bytes of the slice: one read per range along dim 0, one per leading index
+        (e.g. per row of a row-parallel weight) along a later dim."""
+        shape, item = self.shape(key), _itemsize(self.dtype(key))
+        inner = torch.Size(shape[dim + 1:]).numel() * item  # bytes of one index along ``dim``
+        outer = torch.Size(shape[:dim]).numel()
+        file, offset, _, _ = self._entries[key]
+        pieces = []
+        with open(file, "rb") as f:
+            for a, b in ranges:
+                buf = bytearray(outer * (b - a) * inner)
+                view = memoryview(buf)
+                for row in range(outer):
+                    f.seek(offset + (row * shape[dim] + a) * inner)
+                    chunk = view[row * (b - a) * inner:(row + 1) * (b - a) * inner]
+                    if f.readinto(chunk) != len(chunk):
+                        raise CheckpointError(f"{file}: tensor {key!r} is cut short (truncated file)")
+                pieces.append(self._tensor(buf, key, (*shape[:dim], b - a, *shape[dim + 1:])))
+        return torch.cat(pieces, dim=dim)
 
 
 def _read_header(file: Path) -> dict[str, tuple[Path, int, torch.dtype, tuple[int, ...]]]:
