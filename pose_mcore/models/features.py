@@ -1,0 +1,76 @@
+"""Hidden states after chosen blocks of a DiT, for the discriminator (the model knows nothing of it).
+
+Features are the block outputs as the model holds them: sequence-first ``[s, b, d]``, this rank's
+padded token shard under sequence parallelism (``valid_tokens`` says how many are real).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from megatron.core import parallel_state
+from torch import nn
+
+
+def feature_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's blocks in order (Wan: ``blocks``; HunyuanVideo: dual- then single-stream)."""
+    if hasattr(model, "blocks"):
+        return list(model.blocks)
+    return [*model.double_blocks, *model.single_blocks]
+
+
+def default_layers(model: nn.Module) -> list[int]:
+    """Blocks at 1/4, 1/2, 3/4 of the depth and the last (distinct)."""
+    n = len(feature_blocks(model))
+    return sorted({max(0, round(n * f) - 1) for f in (0.25, 0.5, 0.75, 1.0)})
+
+
+@dataclass
+class Features:
+    layers: list[int]
+    hidden: list[torch.Tensor] = field(default_factory=list)
+    """Block outputs ``[s_local, b, d]`` in ``layers`` order."""
+    grid: tuple[int, int, int] | None = None
+    """Token grid (frames, height, width) of the whole sequence."""
+
+    def valid_tokens(self) -> int:
+        """Real (not padding) tokens in this rank's shard."""
+        total = self.grid[0] * self.grid[1] * self.grid[2]
+        local = self.hidden[0].shape[0]
+        if local == total:
+            return total
+        start = parallel_state.get_tensor_model_parallel_rank() * local
+        return max(0, min(local, total - start))
+
+
+@contextlib.contextmanager
+def capture_features(model: nn.Module, layers: Sequence[int], hidden_states: torch.Tensor) -> Iterator[Features]:
+    """Record the outputs of blocks ``layers`` during the forward run inside the ``with`` body.
+
+    Only the first call of each block is recorded, so recomputation under activation checkpointing
+    does not overwrite them.
+    """
+    blocks = feature_blocks(model)
+    bad = [i for i in layers if not 0 <= i < len(blocks)]
+    if bad:
+        raise ValueError(f"feature layers {bad} out of range: the model has {len(blocks)} blocks")
+    patch = model.config.patch_size
+    feats = Features(list(layers), grid=tuple(n // p for n, p in zip(hidden_states.shape[2:], patch, strict=True)))
+    slots: dict[int, torch.Tensor] = {}
+
+    def hook_for(index: int):
+        def hook(module, args, output):
+            if index not in slots:
+                slots[index] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    handles = [blocks[i].register_forward_hook(hook_for(i)) for i in layers]
+    try:
+        yield feats
+    finally:
+        for h in handles:
+            h.remove()
+        feats.hidden[:] = [slots[i] for i in layers if i in slots]

@@ -1,0 +1,109 @@
+"""Discriminator heads on the multi-layer features of the (EMA) backbone.
+
+``SemanticHead`` (paper Sec. 3.3, Fig. 4): learnable logit queries; per feature layer, the queries
+self-attend with the condition tokens (text, and image for I2V, each with a learned modality
+embedding), get the noise level through an AdaLN scale/shift, and cross-attend to that layer's video
+tokens with :func:`pose_kernels.logit_query_attention` (few queries, very long keys). Under sequence
+parallelism each rank attends to its own token shard and the partial results are merged exactly by
+log-sum-exp. The outputs of all layers are concatenated along channels and projected to one logit.
+
+``ConvHead``: the convolutional head of the paper's ablation (Table 3).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+from pose_kernels import logit_query_attention, merge_partial_attention
+from torch import nn
+
+from pose_mcore.layers.embeddings import MLPEmbedding, timestep_sinusoid
+from pose_mcore.models.features import Features
+from pose_mcore.parallel.sequence import gather_tokens, mark_sequence_parallel
+
+
+class _QueryLayer(nn.Module):
+    """One feature layer's query path: self-attention with the conditions, AdaLN, cross-attention."""
+
+    def __init__(self, dim: int, feature_dim: int, heads: int, sequence_parallel: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(dim)
+        self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ada = nn.Linear(dim, 2 * dim)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(feature_dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+        mark_sequence_parallel(self.kv, sequence_parallel)  # applied to this rank's token shard
+
+    def forward(self, queries, conditions, temb, video, valid):
+        b, n, d = queries.shape
+        tokens = self.norm(torch.cat([queries, conditions], dim=1))
+        q = queries + self.self_attn(tokens, tokens, tokens, need_weights=False)[0][:, :n]
+        scale, shift = self.ada(F.silu(temb)).unsqueeze(1).chunk(2, dim=-1)
+        q = q * (1 + scale) + shift
+        hd = d // self.heads
+        qh = self.q(q).view(b, n, self.heads, hd).transpose(1, 2)
+        k, v = self.kv(video.transpose(0, 1)).view(b, -1, 2, self.heads, hd).permute(2, 0, 3, 1, 4)
+        lengths = torch.full((b,), valid, dtype=torch.int32, device=video.device)
+        out, lse = logit_query_attention(qh, k, v, key_lengths=lengths)
+        if parallel_state.get_tensor_model_parallel_world_size() > 1 and self.kv.weight.sequence_parallel:
+            stacked = gather_from_sequence_parallel_region(torch.cat([out, lse.unsqueeze(-1)], -1).unsqueeze(0),
+                                                           tensor_parallel_output_grad=False)
+            out, lse = merge_partial_attention(list(stacked[..., :-1]), list(stacked[..., -1]))
+        return q + self.out(out.transpose(1, 2).reshape(b, n, d))
+
+
+class SemanticHead(nn.Module):
+    """Logit-query head: conditions + noise level + cross-attention over each feature layer -> logit."""
+
+    def __init__(self, feature_dim: int, num_layers: int, text_dim: int, image_dim: int | None = None,
+                 dim: int = 64, num_queries: int = 8, heads: int = 4, sequence_parallel: bool = False) -> None:
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(num_queries, dim) * dim**-0.5)
+        self.text_proj = nn.Linear(text_dim, dim)
+        self.m_text = nn.Parameter(torch.zeros(1, 1, dim))
+        self.image_proj = nn.Linear(image_dim, dim) if image_dim else None
+        self.m_image = nn.Parameter(torch.zeros(1, 1, dim)) if image_dim else None
+        self.time = MLPEmbedding(dim, dim, dim, "silu")
+        self.layers = nn.ModuleList(_QueryLayer(dim, feature_dim, heads, sequence_parallel) for _ in range(num_layers))
+        self.proj = nn.Linear(num_layers * num_queries * dim, 1)
+
+    def forward(self, features: Features, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Logits ``[b]`` from features, noise level ``t [b]`` (in [0, 1]) and condition tokens."""
+        conditions = self.text_proj(text) + self.m_text
+        if self.image_proj is not None and image is not None:
+            conditions = torch.cat([self.image_proj(image) + self.m_image, conditions], dim=1)
+        b = text.shape[0]
+        temb = self.time(timestep_sinusoid(1000 * t, self.queries.shape[1]))
+        queries = self.queries.unsqueeze(0).expand(b, -1, -1)
+        valid = features.valid_tokens()
+        outs = [layer(queries, conditions, temb, hidden.float(), valid)
+                for layer, hidden in zip(self.layers, features.hidden, strict=True)]
+        return self.proj(torch.cat(outs, dim=-1).flatten(1)).squeeze(-1)
+
+
+class ConvHead(nn.Module):
+    """Convolutional head (ablation): per feature layer a 3-D conv over the token grid, pooled, summed."""
+
+    def __init__(self, feature_dim: int, num_layers: int, dim: int = 64) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv3d(feature_dim, dim, 3, padding=1) for _ in range(num_layers))
+        self.time = MLPEmbedding(dim, dim, dim, "silu")
+        self.proj = nn.Linear(dim, 1)
+
+    def forward(self, features: Features, t: torch.Tensor, text: torch.Tensor | None = None,
+                image: torch.Tensor | None = None) -> torch.Tensor:
+        f, h, w = features.grid
+        total = f * h * w
+        pooled = 0
+        for conv, hidden in zip(self.convs, features.hidden, strict=True):
+            if hidden.shape[0] != total:  # sequence parallel: this head needs every token
+                hidden = gather_tokens(hidden, total)
+            grid = hidden.float().permute(1, 2, 0).reshape(hidden.shape[1], -1, f, h, w)
+            pooled = pooled + F.silu(conv(grid)).mean(dim=(2, 3, 4))
+        temb = self.time(timestep_sinusoid(1000 * t, pooled.shape[-1]))
+        return self.proj(pooled + temb).squeeze(-1)
