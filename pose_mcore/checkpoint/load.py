@@ -11,7 +11,7 @@ from megatron.core import parallel_state
 from pose_mcore.checkpoint.configs import make_config
 from pose_mcore.checkpoint.convert import FORMAT, detect
 from pose_mcore.checkpoint.io import CheckpointError
-from pose_mcore.models.registry import FAMILIES
+from pose_mcore.models.registry import build_empty
 from pose_mcore.parallel.sharding import local_ranges
 from pose_mcore.parallel.state import initialize_parallel
 
@@ -33,10 +33,8 @@ def load_model(path: str | Path, **config: Any) -> torch.nn.Module:
     tp = parallel_state.get_tensor_model_parallel_world_size()
     cfg = make_config(found.family, found.config.architecture(), tensor_model_parallel_size=tp, **config)
     # Built on the meta device (no memory, no random init), then given storage that the checkpoint fills.
-    with torch.device("meta"):
-        model = FAMILIES[found.family].model_class(cfg)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    model = _materialize(model, device)
+    model = build_empty(cfg, device)
     source = found.source
     wanted = {k: v for k, v in model.state_dict(keep_vars=True).items() if not k.endswith("_extra_state")}
     missing, unexpected = sorted(set(wanted) - set(source.keys())), sorted(set(source.keys()) - set(wanted))
@@ -57,13 +55,3 @@ def load_model(path: str | Path, **config: Any) -> torch.nn.Module:
             param.copy_(local.to(param.dtype))
     return model.eval()
 
-
-def _materialize(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Give a meta-device model uninitialised storage on ``device``, keeping the attributes megatron-core
-    and pose_mcore set on parameters (TP partitioning, sequence-parallel tags), which ``to_empty`` drops."""
-    attributes = {name: dict(vars(p)) for name, p in model.named_parameters()}
-    model = model.to_empty(device=device)
-    for name, p in model.named_parameters():
-        for key, value in attributes[name].items():
-            setattr(p, key, value)
-    return model

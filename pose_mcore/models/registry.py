@@ -67,3 +67,25 @@ def family_of_config(config: VideoDiTConfig) -> ModelFamily:
         if isinstance(config, fam.config_class):
             return fam
     raise ConfigError(f"no model family for config type {type(config).__name__}")
+
+
+def build_empty(config: VideoDiTConfig, device: torch.device | str) -> torch.nn.Module:
+    """The model of ``config`` with uninitialised storage on ``device`` (built on the meta device: no
+    memory, no random init), for weights loaded right after. Keeps the attributes megatron-core and
+    pose_mcore set on parameters (TP partitioning, sequence-parallel tags), which ``to_empty`` drops."""
+    with torch.device("meta"):
+        model = family_of_config(config).model_class(config)
+    attributes = {name: dict(vars(p)) for name, p in model.named_parameters()}
+    model = model.to_empty(device=device)
+    for name, p in model.named_parameters():
+        for key, value in attributes[name].items():
+            setattr(p, key, value)
+    return model
+
+
+def clone_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a DiT with the same weights and TP layout (``deepcopy`` cannot copy process groups)."""
+    device = next(model.parameters()).device
+    copy = build_empty(model.config, device)
+    copy.load_state_dict(model.state_dict())
+    return copy.train(model.training)

@@ -1,0 +1,189 @@
+"""Training configuration: nested dataclasses read from YAML, with ``a.b.c=value`` overrides.
+
+Unknown keys are errors that name the key path; values are converted to the field's type.
+Paper hyper-parameters (14B models) are the defaults of the phase sections; the tiny CPU config
+overrides them for toy scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class TrainConfigError(ValueError):
+    """A training config that cannot be used; the message names the key."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    clip_grad: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    kind: str = "procedural"
+    """'procedural' (moving shapes, no download) or 'latents' (safetensors shards + JSONL manifest)."""
+    path: str | None = None
+    """The manifest of a 'latents' dataset."""
+    size: int = 4096
+    """Procedural samples."""
+    frames: int = 5
+    height: int = 16
+    width: int = 16
+    seed: int = 0
+
+
+@dataclass
+class TeacherConfig:
+    steps: int = 0
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
+    shift: float = 1.0
+    uncond_prob: float = 0.1
+    """Probability of dropping the text, so that the teacher also learns the unconditional velocity."""
+
+
+@dataclass
+class Phase1Config:
+    steps: int = 500
+    optim_g: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-6))
+    optim_fake: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-6))
+    fake_updates: int = 5
+    """Fake-score updates per generator update (DMD2 used 5)."""
+    real_guidance: float = 6.0
+    """CFG scale of the real score, standard form v_u + g (v_c - v_u)."""
+    t_min: float = 0.02
+    t_max: float = 0.98
+    shift: float = 5.0
+    lora_rank: int = 16
+    lora_alpha: float = 16.0
+
+
+@dataclass
+class Phase2Config:
+    steps: int = 1000
+    optim_g: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-6, betas=(0.5, 0.999)))
+    optim_d: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-6, betas=(0.5, 0.999)))
+    ema_decay: float = 0.995
+    backbone: str = "ema"
+    """Discriminator backbone: 'ema' (default), 'frozen' (teacher weights) or 'full' (trained copy)."""
+    head: str = "semantic"
+    """'semantic' (logit queries) or 'conv' (ablation)."""
+    head_dim: int = 64
+    head_queries: int = 8
+    head_heads: int = 4
+    feature_layers: list[int] | None = None
+    """Backbone blocks whose outputs feed the head (default: 1/4, 1/2, 3/4 and the last)."""
+    t_adv_min: float = 0.7
+    adv_loss: str = "hinge"
+    r1_weight: float = 1.0
+    sigma_s: float = 0.05
+    sigma_t: float = 0.05
+    consistency_weight: float = 10.0
+    """lambda of the frame consistency loss (I2V; ignored for T2V models)."""
+    t_min: float = 0.02
+    t_max: float = 0.98
+    shift: float = 5.0
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny-t2v"
+    model: dict[str, Any] = field(default_factory=dict)
+    """Model config overrides (architecture or runtime fields)."""
+    tensor_parallel: int | None = None
+    """TP size (default: all ranks); sequence parallelism is on when TP > 1."""
+    batch_size: int = 8
+    seed: int = 1234
+    phases: list[str] = field(default_factory=lambda: ["teacher", "phase1", "phase2"])
+    teacher_checkpoint: str | None = None
+    """A pose_mcore checkpoint of the teacher; without it the 'teacher' phase trains one."""
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    phase1: Phase1Config = field(default_factory=Phase1Config)
+    phase2: Phase2Config = field(default_factory=Phase2Config)
+    output_dir: str = "outputs/run"
+    checkpoint_every: int = 0
+    """Steps between checkpoints (0: only at the end of each phase)."""
+    sample_every: int = 0
+    log_every: int = 10
+    tensorboard: bool = False
+    max_nonfinite: int = 5
+    """Consecutive non-finite steps (skipped) before the run stops."""
+
+
+def _convert(value: Any, hint: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise TrainConfigError(f"{path}: expected a mapping, got {value!r}")
+        return _build(hint, value, path)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return None if value is None else _convert(value, args[0], path)
+    if origin is tuple:
+        return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, typing.get_args(hint),
+                                                                                     strict=True)))
+    if origin is list:
+        (arg,) = typing.get_args(hint)
+        return [_convert(v, arg, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or hint is Any:
+        return value
+    try:
+        if hint is bool and isinstance(value, str):
+            return {"true": True, "false": False}[value.lower()]
+        return hint(value)
+    except (TypeError, ValueError, KeyError) as e:
+        raise TrainConfigError(f"{path}: cannot use {value!r} as {getattr(hint, '__name__', hint)}") from e
+
+
+def _build(cls: type, values: dict[str, Any], path: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = f" in {path}" if path else ""
+        known = ", ".join(sorted(names))
+        raise TrainConfigError(f"unknown config key(s){where}: {', '.join(unknown)} (known: {known})")
+    return cls(**{k: _convert(v, hints[k], f"{path}.{k}" if path else k) for k, v in values.items()})
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        tree = tree.setdefault(key, {})
+        if not isinstance(tree, dict):
+            raise TrainConfigError(f"override {dotted}: {key} is not a section")
+    tree[keys[-1]] = value
+
+
+def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """A :class:`TrainConfig` from a YAML file (or the defaults) plus ``key.path=value`` overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as e:
+            raise TrainConfigError(f"{path}: cannot read the config ({e})") from e
+        except yaml.YAMLError as e:
+            raise TrainConfigError(f"{path}: not valid YAML ({e})") from e
+    for item in overrides or []:
+        if "=" not in item:
+            raise TrainConfigError(f"override {item!r}: expected key.path=value")
+        key, text = item.split("=", 1)
+        _set_path(tree, key.strip(), yaml.safe_load(text))
+    return _build(TrainConfig, tree)
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)

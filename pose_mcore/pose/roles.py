@@ -1,0 +1,89 @@
+"""The model roles of POSE and how they share weights.
+
+- ``generator``: initialised from the teacher, fully trained.
+- ``base``: ONE frozen copy of the teacher carrying a zero-initialised LoRA: with the adapter off it
+  is the real score (the teacher), with it on the fake score. Only the LoRA trains.
+- ``ema``: exponential moving average of the generator; in Phase II the discriminator backbone.
+- ``head``: the discriminator head (the only trained discriminator part, unless the backbone mode
+  is ``full``).
+
+Discriminator backbone modes (paper Table 3): ``ema`` (default, no second trained backbone),
+``frozen`` (the teacher weights: the base with LoRA off), ``full`` (a separately trained copy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from pose_mcore.models.registry import clone_model
+from pose_mcore.pose.lora import add_lora, lora_enabled
+
+BACKBONE_MODES = ("ema", "frozen", "full")
+
+
+def frozen(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+class Roles(nn.Module):
+    """Holds the roles as submodules, so one ``state_dict`` covers all of them."""
+
+    def __init__(self, teacher: nn.Module, lora_rank: int = 8, lora_alpha: float = 8.0, with_fake: bool = True,
+                 with_ema: bool = False) -> None:
+        super().__init__()
+        self.generator = clone_model(teacher)
+        for p in self.generator.parameters():
+            p.requires_grad_(True)
+        self.base = frozen(clone_model(teacher))
+        self.fake_params: list[nn.Parameter] = add_lora(self.base, lora_rank, lora_alpha) if with_fake else []
+        self.ema = frozen(clone_model(self.generator)).eval() if with_ema else None
+        self.head: nn.Module | None = None
+        self.disc_backbone: nn.Module | None = None
+
+    @contextmanager
+    def real(self) -> Iterator[nn.Module]:
+        """The teacher (the base with its adapter off)."""
+        with lora_enabled(self.base, False):
+            yield self.base
+
+    @contextmanager
+    def fake(self) -> Iterator[nn.Module]:
+        """The fake score (the base with its adapter on)."""
+        with lora_enabled(self.base, True):
+            yield self.base
+
+    def attach_discriminator(self, head: nn.Module, mode: str) -> None:
+        """Phase II: set the head and the backbone mode (``ema`` needs ``with_ema``)."""
+        if mode not in BACKBONE_MODES:
+            raise ValueError(f"discriminator backbone mode {mode!r} must be one of {BACKBONE_MODES}")
+        self.head = head
+        self.backbone_mode = mode
+        if mode == "full":
+            self.disc_backbone = clone_model(self.generator)
+        if mode == "ema" and self.ema is None:
+            self.ema = frozen(clone_model(self.generator)).eval()
+
+    @contextmanager
+    def backbone(self) -> Iterator[nn.Module]:
+        """The discriminator backbone for the current mode."""
+        if self.backbone_mode == "ema":
+            yield self.ema
+        elif self.backbone_mode == "frozen":
+            with self.real() as teacher:
+                yield teacher
+        else:
+            yield self.disc_backbone
+
+    @torch.no_grad()
+    def update_ema(self, decay: float) -> None:
+        """``ema = decay * ema + (1 - decay) * generator``."""
+        if self.ema is None:
+            return
+        for e, g in zip(self.ema.parameters(), self.generator.parameters(), strict=True):
+            e.lerp_(g.detach(), 1 - decay)
