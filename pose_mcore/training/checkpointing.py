@@ -1,0 +1,78 @@
+"""Training checkpoints: everything needed to continue exactly where a run stopped, written atomically.
+
+A checkpoint is a folder ``<output>/checkpoints/step-<global step>/`` holding ``meta.json`` (phase,
+steps, data position), one safetensors file per role with whole (TP-independent) tensors under
+pose_mcore's names, and ``rank-<r>.pt`` per rank with optimiser, scheduler and RNG states. It is
+written to a temporary folder and renamed; ``latest`` names the newest complete one. A run killed
+while writing leaves the previous checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pose_mcore.checkpoint.io import atomic_destination
+from pose_mcore.parallel.sharding import full_state_dict, load_full_state_dict
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def save_checkpoint(folder: Path, meta: dict[str, Any], roles: dict[str, nn.Module], rank_state: dict[str, Any]
+                    ) -> Path:
+    """Write a checkpoint (all ranks call this: whole tensors are gathered across TP ranks)."""
+    weights = {name: {k: v.contiguous() for k, v in full_state_dict(module).items()} for name, module in roles.items()}
+    rank = dist.get_rank()
+    final = folder / f"step-{meta['global_step']:08d}"
+    tmp = folder / f".staging-{meta['global_step']:08d}"
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    if rank == 0:
+        with atomic_destination(tmp, overwrite=True) as staging:
+            staging.mkdir()
+            for name, state in weights.items():
+                save_file(state, staging / f"{name}.safetensors")
+            (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+    dist.barrier()
+    torch.save(rank_state, tmp / f"rank-{rank}.pt")
+    dist.barrier()
+    if rank == 0:
+        tmp.rename(final)
+        (folder / "latest.tmp").write_text(final.name)
+        (folder / "latest.tmp").replace(folder / "latest")
+    dist.barrier()
+    return final
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    pointer = folder / "latest"
+    if not pointer.is_file():
+        return None
+    path = folder / pointer.read_text().strip()
+    return path if (path / "meta.json").is_file() else None
+
+
+def load_checkpoint(path: Path, roles: dict[str, nn.Module]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore the roles' weights; return (meta, this rank's state)."""
+    meta = json.loads((path / "meta.json").read_text())
+    for name, module in roles.items():
+        load_full_state_dict(module, load_file(path / f"{name}.safetensors"))
+    state = torch.load(path / f"rank-{dist.get_rank()}.pt", weights_only=False)
+    return meta, state

@@ -1,0 +1,211 @@
+"""The training loop. It knows phases only through ``Phase.step``: it feeds batches, guards against
+non-finite steps, logs, samples and checkpoints, and hands each phase's models to the next one
+(teacher -> Phase I -> Phase II)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pose_mcore.checkpoint.io import CheckpointError, SafetensorsStreamWriter, atomic_destination
+from pose_mcore.checkpoint.load import load_model
+from pose_mcore.config.train import TrainConfig, TrainConfigError, to_dict
+from pose_mcore.data.procedural import ProceduralConfig, ProceduralVideos
+from pose_mcore.data.sampler import BatchStream
+from pose_mcore.diffusion.samplers import student_sample
+from pose_mcore.models.registry import family_of_preset
+from pose_mcore.parallel.sharding import full_state_dict
+from pose_mcore.parallel.state import ParallelInfo, initialize_parallel
+from pose_mcore.pose.conditioning import Conditioner
+from pose_mcore.pose.phase import Phase
+from pose_mcore.pose.phase1 import Phase1
+from pose_mcore.pose.phase2 import Phase2
+from pose_mcore.pose.roles import Roles
+from pose_mcore.pose.teacher import TeacherPhase
+from pose_mcore.training.checkpointing import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from pose_mcore.training.logging import RunLogger, save_video_grid
+
+PHASES = ("teacher", "phase1", "phase2")
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says why and where."""
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, exit_after: int | None = None) -> None:
+        unknown = [p for p in config.phases if p not in PHASES]
+        if unknown or not config.phases:
+            raise TrainConfigError(f"phases {config.phases}: each must be one of {PHASES}")
+        self.config = config
+        self.exit_after = exit_after
+        tp = config.tensor_parallel or int(os.environ.get("WORLD_SIZE", 1))
+        self.info: ParallelInfo = initialize_parallel(tp, seed=config.seed)
+        self.family = family_of_preset(config.preset)
+        self.model_config = self.family.make_config(config.preset, tensor_model_parallel_size=tp,
+                                                    sequence_parallel=tp > 1, **config.model)
+        self.device = self.info.device
+        self.output = Path(config.output_dir)
+        self.logger = RunLogger(self.output, self.info.rank == 0, config.tensorboard)
+        self.data = BatchStream(self._dataset(), config.batch_size, config.seed, self.info.dp_rank, self.info.dp_size)
+        self.conditioner = Conditioner(self.model_config)
+        self.text_dim = self.model_config.text_dim
+        self.image_dim = getattr(self.model_config, "image_dim", None)
+        if self.info.rank == 0:
+            self.output.mkdir(parents=True, exist_ok=True)
+            (self.output / "config.json").write_text(json.dumps(to_dict(config), indent=2, default=str))
+
+    def _dataset(self):
+        d = self.config.data
+        if d.kind == "procedural":
+            cfg = self.model_config
+            return ProceduralVideos(ProceduralConfig(channels=cfg.out_channels, frames=d.frames, height=d.height,
+                                                     width=d.width, text_dim=cfg.text_dim), d.size, d.seed)
+        if d.kind == "latents":
+            from pose_mcore.data.latents import LatentDataset
+
+            return LatentDataset(d.path)
+        raise TrainConfigError(f"data.kind={d.kind!r} must be 'procedural' or 'latents'")
+
+    # --- models per phase -------------------------------------------------------------------------
+
+    def _teacher(self) -> torch.nn.Module:
+        path = self.config.teacher_checkpoint
+        if path is None:
+            return self.family.model_class(self.model_config).to(self.device)
+        try:
+            model = load_model(path, sequence_parallel=self.model_config.sequence_parallel)
+        except CheckpointError as e:
+            raise TrainConfigError(f"teacher_checkpoint: {e}") from e
+        if type(model.config) is not type(self.model_config):
+            raise TrainConfigError(f"teacher_checkpoint {path} holds a {type(model.config).__name__} model but the "
+                                   f"preset {self.config.preset!r} is a {type(self.model_config).__name__}")
+        return model.train()
+
+    def _build(self, name: str, teacher: torch.nn.Module, previous: Roles | None) -> tuple[Roles, Phase]:
+        cfg = self.config
+        seed = cfg.seed + 1000 * PHASES.index(name)
+        if name == "teacher":
+            roles = Roles(teacher, with_fake=False)
+            return roles, TeacherPhase(roles, self.conditioner, cfg.teacher, seed, self.device)
+        if name == "phase1":
+            roles = Roles(teacher, cfg.phase1.lora_rank, cfg.phase1.lora_alpha)
+            return roles, Phase1(roles, self.conditioner, cfg.phase1, seed, self.device)
+        roles = previous if previous is not None and previous.fake_params else Roles(teacher, with_fake=False)
+        phase = Phase2(roles, self.conditioner, cfg.phase2, seed, self.device, self.text_dim, self.image_dim)
+        return roles, phase
+
+    @staticmethod
+    def _modules(roles: Roles) -> dict[str, torch.nn.Module]:
+        named = {"generator": roles.generator, "base": roles.base, "ema": roles.ema, "head": roles.head,
+                 "disc_backbone": roles.disc_backbone}
+        return {k: v for k, v in named.items() if v is not None}
+
+    def _steps(self, name: str) -> int:
+        return getattr(self.config, name).steps
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def run(self, resume: bool = False) -> Path:
+        """Run every configured phase (continuing from the latest checkpoint with ``resume``); return the
+        folder of the final generator (a pose_mcore checkpoint)."""
+        cfg = self.config
+        start_phase, start_step, global_step = 0, 0, 0
+        restore = latest_checkpoint(self.output / "checkpoints") if resume else None
+        meta = None
+        if restore is not None:
+            meta = json.loads((restore / "meta.json").read_text())
+            start_phase, start_step, global_step = cfg.phases.index(meta["phase"]), meta["step"], meta["global_step"]
+        teacher = self._teacher()
+        roles: Roles | None = None
+        steps_this_run = 0
+        for p_index in range(start_phase, len(cfg.phases)):
+            name = cfg.phases[p_index]
+            roles, phase = self._build(name, teacher, roles)
+            step = 0
+            if meta is not None and p_index == start_phase:
+                _, state = load_checkpoint(restore, self._modules(roles))
+                phase.load_state_dict(state["phase"])
+                set_rng_state(state["rng"])
+                self.data.position = meta["data_position"]
+                step = start_step
+                if self.info.rank == 0:
+                    print(f"resumed {name} at step {step} from {restore}", flush=True)
+            total = self._steps(name)
+            self.logger.start_phase(name, total, step)
+            consecutive = 0
+            t_last = time.perf_counter()
+            while step < total:
+                batch = {k: v.to(self.device) for k, v in self.data.next().items()}
+                metrics = phase.step(batch)
+                step += 1
+                global_step += 1
+                steps_this_run += 1
+                consecutive = 0 if metrics["stepped"] else consecutive + 1
+                if consecutive >= cfg.max_nonfinite:
+                    raise TrainingError(f"{name}: stopped after {consecutive} consecutive non-finite steps "
+                                        f"(step {step}); lower the learning rate or check the data")
+                now = time.perf_counter()
+                self.logger.log(name, step, global_step, metrics, 1.0 / max(now - t_last, 1e-9),
+                                write=step % max(cfg.log_every, 1) == 0 or step == total)
+                t_last = now
+                if cfg.sample_every and step % cfg.sample_every == 0:
+                    self.sample(roles, batch, self.output / "samples" / f"{name}-{step:06d}.gif")
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total:
+                    self._checkpoint(name, step, global_step, roles, phase)
+                if self.exit_after is not None and steps_this_run >= self.exit_after:
+                    self.logger.end_phase()
+                    raise SystemExit(f"exit after {steps_this_run} steps (as if the job were stopped)")
+            self.logger.end_phase()
+            if name == "teacher":
+                teacher = roles.generator
+            self.sample(roles, batch, self.output / "samples" / f"{name}-final.gif")
+        self.logger.close()
+        return self.export_generator(roles)
+
+    def _checkpoint(self, name: str, step: int, global_step: int, roles: Roles, phase: Phase) -> None:
+        meta = {"phase": name, "step": step, "global_step": global_step, "data_position": self.data.position}
+        save_checkpoint(self.output / "checkpoints", meta, self._modules(roles),
+                        {"phase": phase.state_dict(), "rng": rng_state()})
+
+    @torch.no_grad()
+    def sample(self, roles: Roles, batch: dict[str, torch.Tensor], path: Path) -> None:
+        """One-step samples of the generator (the teacher itself in the teacher phase: 1 step)."""
+        conds = self.conditioner(batch)
+        model = roles.generator
+        noise = torch.randn(batch["latents"].shape, generator=torch.Generator().manual_seed(0)).to(batch["latents"])
+        video = student_sample(lambda x, t: model(conds.inputs(x), 1000 * t, **conds.cond).sample, noise, 1)
+        if self.info.rank == 0:
+            save_video_grid(torch.cat([batch["latents"][:4], video[:4]]), path)
+
+    def export_generator(self, roles: Roles) -> Path:
+        """Write the final generator as a pose_mcore checkpoint (config.json + safetensors)."""
+        state = full_state_dict(roles.generator)
+        dst = self.output / "generator"
+        if self.info.rank == 0:
+            with atomic_destination(dst, overwrite=True) as tmp:
+                tmp.mkdir()
+                names = sorted(state)
+                writer = SafetensorsStreamWriter(tmp / "model-00001-of-00001.safetensors",
+                                                 [(k, state[k].dtype, tuple(state[k].shape)) for k in names])
+                for k in names:
+                    writer.write(k, state[k])
+                writer.close()
+                (tmp / "model.safetensors.index.json").write_text(json.dumps(
+                    {"metadata": {}, "weight_map": {k: "model-00001-of-00001.safetensors" for k in names}}))
+                (tmp / "config.json").write_text(json.dumps(
+                    {"format": "pose_mcore", "format_version": 1, "family": self.family.name,
+                     "architecture": self.model_config.architecture(), "converted_from": "training"}, indent=2))
+        dist.barrier()
+        return dst
