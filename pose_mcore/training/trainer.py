@@ -15,6 +15,7 @@ import torch.distributed as dist
 from pose_mcore.checkpoint.io import CheckpointError, SafetensorsStreamWriter, atomic_destination
 from pose_mcore.checkpoint.load import load_model
 from pose_mcore.config.train import TrainConfig, TrainConfigError, to_dict
+from pose_mcore.data.latents import DatasetError, LatentDataset
 from pose_mcore.data.procedural import ProceduralConfig, ProceduralVideos
 from pose_mcore.data.sampler import BatchStream
 from pose_mcore.diffusion.samplers import student_sample
@@ -73,9 +74,12 @@ class Trainer:
             return ProceduralVideos(ProceduralConfig(channels=cfg.out_channels, frames=d.frames, height=d.height,
                                                      width=d.width, text_dim=cfg.text_dim), d.size, d.seed)
         if d.kind == "latents":
-            from pose_mcore.data.latents import LatentDataset
-
-            return LatentDataset(d.path)
+            if d.path is None:
+                raise TrainConfigError("data.kind='latents' needs data.path (the manifest)")
+            try:
+                return LatentDataset(d.path)
+            except DatasetError as e:
+                raise TrainConfigError(f"data: {e}") from e
         raise TrainConfigError(f"data.kind={d.kind!r} must be 'procedural' or 'latents'")
 
     # --- models per phase -------------------------------------------------------------------------
@@ -102,7 +106,10 @@ class Trainer:
         if name == "phase1":
             roles = Roles(teacher, cfg.phase1.lora_rank, cfg.phase1.lora_alpha)
             return roles, Phase1(roles, self.conditioner, cfg.phase1, seed, self.device)
-        roles = previous if previous is not None and previous.fake_params else Roles(teacher, with_fake=False)
+        if previous is None:  # the roles Phase I would have handed over (same weights are restored on resume)
+            primed = "phase1" in cfg.phases
+            previous = Roles(teacher, cfg.phase1.lora_rank, cfg.phase1.lora_alpha, with_fake=primed)
+        roles = previous
         phase = Phase2(roles, self.conditioner, cfg.phase2, seed, self.device, self.text_dim, self.image_dim)
         return roles, phase
 

@@ -1,0 +1,94 @@
+"""POSE phases on tiny models: the fake score starts equal to the real one and only its LoRA trains;
+in Phase II the backbone changes only through the EMA, the head trains and the generator learns
+through the discriminator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from phase_fixtures import batch_for, phase1_setup, phase2_setup
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if not k.endswith("_extra_state")}
+
+
+def _changed(before, module):
+    after = _snapshot(module)
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_fake_equals_real_at_init_and_only_lora_trains(tp1):
+    roles, phase, cfg = phase1_setup()
+    batch = batch_for(cfg)
+    conds = phase.conditioner(batch)
+    x = torch.randn(batch["latents"].shape)
+    t = torch.full((2,), 0.5)
+    with torch.no_grad():
+        with roles.real() as real:
+            v_real = phase.velocity(real, x, t, conds, conds.cond)
+        with roles.fake() as fake:
+            v_fake = phase.velocity(fake, x, t, conds, conds.cond)
+    assert torch.equal(v_real, v_fake)
+    base, gen = _snapshot(roles.base), _snapshot(roles.generator)
+    phase.fake_step(conds, torch.randn(batch["latents"].shape))
+    changed = _changed(base, roles.base)
+    assert changed and all(".lora_" in k for k in changed)
+    assert any(".lora_B" in k for k in changed)  # B starts at zero and moves first
+    assert not _changed(gen, roles.generator)
+    assert all(p.requires_grad == (".lora_" in n) for n, p in roles.base.named_parameters())
+
+
+def test_generator_step_changes_only_the_generator(tp1):
+    roles, phase, cfg = phase1_setup()
+    batch = batch_for(cfg)
+    base, gen = _snapshot(roles.base), _snapshot(roles.generator)
+    metrics = phase.step(batch)
+    assert metrics["stepped"] == 1.0 and metrics["loss_dm"] > 0
+    assert _changed(gen, roles.generator)
+    assert all(".lora_" in k for k in _changed(base, roles.base))
+
+
+@pytest.mark.parametrize("head", ["semantic", "conv"])
+def test_phase2_roles(tp1, head):
+    roles, _, cfg = phase1_setup()
+    phase = phase2_setup(roles, cfg, head=head)
+    batch = batch_for(cfg)
+    conds = phase.conditioner(batch)
+    ema, head_w, gen, base = (_snapshot(m) for m in (roles.ema, roles.head, roles.generator, roles.base))
+    d = phase.discriminator_step(batch, conds)
+    assert not _changed(ema, roles.ema) and not _changed(gen, roles.generator)
+    assert _changed(head_w, roles.head)
+    assert d["stepped_d"] == 1.0 and d["r1"] > 0
+    gen_before = _snapshot(roles.generator)
+    g = phase.generator_step(batch, conds)
+    assert g["stepped_g"] == 1.0 and g["grad_norm_g"] > 0  # the generator learns through D (T2V: no consistency)
+    gen_after = _snapshot(roles.generator)
+    assert _changed(gen_before, roles.generator)
+    ema_after = _snapshot(roles.ema)
+    for k in ema:  # ema = decay * ema + (1 - decay) * generator, and nothing else moved it
+        assert torch.allclose(ema_after[k], 0.9 * ema[k] + 0.1 * gen_after[k], atol=1e-6), k
+    assert not _changed(base, roles.base)
+
+
+def test_frozen_and_full_backbones(tp1):
+    roles, _, cfg = phase1_setup()
+    phase = phase2_setup(roles, cfg, backbone="frozen")
+    base = _snapshot(roles.base)
+    phase.step(batch_for(cfg))
+    assert not _changed(base, roles.base)
+    roles, _, cfg = phase1_setup()
+    phase = phase2_setup(roles, cfg, backbone="full")
+    backbone = _snapshot(roles.disc_backbone)
+    phase.discriminator_step(batch_for(cfg), phase.conditioner(batch_for(cfg)))
+    assert _changed(backbone, roles.disc_backbone)
+    with pytest.raises(ValueError, match="backbone mode 'twin'"):
+        phase2_setup(*phase1_setup()[::2], backbone="twin")
+
+
+def test_consistency_loss_in_i2v(tp1):
+    roles, _, cfg = phase1_setup("tiny-i2v")
+    phase = phase2_setup(roles, cfg)
+    batch = batch_for(cfg)
+    out = phase.generator_step(batch, phase.conditioner(batch))
+    assert out["consistency"] > 0
