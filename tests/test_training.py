@@ -1,0 +1,149 @@
+"""The training loop: resuming gives the same run, a checkpoint interrupted while written leaves the
+previous one usable, bad input is refused with one message, and the launcher runs end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import pose_mcore.training.checkpointing as checkpointing
+from pose_mcore.config.train import load_train_config
+from pose_mcore.data.latents import write_latent_dataset
+from pose_mcore.data.procedural import ProceduralConfig, ProceduralVideos
+from pose_mcore.training.checkpointing import latest_checkpoint
+from pose_mcore.training.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["preset=tiny-t2v", "batch_size=2", "data.size=64", "data.frames=3", "data.height=8", "data.width=8",
+         "teacher.steps=4", "phase1.steps=4", "phase2.steps=3", "phase1.fake_updates=1", "checkpoint_every=2",
+         "log_every=1", "phase2.head_dim=16", "phase2.head_queries=2", "phase2.head_heads=2", "phase1.lora_rank=4",
+         "teacher.optim.lr=1e-3", "phase1.optim_g.lr=1e-4", "phase1.optim_fake.lr=1e-3", "phase2.optim_g.lr=1e-4",
+         "phase2.optim_d.lr=1e-4"]
+
+
+def _run(out: Path, exit_after: int | None = None, resume: bool = False) -> None:
+    Trainer(load_train_config(None, [*SMALL, f"output_dir={out}"]), exit_after=exit_after).run(resume=resume)
+
+
+def _records(out: Path) -> dict[tuple[str, int], dict]:
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {(r["phase"], r["step"]): r for r in lines}
+
+
+def test_resume_continues_exactly(tp1, tmp_path):
+    _run(tmp_path / "whole")
+    with pytest.raises(SystemExit, match="exit after 7 steps"):
+        _run(tmp_path / "split", exit_after=7)  # teacher 4 + phase1 3: the latest checkpoint is phase1 step 2
+    assert latest_checkpoint(tmp_path / "split" / "checkpoints").name == "step-00000006"
+    _run(tmp_path / "split", resume=True)
+    whole, split = _records(tmp_path / "whole"), _records(tmp_path / "split")
+    after = [k for k in whole if k[0] == "phase2" or (k[0] == "phase1" and k[1] > 2)]
+    assert len(after) == 5
+    for key in after:
+        assert split[key] == whole[key], key
+    a = load_file(tmp_path / "whole" / "generator" / "model-00001-of-00001.safetensors")
+    b = load_file(tmp_path / "split" / "generator" / "model-00001-of-00001.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_interrupted_checkpoint_leaves_the_previous_one(tp1, tmp_path, monkeypatch):
+    real_save = checkpointing.save_file
+    calls = {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the second checkpoint (teacher step 4), while its files are written
+            raise KeyboardInterrupt("killed")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpointing, "save_file", failing)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path)
+    latest = latest_checkpoint(tmp_path / "checkpoints")
+    assert latest.name == "step-00000002"
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".") and "tmp" in p.name]
+    monkeypatch.setattr(checkpointing, "save_file", real_save)
+    _run(tmp_path, resume=True)
+    assert (tmp_path / "generator" / "config.json").is_file()
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    return subprocess.run([sys.executable, "-m", "pose_mcore.cli", *args], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=cwd)
+
+
+def test_unknown_config_key(tmp_path):
+    proc = _cli(*SMALL, f"output_dir={tmp_path / 'out'}", "phase2.learning_rate=1", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "unknown config key(s) in phase2: learning_rate" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    proc = _cli("--config", str(tmp_path / "missing.yaml"), cwd=tmp_path)
+    assert proc.returncode == 2 and "missing.yaml: cannot read the config" in proc.stderr
+
+
+def test_missing_and_malformed_dataset_shards(tmp_path):
+    data = ProceduralVideos(ProceduralConfig(frames=3, height=8, width=8), 12)
+    manifest = write_latent_dataset((data[i] for i in range(12)), tmp_path / "data", per_shard=4)
+    shards = sorted((tmp_path / "data").glob("shard-*.safetensors"))
+    assert len(shards) == 3
+    shards[1].write_bytes(shards[1].read_bytes()[:100])
+    proc = _cli(*SMALL, "data.kind=latents", f"data.path={manifest}", f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert proc.returncode == 2 and "shard-00001.safetensors: not a readable safetensors file" in proc.stderr
+    shards[1].unlink()
+    proc = _cli(*SMALL, "data.kind=latents", f"data.path={manifest}", f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert proc.returncode == 2 and "manifest.jsonl:5: shard" in proc.stderr and "not found" in proc.stderr
+
+
+def test_latent_dataset_trains(tp1, tmp_path):
+    data = ProceduralVideos(ProceduralConfig(frames=3, height=8, width=8, text_dim=32), 16)
+    manifest = write_latent_dataset((data[i] for i in range(16)), tmp_path / "data")
+    overrides = [*SMALL, "data.kind=latents", f"data.path={manifest}", f"output_dir={tmp_path / 'out'}",
+                 "phases=[teacher]"]
+    Trainer(load_train_config(None, overrides)).run()
+    assert (tmp_path / "out" / "generator" / "config.json").is_file()
+
+
+def test_teacher_checkpoint_of_the_wrong_family(tmp_path):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from hunyuan_reference import diffusers_hunyuan
+
+    diffusers_hunyuan("t2v").save_pretrained(tmp_path / "hy")
+    from pose_mcore.checkpoint.convert import main as convert
+
+    assert convert(["import", "--src", str(tmp_path / "hy"), "--dst", str(tmp_path / "hy_pose")]) == 0
+    proc = _cli(*SMALL, f"teacher_checkpoint={tmp_path / 'hy_pose'}", f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "holds a HunyuanConfig model but the preset 'tiny-t2v' is a WanConfig" in proc.stderr
+
+
+@pytest.mark.slow
+def test_launcher_end_to_end(tmp_path):
+    """bash examples/pretrain_pose.sh: 2 ranks (TP=2, sequence parallel), every phase, then the generator
+    exports to diffusers and loads there."""
+    env = dict(os.environ, PYTHON=sys.executable, NPROC="2")
+    for key in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "WORLD_SIZE"):
+        env.pop(key, None)
+    proc = subprocess.run(["bash", str(ROOT / "examples" / "pretrain_pose.sh"), *SMALL, "preset=tiny-i2v",
+                           f"output_dir={tmp_path / 'run'}", "sample_every=2"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "TP=2 (sequence parallel=True)" in proc.stdout
+    run = tmp_path / "run"
+    assert {r["phase"] for r in _records(run).values()} == {"teacher", "phase1", "phase2"}
+    assert (run / "samples" / "phase2-final.gif").is_file() and (run / "samples" / "teacher-000002.gif").is_file()
+    from pose_mcore.checkpoint.convert import main as convert
+
+    assert convert(["export", "--src", str(run / "generator"), "--dst", str(tmp_path / "diffusers"),
+                    "--layout", "wan-diffusers"]) == 0
+    from diffusers import WanTransformer3DModel
+
+    assert WanTransformer3DModel.from_pretrained(tmp_path / "diffusers").config.in_channels == 12
