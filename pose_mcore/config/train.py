@@ -25,6 +25,7 @@ class TrainConfigError(ValueError):
 class OptimConfig:
     lr: float = 1e-6
     betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
     weight_decay: float = 0.0
     warmup_steps: int = 0
     clip_grad: float = 1.0

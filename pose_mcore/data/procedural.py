@@ -41,6 +41,10 @@ class ProceduralVideos(Dataset):
 
     def __init__(self, config: ProceduralConfig, length: int, seed: int = 0) -> None:
         self.config, self.length, self.seed = config, length, seed
+        travel = config.speed * (config.frames - 1)
+        if config.size + travel > min(config.height, config.width):
+            raise ValueError(f"a shape of size {config.size} moving {travel} pixels over {config.frames} frames does "
+                             f"not fit a {config.height}x{config.width} frame")
         gen = torch.Generator().manual_seed(config.table_seed)
         colours = torch.randn(config.num_colours, config.channels, generator=gen)
         self.colours = config.amplitude * colours / colours.norm(dim=1, keepdim=True) * config.channels**0.5

@@ -21,7 +21,7 @@ from torch import nn
 
 from pose_mcore.layers.embeddings import MLPEmbedding, timestep_sinusoid
 from pose_mcore.models.features import Features
-from pose_mcore.parallel.sequence import gather_tokens, mark_sequence_parallel
+from pose_mcore.parallel.sequence import broadcast_to_tokens, gather_tokens, mark_sequence_parallel
 
 
 class _QueryLayer(nn.Module):
@@ -46,10 +46,13 @@ class _QueryLayer(nn.Module):
         q = q * (1 + scale) + shift
         hd = d // self.heads
         qh = self.q(q).view(b, n, self.heads, hd).transpose(1, 2)
+        sharded = parallel_state.get_tensor_model_parallel_world_size() > 1 and self.kv.weight.sequence_parallel
+        if sharded:  # the replicated queries meet this rank's keys only: sum their gradient over the ranks
+            qh = broadcast_to_tokens(qh)
         k, v = self.kv(video.transpose(0, 1)).view(b, -1, 2, self.heads, hd).permute(2, 0, 3, 1, 4)
         lengths = torch.full((b,), valid, dtype=torch.int32, device=video.device)
         out, lse = logit_query_attention(qh, k, v, key_lengths=lengths)
-        if parallel_state.get_tensor_model_parallel_world_size() > 1 and self.kv.weight.sequence_parallel:
+        if sharded:
             stacked = gather_from_sequence_parallel_region(torch.cat([out, lse.unsqueeze(-1)], -1).unsqueeze(0),
                                                            tensor_parallel_output_grad=False)
             out, lse = merge_partial_attention(list(stacked[..., :-1]), list(stacked[..., -1]))

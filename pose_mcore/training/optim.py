@@ -24,7 +24,8 @@ class Optimizer:
             raise ValueError("an optimiser needs trainable parameters")
         self.modules = list(modules)
         self.cfg = cfg
-        self.adam = torch.optim.Adam(self.params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        self.adam = torch.optim.Adam(self.params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                     weight_decay=cfg.weight_decay)
         warmup = max(cfg.warmup_steps, 0)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.adam, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
@@ -46,8 +47,7 @@ class Optimizer:
                 if p.grad is not None:
                     dist.all_reduce(p.grad, group=parallel_state.get_data_parallel_group())
                     p.grad /= dp
-        grads = [p.grad for p in self.params if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        norm = self.grad_norm()
         if not (torch.isfinite(loss) and torch.isfinite(norm)):
             self.zero_grad()
             return False, float(norm)
@@ -57,6 +57,23 @@ class Optimizer:
         self.schedule.step()
         self.zero_grad()
         return True, float(norm)
+
+    def grad_norm(self) -> torch.Tensor:
+        """The global L2 norm of the gradients: slices of tensor-parallel parameters summed over the TP
+        ranks, replicated parameters counted once (as megatron-core's gradient clipping does)."""
+        sharded = torch.zeros((), dtype=torch.float64)
+        replicated = torch.zeros((), dtype=torch.float64)
+        for p in self.params:
+            if p.grad is None:
+                continue
+            sq = p.grad.detach().double().pow(2).sum().cpu()
+            if getattr(p, "tensor_model_parallel", False):
+                sharded += sq
+            else:
+                replicated += sq
+        if parallel_state.get_tensor_model_parallel_world_size() > 1:
+            dist.all_reduce(sharded, group=parallel_state.get_tensor_model_parallel_group())
+        return (sharded + replicated).sqrt().float()
 
     def state_dict(self) -> dict:
         return {"adam": self.adam.state_dict(), "schedule": self.schedule.state_dict()}
