@@ -119,6 +119,8 @@ class TrainConfig:
     sample_every: int = 0
     log_every: int = 10
     tensorboard: bool = False
+    precision: str = "auto"
+    """'auto' (bf16 autocast of the forward passes on CUDA, fp32 on the CPU), 'bf16' or 'fp32'."""
     max_nonfinite: int = 5
     """Consecutive non-finite steps (skipped) before the run stops."""
 

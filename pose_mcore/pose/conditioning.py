@@ -28,8 +28,12 @@ class Conditions:
     """Extra input channels ``[b, c_extra, f, h, w]`` concatenated after ``x_t`` (I2V), or None."""
     text: torch.Tensor
     image: torch.Tensor | None
+    first_frame: torch.Tensor | None = None
+    """HunyuanVideo-I2V token replacement: the clean first latent frame that replaces ``x_t``'s."""
 
     def inputs(self, x_t: torch.Tensor) -> torch.Tensor:
+        if self.first_frame is not None:
+            x_t = torch.cat([self.first_frame.to(x_t), x_t[:, :, 1:]], dim=2)
         return x_t if self.channels is None else torch.cat([x_t, self.channels], dim=1)
 
 
@@ -49,7 +53,7 @@ class Conditioner:
         cfg = self.config
         text = batch["text"]
         latents = batch["latents"]
-        channels = image = None
+        channels = image = first_frame = None
         if self.extra_channels:
             first = torch.zeros_like(latents)
             first[:, :, :1] = batch["first_frame"]
@@ -79,6 +83,8 @@ class Conditioner:
                       "pooled_projections": torch.zeros_like(pooled)}
             if cfg.guidance_embeds:
                 cond["guidance"] = uncond["guidance"] = torch.full((text.shape[0],), 1000.0, device=text.device)
+            if cfg.image_condition_type == "token_replace":
+                first_frame = batch["first_frame"]
         else:
             raise TypeError(f"no conditioning for {type(cfg).__name__}")
-        return Conditions(cond, uncond, channels, text, image)
+        return Conditions(cond, uncond, channels, text, image, first_frame)

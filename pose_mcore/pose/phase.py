@@ -26,6 +26,8 @@ class Phase:
         self.roles, self.conditioner, self.device = roles, conditioner, device
         self.rng = torch.Generator().manual_seed(seed)
         self.skipped = 0
+        self.bf16 = False
+        """Run forward passes under bf16 autocast (set by the trainer from ``precision``)."""
 
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         raise NotImplementedError
@@ -39,11 +41,15 @@ class Phase:
     def times(self, batch: int, t_min: float, t_max: float, shift: float) -> torch.Tensor:
         return sample_t(batch, t_min, t_max, shift, self.rng, self.device)
 
-    @staticmethod
-    def velocity(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, conds: Conditions,
+    def amp(self):
+        """Autocast for forward passes: bf16 when enabled (losses are computed in fp32)."""
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def velocity(self, model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, conds: Conditions,
                  kwargs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The model's velocity at ``x_t`` (I2V condition channels appended)."""
-        return model(conds.inputs(x_t), model_timestep(t), **kwargs).sample
+        """The model's velocity at ``x_t`` (I2V condition channels appended), in fp32."""
+        with self.amp():
+            return model(conds.inputs(x_t), model_timestep(t), **kwargs).sample.float()
 
     def generate(self, conds: Conditions, x_T: torch.Tensor) -> torch.Tensor:
         """The generator's one-step sample ``x0 = x_T - G(x_T, 1, c)``."""

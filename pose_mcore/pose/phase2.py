@@ -55,7 +55,8 @@ class Phase2(Phase):
             x_in = conds.inputs(x_t)
             with capture_features(backbone, self.layers, x_in) as feats:
                 self.velocity(backbone, x_t, t, conds, conds.cond)
-        return self.roles.head(feats, t, conds.text, conds.image)
+        with self.amp():
+            return self.roles.head(feats, t, conds.text, conds.image).float()
 
     def _t_adv(self, b):
         return self.times(b, self.cfg.t_adv_min, 1.0, 1.0)

@@ -113,6 +113,12 @@ class Trainer:
         phase = Phase2(roles, self.conditioner, cfg.phase2, seed, self.device, self.text_dim, self.image_dim)
         return roles, phase
 
+    def _bf16(self) -> bool:
+        precision = self.config.precision
+        if precision not in ("auto", "bf16", "fp32"):
+            raise TrainConfigError(f"precision={precision!r} must be 'auto', 'bf16' or 'fp32'")
+        return precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+
     @staticmethod
     def _modules(roles: Roles) -> dict[str, torch.nn.Module]:
         named = {"generator": roles.generator, "base": roles.base, "ema": roles.ema, "head": roles.head,
@@ -140,6 +146,7 @@ class Trainer:
         for p_index in range(start_phase, len(cfg.phases)):
             name = cfg.phases[p_index]
             roles, phase = self._build(name, teacher, roles)
+            phase.bf16 = self._bf16()
             step = 0
             if meta is not None and p_index == start_phase:
                 _, state = load_checkpoint(restore, self._modules(roles))
