@@ -15,7 +15,7 @@ $(STAMP): requirements/cpu.txt setup.py
 	touch $(STAMP)
 
 demo: $(STAMP)
-	PYTHON=$(abspath $(PY)) bash examples/pretrain_pose.sh
+	PYTHON=$(abspath $(PY)) bash examples/pretrain_pose.sh --resume
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

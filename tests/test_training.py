@@ -147,3 +147,29 @@ def test_launcher_end_to_end(tmp_path):
     from diffusers import WanTransformer3DModel
 
     assert WanTransformer3DModel.from_pretrained(tmp_path / "diffusers").config.in_channels == 12
+
+
+@pytest.mark.parametrize("name", ["tiny-cpu", "wan2.1-i2v-14b", "hunyuan-i2v-13b"])
+def test_shipped_configs_parse(name):
+    cfg = load_train_config(ROOT / "examples" / "configs" / f"{name}.yaml")
+    assert cfg.phases and cfg.phase2.adv_loss == "hinge"
+    from pose_mcore.models.registry import family_of_preset
+
+    family = family_of_preset(cfg.preset)
+    tp = cfg.tensor_parallel or 2
+    family.make_config(cfg.preset, tensor_model_parallel_size=tp, sequence_parallel=True, **cfg.model)
+
+
+def test_tensorboard_logging(tp1, tmp_path):
+    overrides = [*SMALL, f"output_dir={tmp_path}", "phases=[teacher]", "teacher.steps=2", "tensorboard=true"]
+    Trainer(load_train_config(None, overrides)).run()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_refuses_to_overwrite_a_run(tp1, tmp_path):
+    from pose_mcore.config.train import TrainConfigError
+
+    overrides = [*SMALL, f"output_dir={tmp_path}", "phases=[teacher]", "teacher.steps=2"]
+    Trainer(load_train_config(None, overrides)).run()
+    with pytest.raises(TrainConfigError, match="already holds checkpoints .* pass --resume"):
+        Trainer(load_train_config(None, overrides)).run()

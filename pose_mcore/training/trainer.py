@@ -135,7 +135,10 @@ class Trainer:
         folder of the final generator (a pose_mcore checkpoint)."""
         cfg = self.config
         start_phase, start_step, global_step = 0, 0, 0
-        restore = latest_checkpoint(self.output / "checkpoints") if resume else None
+        restore = latest_checkpoint(self.output / "checkpoints")
+        if restore is not None and not resume:
+            raise TrainConfigError(f"output_dir {self.output} already holds checkpoints ({restore.name}): pass "
+                                   "--resume to continue that run, or choose another output_dir")
         meta = None
         if restore is not None:
             meta = json.loads((restore / "meta.json").read_text())
