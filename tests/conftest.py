@@ -39,6 +39,13 @@ def torchrun(script: str, *args: str, nproc: int = 2, timeout: int = 300) -> Non
         pytest.fail(f"{' '.join(cmd)} exited with {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
 
 
+def torchrun_results(tmp_path_factory, script: str, *args: str) -> dict:
+    """Run ``tests/dist/<script> --out FILE *args`` under torchrun and load what it saved."""
+    out = tmp_path_factory.mktemp(Path(script).stem) / "results.pt"
+    torchrun(script, "--out", str(out), *args)
+    return torch.load(out)
+
+
 def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float, name: str = "",
                      floor: float = 1e-6) -> None:
     """max |actual - expected| <= rel * max(max |expected|, floor): a relative tolerance on the tensor's

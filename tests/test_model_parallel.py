@@ -6,8 +6,7 @@ activation checkpointing. Runs tests/dist/model_tp.py under torchrun (gloo)."""
 from __future__ import annotations
 
 import pytest
-import torch
-from conftest import assert_close_rel, torchrun
+from conftest import assert_close_rel, torchrun_results
 
 REL = 1e-5
 CASES = ["wan_t2v_odd_tokens", "wan_i2v", "wan_t2v_per_token_t_recompute", "hunyuan_t2v_odd_tokens",
@@ -16,9 +15,7 @@ CASES = ["wan_t2v_odd_tokens", "wan_i2v", "wan_t2v_per_token_t_recompute", "huny
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("model_tp") / "results.pt"
-    torchrun("model_tp.py", "--out", str(out))
-    return torch.load(out)
+    return torchrun_results(tmp_path_factory, "model_tp.py")
 
 
 @pytest.mark.slow

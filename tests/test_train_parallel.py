@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import torchrun
+from conftest import torchrun_results
 from phase_fixtures import PHASE1, PHASE2
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("train_tp") / "results.pt"
-    torchrun("train_tp.py", "--out", str(out))
-    return torch.load(out)
+    return torchrun_results(tmp_path_factory, "train_tp.py")
 
 
 @pytest.mark.slow
