@@ -109,6 +109,9 @@ class TrainConfig:
     phases: list[str] = field(default_factory=lambda: ["teacher", "phase1", "phase2"])
     teacher_checkpoint: str | None = None
     """A pose_mcore checkpoint of the teacher; without it the 'teacher' phase trains one."""
+    generator_checkpoint: str | None = None
+    """Initial generator weights for the first distillation phase (default: the teacher's), e.g. a
+    Phase I result to run Phase II variants from."""
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     phase1: Phase1Config = field(default_factory=Phase1Config)

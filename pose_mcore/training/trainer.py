@@ -85,17 +85,24 @@ class Trainer:
     # --- models per phase -------------------------------------------------------------------------
 
     def _teacher(self) -> torch.nn.Module:
-        path = self.config.teacher_checkpoint
-        if path is None:
+        if self.config.teacher_checkpoint is None:
             return self.family.model_class(self.model_config).to(self.device)
+        return self._load("teacher_checkpoint")
+
+    def _load(self, key: str) -> torch.nn.Module:
+        path = getattr(self.config, key)
         try:
             model = load_model(path, sequence_parallel=self.model_config.sequence_parallel)
         except CheckpointError as e:
-            raise TrainConfigError(f"teacher_checkpoint: {e}") from e
+            raise TrainConfigError(f"{key}: {e}") from e
         if type(model.config) is not type(self.model_config):
-            raise TrainConfigError(f"teacher_checkpoint {path} holds a {type(model.config).__name__} model but the "
+            raise TrainConfigError(f"{key} {path} holds a {type(model.config).__name__} model but the "
                                    f"preset {self.config.preset!r} is a {type(self.model_config).__name__}")
         return model.train()
+
+    def _initial_generator(self, roles: Roles) -> None:
+        if self.config.generator_checkpoint is not None:
+            roles.generator.load_state_dict(self._load("generator_checkpoint").state_dict())
 
     def _build(self, name: str, teacher: torch.nn.Module, previous: Roles | None) -> tuple[Roles, Phase]:
         cfg = self.config
@@ -105,10 +112,12 @@ class Trainer:
             return roles, TeacherPhase(roles, self.conditioner, cfg.teacher, seed, self.device)
         if name == "phase1":
             roles = Roles(teacher, cfg.phase1.lora_rank, cfg.phase1.lora_alpha)
+            self._initial_generator(roles)
             return roles, Phase1(roles, self.conditioner, cfg.phase1, seed, self.device)
         if previous is None:  # the roles Phase I would have handed over (same weights are restored on resume)
             primed = "phase1" in cfg.phases
             previous = Roles(teacher, cfg.phase1.lora_rank, cfg.phase1.lora_alpha, with_fake=primed)
+            self._initial_generator(previous)
         roles = previous
         phase = Phase2(roles, self.conditioner, cfg.phase2, seed, self.device, self.text_dim, self.image_dim)
         return roles, phase
