@@ -1,5 +1,4 @@
-"""The training loop, optimiser step, checkpoints and logging."""
+"""The training loop (``trainer``), optimiser step (``optim``), checkpoints and logging.
 
-from pose_mcore.training.trainer import Trainer, TrainingError
-
-__all__ = ["Trainer", "TrainingError"]
+Nothing is re-exported here: the phases import ``training.optim`` and the trainer imports the
+phases, so importing the trainer from this package's ``__init__`` would be circular."""
