@@ -49,9 +49,9 @@ BASE = ["preset=tiny-i2v", "batch_size=8", "log_every=50", "teacher.optim.lr=2e-
         "phase2.head_heads=2", "phase2.r1_weight=0.1", "phase2.shift=1.0"]
 
 
-def train(out: Path, name: str, sizes: dict, overrides: list[str]) -> Path:
+def train(workdir: Path, name: str, sizes: dict, overrides: list[str]) -> Path:
     """Run one training configuration (skipped when its generator already exists); return the generator."""
-    run = out / "runs" / name
+    run = workdir / name
     if (run / "generator" / "config.json").is_file():
         return run / "generator"
     shutil.rmtree(run, ignore_errors=True)
@@ -107,6 +107,11 @@ def plot(rows: list[dict], path: Path) -> None:
         colour = "red" if r["row"].startswith("POSE") else ("blue" if r["row"].startswith("teacher") else "gray")
         d.ellipse([px - 5, py - 5, px + 5, py + 5], fill=colour)
         d.text((px + 8, py - 6), r["row"], fill=colour)
+    for k in range(6):
+        value = fy0 + (fy1 - fy0) * k / 5
+        py = h - pad - k / 5 * (h - 2 * pad)
+        d.line([(pad - 4, py), (pad, py)], fill="black")
+        d.text((pad - 40, py - 6), f"{value:.0f}", fill="black")
     for tick in range(math.floor(lx0), math.ceil(lx1) + 1):
         px = pad + (tick - lx0) / (lx1 - lx0) * (w - 2 * pad)
         if pad <= px <= w - pad:
@@ -117,22 +122,26 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("docs/results"))
+    parser.add_argument("--out", type=Path, default=Path("docs/results"), help="where the table, plot, samples go")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="training runs (checkpoints, generators; default: <out>/../../outputs/bench_quality "
+                             "for docs/results, else <out>/runs); existing generators are reused")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     out = args.out
+    work = args.workdir or (Path("outputs/bench_quality") if out == Path("docs/results") else out / "runs")
     seed = [f"seed={args.seed}"]
-    teacher = train(out, "teacher", sizes, [*seed, "phases=[teacher]"])
+    teacher = train(work, "teacher", sizes, [*seed, "phases=[teacher]"])
     t = [*seed, f"teacher_checkpoint={teacher}"]
-    primed = train(out, "phase1", sizes, [*t, "phases=[phase1]"])
+    primed = train(work, "phase1", sizes, [*t, "phases=[phase1]"])
     g = [*t, f"generator_checkpoint={primed}", "phases=[phase2]"]
     runs = {
-        "phase2_no_priming": train(out, "phase2_no_priming", sizes, [*t, "phases=[phase2]"]),
-        "pose": train(out, "pose", sizes, g),
-        "pose_frozen_backbone": train(out, "pose_frozen_backbone", sizes, [*g, "phase2.backbone=frozen"]),
-        "pose_conv_head": train(out, "pose_conv_head", sizes, [*g, "phase2.head=conv"]),
-        "pose_no_consistency": train(out, "pose_no_consistency", sizes, [*g, "phase2.consistency_weight=0"]),
+        "phase2_no_priming": train(work, "phase2_no_priming", sizes, [*t, "phases=[phase2]"]),
+        "pose": train(work, "pose", sizes, g),
+        "pose_frozen_backbone": train(work, "pose_frozen_backbone", sizes, [*g, "phase2.backbone=frozen"]),
+        "pose_conv_head": train(work, "pose_conv_head", sizes, [*g, "phase2.head=conv"]),
+        "pose_no_consistency": train(work, "pose_no_consistency", sizes, [*g, "phase2.consistency_weight=0"]),
     }
     rows_spec = [  # (row, model, sampler, steps, NFE)
         ("teacher 100 NFE", teacher, "teacher", 50, 100), ("teacher 4 NFE", teacher, "teacher", 2, 4),
