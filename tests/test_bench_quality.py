@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(out: Path) -> list[dict]:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ)
     env.pop("WORLD_SIZE", None)
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_quality.py"), "--quick", "--out", str(out)],
                           capture_output=True, text=True, timeout=900, env=env)

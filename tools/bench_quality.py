@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import time
 import warnings
@@ -169,7 +170,7 @@ def main() -> None:
         videos, metrics = evaluate(model, conditioner, batch, real, fd, prompts.colours, sampler, steps,
                                    sizes["guidance"], args.seed)
         rows.append({"row": name, "nfe": nfe, **metrics})
-        slug = "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+        slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
         save_video_grid(torch.cat([batch["latents"][:4], videos[:4]]), out / "samples" / f"{slug}.gif")
         print(f"{name:<40} FD {metrics['fd']:9.3f}  latency {metrics['latency_ms']:8.2f} ms", flush=True)
     write_table(rows, out, sizes, args)
