@@ -2,9 +2,11 @@
 
 A checkpoint is a folder ``<output>/checkpoints/step-<global step>/`` holding ``meta.json`` (phase,
 steps, data position), one safetensors file per role with whole (TP-independent) tensors under
-pose_mcore's names, and ``rank-<r>.pt`` per rank with optimiser, scheduler and RNG states. It is
-written to a temporary folder and renamed; ``latest`` names the newest complete one. A run killed
-while writing leaves the previous checkpoint in place.
+pose_mcore's names, and ``rank-<r>.pt`` per rank with optimiser, scheduler and RNG states. For the
+frozen base only its trainable LoRA tensors are written: the teacher weights come from the teacher
+checkpoint (or ``<output>/teacher`` when the run trained it), so a 14B run does not rewrite them at
+every checkpoint. A checkpoint is written to a temporary folder and renamed; ``latest`` names the
+newest complete one. A run killed while writing leaves the previous checkpoint in place.
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(folder: Path, meta: dict[str, Any], roles: dict[str, nn.Module], rank_state: dict[str, Any]
                     ) -> Path:
     """Write a checkpoint (all ranks call this: whole tensors are gathered across TP ranks)."""
-    weights = {name: {k: v.contiguous() for k, v in full_state_dict(module).items()} for name, module in roles.items()}
+    weights = {}
+    for name, module in roles.items():
+        keep = _trainable_names(module) if name in FROZEN_BASE_ROLES else None
+        weights[name] = {k: v.contiguous() for k, v in full_state_dict(module).items() if keep is None or k in keep}
     rank = dist.get_rank()
     final = folder / f"step-{meta['global_step']:08d}"
     tmp = folder / f".staging-{meta['global_step']:08d}"
@@ -61,6 +66,14 @@ def save_checkpoint(folder: Path, meta: dict[str, Any], roles: dict[str, nn.Modu
     return final
 
 
+FROZEN_BASE_ROLES = ("base",)
+"""Roles whose checkpoint holds only their trainable tensors (the rest is rebuilt from the teacher)."""
+
+
+def _trainable_names(module: nn.Module) -> set[str]:
+    return {n for n, p in module.named_parameters() if p.requires_grad}
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     pointer = folder / "latest"
     if not pointer.is_file():
@@ -73,6 +86,9 @@ def load_checkpoint(path: Path, roles: dict[str, nn.Module]) -> tuple[dict[str, 
     """Restore the roles' weights; return (meta, this rank's state)."""
     meta = json.loads((path / "meta.json").read_text())
     for name, module in roles.items():
-        load_full_state_dict(module, load_file(path / f"{name}.safetensors"))
+        state = load_file(path / f"{name}.safetensors")
+        if name in FROZEN_BASE_ROLES:  # trainable tensors only: the rest of the state is the teacher's
+            state = {**{k: v for k, v in full_state_dict(module).items()}, **state}
+        load_full_state_dict(module, state)
     state = torch.load(path / f"rank-{dist.get_rank()}.pt", weights_only=False)
     return meta, state

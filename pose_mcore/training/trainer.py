@@ -153,6 +153,10 @@ class Trainer:
             meta = json.loads((restore / "meta.json").read_text())
             start_phase, start_step, global_step = cfg.phases.index(meta["phase"]), meta["step"], meta["global_step"]
         teacher = self._teacher()
+        trained_teacher = self.output / "teacher"
+        if (cfg.teacher_checkpoint is None and "teacher" in cfg.phases
+                and start_phase > cfg.phases.index("teacher")):  # resuming after this run trained the teacher
+            teacher = load_model(trained_teacher, sequence_parallel=self.model_config.sequence_parallel).train()
         roles: Roles | None = None
         steps_this_run = 0
         for p_index in range(start_phase, len(cfg.phases)):
@@ -196,9 +200,10 @@ class Trainer:
             self.logger.end_phase()
             if name == "teacher":
                 teacher = roles.generator
+                self.export_model(teacher, trained_teacher)
             self.sample(roles, batch, self.output / "samples" / f"{name}-final.gif")
         self.logger.close()
-        return self.export_generator(roles)
+        return self.export_model(roles.generator, self.output / "generator")
 
     def _checkpoint(self, name: str, step: int, global_step: int, roles: Roles, phase: Phase) -> None:
         meta = {"phase": name, "step": step, "global_step": global_step, "data_position": self.data.position}
@@ -215,10 +220,9 @@ class Trainer:
         if self.info.rank == 0:
             save_video_grid(torch.cat([batch["latents"][:4], video[:4]]), path)
 
-    def export_generator(self, roles: Roles) -> Path:
-        """Write the final generator as a pose_mcore checkpoint (config.json + safetensors)."""
-        state = full_state_dict(roles.generator)
-        dst = self.output / "generator"
+    def export_model(self, model: torch.nn.Module, dst: Path) -> Path:
+        """Write a model (the trained teacher, the final generator) as a pose_mcore checkpoint."""
+        state = full_state_dict(model)
         if self.info.rank == 0:
             with atomic_destination(dst, overwrite=True) as tmp:
                 tmp.mkdir()
