@@ -63,7 +63,9 @@ def train(workdir: Path, name: str, sizes: dict, overrides: list[str]) -> Path:
     return Trainer(config).run()
 
 
-def evaluate(model, conditioner, batch, real, fd, colours, sampler: str, steps: int, guidance: float, seed: int):
+def evaluate(model: torch.nn.Module, conditioner: Conditioner, batch: dict[str, torch.Tensor], real: torch.Tensor,
+             fd: FeatureFD, colours: torch.Tensor, sampler: str, steps: int, guidance: float, seed: int
+             ) -> tuple[torch.Tensor, dict[str, float]]:
     conds = conditioner(batch)
 
     def cond(x, t):

@@ -136,7 +136,9 @@ class HunyuanDualBlock(MegatronModule):
         self.mlp = build_module(submodules.mlp, config=config)
         self.mlp_ctx = build_module(submodules.mlp_ctx, config=without_sequence_parallel(config))
 
-    def forward(self, x, context, temb, first_temb, n_first, rotary, key_length, context_mask):
+    def forward(self, x: torch.Tensor, context: torch.Tensor, temb: torch.Tensor, first_temb: torch.Tensor | None,
+                n_first: int, rotary: tuple[torch.Tensor, torch.Tensor], key_length: int,
+                context_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sp = self.config.sequence_parallel
         mods = _to_tokens(self.modulation(temb), sp)
         first = _to_tokens(self.modulation(first_temb), sp) if first_temb is not None else None
@@ -169,7 +171,9 @@ class HunyuanSingleBlock(MegatronModule):
         self.norm = FP32LayerNorm(config.hidden_size, config.layernorm_epsilon, elementwise_affine=False)
         self.attention_mlp = build_module(submodules.attention_mlp, config=config)
 
-    def forward(self, x, context, temb, first_temb, n_first, rotary, key_length, context_mask):
+    def forward(self, x: torch.Tensor, context: torch.Tensor, temb: torch.Tensor, first_temb: torch.Tensor | None,
+                n_first: int, rotary: tuple[torch.Tensor, torch.Tensor], key_length: int,
+                context_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sp = self.config.sequence_parallel
         shift, scale, gate = self.modulation(temb)
         mods = _to_tokens((shift, scale, gate), sp)

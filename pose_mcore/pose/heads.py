@@ -38,7 +38,8 @@ class _QueryLayer(nn.Module):
         self.out = nn.Linear(dim, dim)
         mark_sequence_parallel(self.kv, sequence_parallel)  # applied to this rank's token shard
 
-    def forward(self, queries, conditions, temb, video, valid):
+    def forward(self, queries: torch.Tensor, conditions: torch.Tensor, temb: torch.Tensor, video: torch.Tensor,
+                valid: int) -> torch.Tensor:
         b, n, d = queries.shape
         tokens = self.norm(torch.cat([queries, conditions], dim=1))
         q = queries + self.self_attn(tokens, tokens, tokens, need_weights=False)[0][:, :n]

@@ -41,7 +41,7 @@ class Phase:
     def times(self, batch: int, t_min: float, t_max: float, shift: float) -> torch.Tensor:
         return sample_t(batch, t_min, t_max, shift, self.rng, self.device)
 
-    def amp(self):
+    def amp(self) -> torch.autocast:
         """Autocast for forward passes: bf16 when enabled (losses are computed in fp32)."""
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 

@@ -9,27 +9,30 @@ import torch
 from pose_mcore.config.train import Phase1Config
 from pose_mcore.diffusion.flow import add_noise, x0_from_velocity
 from pose_mcore.diffusion.samplers import cfg_velocity
+from pose_mcore.pose.conditioning import Conditioner, Conditions
 from pose_mcore.pose.losses import distribution_matching_loss, flow_matching_loss
 from pose_mcore.pose.phase import Phase
+from pose_mcore.pose.roles import Roles
 from pose_mcore.training.optim import Optimizer
 
 
 class Phase1(Phase):
     name = "phase1"
 
-    def __init__(self, roles, conditioner, cfg: Phase1Config, seed: int, device: torch.device) -> None:
+    def __init__(self, roles: Roles, conditioner: Conditioner, cfg: Phase1Config, seed: int,
+                 device: torch.device) -> None:
         super().__init__(roles, conditioner, seed, device)
         self.cfg = cfg
         self.opt_g = Optimizer(list(roles.generator.parameters()), [roles.generator], cfg.optim_g)
         self.opt_fake = Optimizer(roles.fake_params, [roles.base], cfg.optim_fake)
 
-    def optimizers(self):
+    def optimizers(self) -> dict[str, Optimizer]:
         return {"generator": self.opt_g, "fake": self.opt_fake}
 
-    def _t(self, b):
+    def _t(self, b: int) -> torch.Tensor:
         return self.times(b, self.cfg.t_min, self.cfg.t_max, self.cfg.shift)
 
-    def fake_step(self, conds, x_T) -> tuple[float, bool]:
+    def fake_step(self, conds: Conditions, x_T: torch.Tensor) -> tuple[float, bool]:
         with torch.no_grad():
             x0 = self.generate(conds, x_T)
         t, eps = self._t(x0.shape[0]), self.noise(x0)
@@ -39,7 +42,7 @@ class Phase1(Phase):
         stepped, _ = self.opt_fake.step(loss)
         return loss.item(), stepped
 
-    def generator_step(self, conds, x_T) -> tuple[float, float, bool]:
+    def generator_step(self, conds: Conditions, x_T: torch.Tensor) -> tuple[float, float, bool]:
         x0 = self.generate(conds, x_T)
         t, eps = self._t(x0.shape[0]), self.noise(x0)
         x_t = add_noise(x0.detach(), eps, t)
@@ -55,7 +58,7 @@ class Phase1(Phase):
         stepped, norm = self.opt_g.step(loss)
         return loss.item(), norm, stepped
 
-    def step(self, batch):
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         conds = self.conditioner(batch)
         x_T_shape = batch["latents"]
         fake_losses, ok = [], True

@@ -8,16 +8,20 @@ from __future__ import annotations
 import torch
 from pose_kernels import st_r1_perturb
 
+from pose_mcore.config.base import VideoDiTConfig
 from pose_mcore.config.train import Phase2Config
 from pose_mcore.diffusion.flow import add_noise, x0_from_velocity
 from pose_mcore.models.features import capture_features, default_layers
+from pose_mcore.pose.conditioning import Conditioner, Conditions
 from pose_mcore.pose.heads import ConvHead, SemanticHead
 from pose_mcore.pose.losses import adversarial_d_loss, adversarial_g_loss, consistency_loss, st_r1_loss
 from pose_mcore.pose.phase import Phase
+from pose_mcore.pose.roles import Roles
 from pose_mcore.training.optim import Optimizer
 
 
-def build_head(cfg: Phase2Config, model_config, layers: list[int], text_dim: int, image_dim: int | None):
+def build_head(cfg: Phase2Config, model_config: VideoDiTConfig, layers: list[int], text_dim: int,
+               image_dim: int | None) -> torch.nn.Module:
     if cfg.head == "semantic":
         return SemanticHead(model_config.hidden_size, len(layers), text_dim, image_dim, cfg.head_dim,
                             cfg.head_queries, cfg.head_heads, model_config.sequence_parallel)
@@ -29,7 +33,7 @@ def build_head(cfg: Phase2Config, model_config, layers: list[int], text_dim: int
 class Phase2(Phase):
     name = "phase2"
 
-    def __init__(self, roles, conditioner, cfg: Phase2Config, seed: int, device: torch.device,
+    def __init__(self, roles: Roles, conditioner: Conditioner, cfg: Phase2Config, seed: int, device: torch.device,
                  text_dim: int, image_dim: int | None) -> None:
         super().__init__(roles, conditioner, seed, device)
         self.cfg = cfg
@@ -46,10 +50,10 @@ class Phase2(Phase):
             d_modules.append(roles.disc_backbone)
         self.opt_d = Optimizer(d_params, d_modules, cfg.optim_d)
 
-    def optimizers(self):
+    def optimizers(self) -> dict[str, Optimizer]:
         return {"generator": self.opt_g, "discriminator": self.opt_d}
 
-    def discriminate(self, x_t: torch.Tensor, t: torch.Tensor, conds) -> torch.Tensor:
+    def discriminate(self, x_t: torch.Tensor, t: torch.Tensor, conds: Conditions) -> torch.Tensor:
         """``D(x_t, t, c)``: the head on the backbone's features of the noised input."""
         with self.roles.backbone() as backbone:
             x_in = conds.inputs(x_t)
@@ -58,10 +62,10 @@ class Phase2(Phase):
         with self.amp():
             return self.roles.head(feats, t, conds.text, conds.image).float()
 
-    def _t_adv(self, b):
+    def _t_adv(self, b: int) -> torch.Tensor:
         return self.times(b, self.cfg.t_adv_min, 1.0, 1.0)
 
-    def discriminator_step(self, batch, conds) -> dict[str, float]:
+    def discriminator_step(self, batch: dict[str, torch.Tensor], conds: Conditions) -> dict[str, float]:
         real = batch["latents"]
         with torch.no_grad():
             fake = self.generate(conds, self.noise(real))
@@ -80,7 +84,7 @@ class Phase2(Phase):
         return {"loss_d": loss.item(), "r1": r1.item(), "d_real": d_real.mean().item(),
                 "d_fake": d_fake.mean().item(), "grad_norm_d": norm, "stepped_d": float(stepped)}
 
-    def generator_step(self, batch, conds) -> dict[str, float]:
+    def generator_step(self, batch: dict[str, torch.Tensor], conds: Conditions) -> dict[str, float]:
         x0 = self.generate(conds, self.noise(batch["latents"]))
         t = self._t_adv(x0.shape[0])
         loss = adversarial_g_loss(self.discriminate(add_noise(x0, self.noise(x0), t), t, conds), self.cfg.adv_loss)
@@ -98,7 +102,7 @@ class Phase2(Phase):
         return {"loss_g": loss.item(), "consistency": consist.item(), "grad_norm_g": norm,
                 "stepped_g": float(stepped)}
 
-    def step(self, batch):
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         conds = self.conditioner(batch)
         out = self.discriminator_step(batch, conds)
         out.update(self.generator_step(batch, conds))

@@ -7,24 +7,27 @@ import torch
 
 from pose_mcore.config.train import TeacherConfig
 from pose_mcore.diffusion.flow import add_noise
+from pose_mcore.pose.conditioning import Conditioner
 from pose_mcore.pose.losses import flow_matching_loss
 from pose_mcore.pose.phase import Phase
+from pose_mcore.pose.roles import Roles
 from pose_mcore.training.optim import Optimizer
 
 
 class TeacherPhase(Phase):
     name = "teacher"
 
-    def __init__(self, roles, conditioner, cfg: TeacherConfig, seed: int, device: torch.device) -> None:
+    def __init__(self, roles: Roles, conditioner: Conditioner, cfg: TeacherConfig, seed: int,
+                 device: torch.device) -> None:
         super().__init__(roles, conditioner, seed, device)
         self.cfg = cfg
         model = roles.generator
         self.opt = Optimizer(list(model.parameters()), [model], cfg.optim)
 
-    def optimizers(self):
+    def optimizers(self) -> dict[str, Optimizer]:
         return {"teacher": self.opt}
 
-    def step(self, batch):
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         conds = self.conditioner(batch)
         x0 = batch["latents"]
         b = x0.shape[0]
