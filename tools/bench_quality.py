@@ -130,11 +130,14 @@ def main() -> None:
                         help="training runs (checkpoints, generators; default: <out>/../../outputs/bench_quality "
                              "for docs/results, else <out>/runs); existing generators are reused")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="training-config override applied to every run (runs already in --workdir are reused "
+                             "as they are, so give changed settings a new workdir or copy only the runs they keep)")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     out = args.out
     work = args.workdir or (Path("outputs/bench_quality") if out == Path("docs/results") else out / "runs")
-    seed = [f"seed={args.seed}"]
+    seed = [f"seed={args.seed}", *args.overrides]
     teacher = train(work, "teacher", sizes, [*seed, "phases=[teacher]"])
     t = [*seed, f"teacher_checkpoint={teacher}"]
     primed = train(work, "phase1", sizes, [*t, "phases=[phase1]"])
