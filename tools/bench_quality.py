@@ -107,12 +107,17 @@ def plot(rows: list[dict], path: Path) -> None:
     d.line([(pad, pad), (pad, h - pad)], fill="black")
     d.text((w // 2 - 120, h - pad + 30), "sampling latency per video (ms, log10 scale)", fill="black")
     d.text((10, pad - 30), "Frechet distance (lower is better)", fill="black")
-    for r, x, y in zip(rows, lat, fds, strict=True):
+    placed: list[tuple[float, float]] = []
+    for r, x, y in sorted(zip(rows, lat, fds, strict=True), key=lambda item: item[2]):
         px = pad + (x - lx0) / (lx1 - lx0) * (w - 2 * pad)
         py = h - pad - (y - fy0) / (fy1 - fy0) * (h - 2 * pad)
         colour = "red" if r["row"].startswith("POSE") else ("blue" if r["row"].startswith("teacher") else "gray")
         d.ellipse([px - 5, py - 5, px + 5, py + 5], fill=colour)
-        d.text((px + 8, py - 6), r["row"], fill=colour)
+        label_y = py - 6
+        while any(abs(label_y - ly) < 13 and abs(px - lx) < 200 for lx, ly in placed):
+            label_y -= 13  # keep labels of nearby points apart
+        placed.append((px, label_y))
+        d.text((px + 8, label_y), r["row"], fill=colour)
     for k in range(6):
         value = fy0 + (fy1 - fy0) * k / 5
         py = h - pad - k / 5 * (h - 2 * pad)
