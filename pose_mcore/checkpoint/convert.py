@@ -23,6 +23,7 @@ from tqdm import tqdm
 from pose_mcore.checkpoint import configs
 from pose_mcore.checkpoint.io import (
     CheckpointError,
+    MemorySource,
     PrefixStripped,
     SafetensorsStreamWriter,
     TensorSource,
@@ -246,6 +247,33 @@ def _write_shards(groups: Sequence[_Group], source: TensorSource, cfg: Any, dtyp
     return names
 
 
+def _identity_rules(keys: Sequence[str]) -> list[Rule]:
+    return [Rule((k,), (k,)) for k in keys]
+
+
+def _write_pose_config(folder: Path, family: str, cfg: VideoDiTConfig, converted_from: str) -> None:
+    (folder / "config.json").write_text(json.dumps(
+        {"format": FORMAT, "format_version": FORMAT_VERSION, "family": family, "architecture": cfg.architecture(),
+         "converted_from": converted_from}, indent=2))
+
+
+def _write_pose(tmp: Path, groups: Sequence[_Group], source: TensorSource, cfg: VideoDiTConfig,
+                dtype: torch.dtype | None, shard_bytes: int, family: str, converted_from: str, desc: str) -> None:
+    tmp.mkdir()
+    _write_shards(groups, source, cfg, dtype, tmp, "model-{:05d}-of-{:05d}.safetensors", None, POSE_INDEX,
+                  shard_bytes, desc)
+    _write_pose_config(tmp, family, cfg, converted_from)
+
+
+def write_pose_checkpoint(dst: Path, state: dict[str, torch.Tensor], cfg: VideoDiTConfig, converted_from: str,
+                          shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+    """Write whole tensors under pose_mcore's names (e.g. a trained model) as a pose_mcore checkpoint."""
+    source = MemorySource(Path(dst), state)
+    groups = _groups(_identity_rules(sorted(state)), source, cfg, None)
+    with atomic_destination(Path(dst), overwrite=True) as tmp:
+        _write_pose(tmp, groups, source, cfg, None, shard_bytes, family_of_config(cfg).name, converted_from, "save")
+
+
 def import_checkpoint(src: Path, dst: Path, family: str | None = None, dtype: str = "keep",
                       overrides: dict[str, Any] | None = None, overwrite: bool = False,
                       shard_bytes: int = DEFAULT_SHARD_BYTES, container: str | None = None,
@@ -258,16 +286,12 @@ def import_checkpoint(src: Path, dst: Path, family: str | None = None, dtype: st
     found = detect(src, family, overrides, container)
     if tp is not None:
         configs.make_config(found.family, found.config.architecture(), tensor_model_parallel_size=tp)
-    rules = [Rule((k,), (k,)) for k in found.source.keys()] if found.layout == "pose" else LAYOUTS[found.layout].rules
+    rules = _identity_rules(found.source.keys()) if found.layout == "pose" else LAYOUTS[found.layout].rules
     groups = _groups(rules, found.source, found.config, DTYPES[dtype])
     _check_against_model(groups, found.config, Path(src))
     with atomic_destination(dst, overwrite) as tmp:
-        tmp.mkdir()
-        _write_shards(groups, found.source, found.config, DTYPES[dtype], tmp, "model-{:05d}-of-{:05d}.safetensors",
-                      None, POSE_INDEX, shard_bytes, "import")
-        (tmp / "config.json").write_text(json.dumps(
-            {"format": FORMAT, "format_version": FORMAT_VERSION, "family": found.family,
-             "architecture": found.config.architecture(), "converted_from": found.layout}, indent=2))
+        _write_pose(tmp, groups, found.source, found.config, DTYPES[dtype], shard_bytes, found.family, found.layout,
+                    "import")
     return found
 
 
@@ -320,7 +344,7 @@ def inspect_checkpoint(src: Path, overrides: dict[str, Any] | None = None, conta
     """What a checkpoint is: family, variant, layout, parameter count, dtypes, keys it cannot place."""
     found = detect(src, overrides=overrides, container=container)
     keys = found.source.keys()
-    rules = [Rule((k,), (k,)) for k in keys] if found.layout == "pose" else LAYOUTS[found.layout].rules
+    rules = _identity_rules(keys) if found.layout == "pose" else LAYOUTS[found.layout].rules
     p = plan(rules, keys)
     params = sum(torch.Size(found.source.shape(k)).numel() for k in keys)
     dtypes = sorted({str(found.source.dtype(k)).removeprefix("torch.") for k in keys})

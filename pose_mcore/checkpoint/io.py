@@ -186,6 +186,25 @@ class TorchSource(TensorSource):
         return self._state[key]
 
 
+class MemorySource(TensorSource):
+    """Tensors already in memory (a model's gathered state), to be written like any other source."""
+
+    def __init__(self, path: Path, state: dict[str, torch.Tensor]) -> None:
+        self.path, self._state = Path(path), state
+
+    def keys(self) -> list[str]:
+        return list(self._state)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._state[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self._state[key].dtype
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._state[key]
+
+
 class PrefixStripped(TensorSource):
     """A source whose keys lose a prefix (``model.diffusion_model.`` of ComfyUI-style Wan files)."""
 

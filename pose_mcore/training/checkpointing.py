@@ -88,7 +88,7 @@ def load_checkpoint(path: Path, roles: dict[str, nn.Module]) -> tuple[dict[str, 
     for name, module in roles.items():
         state = load_file(path / f"{name}.safetensors")
         if name in FROZEN_BASE_ROLES:  # trainable tensors only: the rest of the state is the teacher's
-            state = {**{k: v for k, v in full_state_dict(module).items()}, **state}
+            state = {**full_state_dict(module), **state}
         load_full_state_dict(module, state)
     state = torch.load(path / f"rank-{dist.get_rank()}.pt", weights_only=False)
     return meta, state

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pose_mcore.checkpoint.io import CheckpointError, SafetensorsStreamWriter, atomic_destination
+from pose_mcore.checkpoint.convert import write_pose_checkpoint
+from pose_mcore.checkpoint.io import CheckpointError
 from pose_mcore.checkpoint.load import load_model
 from pose_mcore.config.train import TrainConfig, TrainConfigError, to_dict
 from pose_mcore.data.latents import DatasetError, LatentDataset
@@ -224,18 +225,6 @@ class Trainer:
         """Write a model (the trained teacher, the final generator) as a pose_mcore checkpoint."""
         state = full_state_dict(model)
         if self.info.rank == 0:
-            with atomic_destination(dst, overwrite=True) as tmp:
-                tmp.mkdir()
-                names = sorted(state)
-                writer = SafetensorsStreamWriter(tmp / "model-00001-of-00001.safetensors",
-                                                 [(k, state[k].dtype, tuple(state[k].shape)) for k in names])
-                for k in names:
-                    writer.write(k, state[k])
-                writer.close()
-                (tmp / "model.safetensors.index.json").write_text(json.dumps(
-                    {"metadata": {}, "weight_map": {k: "model-00001-of-00001.safetensors" for k in names}}))
-                (tmp / "config.json").write_text(json.dumps(
-                    {"format": "pose_mcore", "format_version": 1, "family": self.family.name,
-                     "architecture": self.model_config.architecture(), "converted_from": "training"}, indent=2))
+            write_pose_checkpoint(dst, state, self.model_config, converted_from="training")
         dist.barrier()
         return dst
