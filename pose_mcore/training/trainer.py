@@ -19,7 +19,6 @@ from pose_mcore.config.train import TrainConfig, TrainConfigError, to_dict
 from pose_mcore.data.latents import DatasetError, LatentDataset
 from pose_mcore.data.procedural import ProceduralConfig, ProceduralVideos
 from pose_mcore.data.sampler import BatchStream
-from pose_mcore.diffusion.samplers import student_sample
 from pose_mcore.models.registry import family_of_preset
 from pose_mcore.parallel.sharding import full_state_dict
 from pose_mcore.parallel.state import ParallelInfo, initialize_parallel
@@ -192,7 +191,7 @@ class Trainer:
                                 write=step % max(cfg.log_every, 1) == 0 or step == total)
                 t_last = now
                 if cfg.sample_every and step % cfg.sample_every == 0:
-                    self.sample(roles, batch, self.output / "samples" / f"{name}-{step:06d}.gif")
+                    self.sample(phase, batch, self.output / "samples" / f"{name}-{step:06d}.gif")
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total:
                     self._checkpoint(name, step, global_step, roles, phase)
                 if self.exit_after is not None and steps_this_run >= self.exit_after:
@@ -202,7 +201,7 @@ class Trainer:
             if name == "teacher":
                 teacher = roles.generator
                 self.export_model(teacher, trained_teacher)
-            self.sample(roles, batch, self.output / "samples" / f"{name}-final.gif")
+            self.sample(phase, batch, self.output / "samples" / f"{name}-final.gif")
         self.logger.close()
         return self.export_model(roles.generator, self.output / "generator")
 
@@ -211,13 +210,12 @@ class Trainer:
         save_checkpoint(self.output / "checkpoints", meta, self._modules(roles),
                         {"phase": phase.state_dict(), "rng": rng_state()})
 
-    @torch.no_grad()
-    def sample(self, roles: Roles, batch: dict[str, torch.Tensor], path: Path) -> None:
+    def sample(self, phase: Phase, batch: dict[str, torch.Tensor], path: Path) -> None:
         """One-step samples of the generator (the teacher itself in the teacher phase: 1 step)."""
         conds = self.conditioner(batch)
-        model = roles.generator
         noise = torch.randn(batch["latents"].shape, generator=torch.Generator().manual_seed(0)).to(batch["latents"])
-        video = student_sample(lambda x, t: model(conds.inputs(x), 1000 * t, **conds.cond).sample, noise, 1)
+        with torch.no_grad():
+            video = phase.generate(conds, noise)
         if self.info.rank == 0:
             save_video_grid(torch.cat([batch["latents"][:4], video[:4]]), path)
 
