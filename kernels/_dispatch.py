@@ -40,3 +40,16 @@ def check_float(name: str, t: torch.Tensor) -> None:
     """Reject dtypes the kernels do not take, naming the tensor."""
     if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"{name} must be float32, float16 or bfloat16; got {t.dtype} with shape {tuple(t.shape)}")
+
+
+MAX_GRID = (2**31 - 1, 65535, 65535)
+"""CUDA's limits on the number of programs (thread blocks) along grid axes 0, 1 and 2."""
+
+
+def check_grid(grid: tuple[int, ...]) -> tuple[int, ...]:
+    """Return ``grid`` if every axis is within CUDA's limit, else raise naming the axis (a launch past
+    the limit fails with an opaque 'invalid argument')."""
+    for axis, (count, limit) in enumerate(zip(grid, MAX_GRID, strict=False)):
+        if count > limit:
+            raise ValueError(f"kernel grid {grid}: axis {axis} has {count} programs, more than CUDA's {limit}")
+    return grid

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from pose_kernels._dispatch import HAVE_TRITON, check_float, interpreting, select_backend
+from pose_kernels._dispatch import HAVE_TRITON, MAX_GRID, check_float, check_grid, interpreting, select_backend
 
 MAX_QUERIES = 128
 _BLOCK_S = 64
@@ -46,7 +46,7 @@ if HAVE_TRITON:
                     H, N, S, D, scale, keys_per_split, n_splits,
                     HAS_LEN: tl.constexpr, PRECISION: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
-        bh = tl.program_id(0)
+        bh = tl.program_id(0).to(tl.int64)  # offsets like bh * S * D pass 2**31 at batch 8
         split = tl.program_id(1)
         b, h, start, end = _program_keys(len_ptr, bh, split, H, S, keys_per_split, HAS_LEN)
         n = tl.arange(0, BLOCK_N)
@@ -82,7 +82,7 @@ if HAVE_TRITON:
                     H, N, S, D, scale, keys_per_split, n_splits,
                     HAS_LEN: tl.constexpr, PRECISION: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
-        bh = tl.program_id(0)
+        bh = tl.program_id(0).to(tl.int64)
         split = tl.program_id(1)
         b, h, start, end = _program_keys(len_ptr, bh, split, H, S, keys_per_split, HAS_LEN)
         n = tl.arange(0, BLOCK_N)
@@ -186,7 +186,7 @@ def _splits(q: torch.Tensor, s: int) -> tuple[int, int]:
     else:
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count
         target = triton.cdiv(4 * sms, q.shape[0] * q.shape[1])
-    blocks_per_split = triton.cdiv(blocks, max(1, min(target, blocks)))
+    blocks_per_split = triton.cdiv(blocks, max(1, min(target, blocks, MAX_GRID[1])))
     keys = blocks_per_split * _BLOCK_S
     return triton.cdiv(s, keys), keys
 
@@ -207,7 +207,7 @@ def _triton_forward(q, k, v, key_lengths, scale):
     b, h, n, d, s, n_splits, keys, lens, meta = _launch_args(q, k, key_lengths)
     o_part = torch.empty(b * h, n_splits, n, d, dtype=torch.float32, device=q.device)
     lse_part = torch.empty(b * h, n_splits, n, dtype=torch.float32, device=q.device)
-    _fwd_kernel[(b * h, n_splits)](q, k, v, lens, o_part, lse_part, *q.stride(), *k.stride(), *v.stride(),
+    _fwd_kernel[check_grid((b * h, n_splits))](q, k, v, lens, o_part, lse_part, *q.stride(), *k.stride(), *v.stride(),
                                    h, n, s, d, scale, keys, n_splits, **meta)
     out, lse = _merge(o_part.transpose(0, 1), lse_part.transpose(0, 1))
     return out.view(b, h, n, d), lse.view(b, h, n)
@@ -218,7 +218,7 @@ def _triton_backward(q, k, v, key_lengths, scale, lse, grad_out, delta):
     dq_part = torch.empty(b * h, n_splits, n, d, dtype=torch.float32, device=q.device)
     dk = torch.zeros(b, h, s, d, dtype=torch.float32, device=q.device)
     dv = torch.zeros_like(dk)
-    _bwd_kernel[(b * h, n_splits)](q, k, v, lens, grad_out.float().contiguous(), lse.contiguous(),
+    _bwd_kernel[check_grid((b * h, n_splits))](q, k, v, lens, grad_out.float().contiguous(), lse.contiguous(),
                                    delta.contiguous(), dq_part, dk, dv, *q.stride(), *k.stride(), *v.stride(),
                                    h, n, s, d, scale, keys, n_splits, **meta)
     return dq_part.sum(dim=1).view(b, h, n, d), dk, dv

@@ -17,41 +17,44 @@ Each is reproducible by seed; they are different streams with the same distribut
 from __future__ import annotations
 
 import torch
-from pose_kernels._dispatch import HAVE_TRITON, check_float, select_backend
+from pose_kernels._dispatch import HAVE_TRITON, check_float, check_grid, select_backend
 
 if HAVE_TRITON:
     import triton
     import triton.language as tl
 
     @triton.jit
+    def _row_block(n_blocks, BLOCK: tl.constexpr):
+        """(row, block, column offsets) of this program: the grid is 1-D, ``rows * n_blocks`` programs."""
+        pid = tl.program_id(0).to(tl.int64)
+        row = pid // n_blocks
+        blk = pid % n_blocks
+        return pid, row, blk * BLOCK + tl.arange(0, BLOCK)
+
+    @triton.jit
     def _perturb_kernel(x_ptr, out_ptr, partial_ptr, seed, sigma_s, sigma_t, hw, numel, n_blocks,
                         BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        blk = tl.program_id(1)
-        cols = blk * BLOCK + tl.arange(0, BLOCK)
+        pid, row, cols = _row_block(n_blocks, BLOCK)
         mask = cols < hw
         offs = row * hw + cols
         x = tl.load(x_ptr + offs, mask=mask, other=0.0)
         eps_t = tl.randn(seed, numel + row) * sigma_t
         eps = tl.randn(seed, offs) * sigma_s + eps_t
         tl.store(out_ptr + offs, (x.to(tl.float32) + eps).to(x.dtype), mask=mask)
-        tl.store(partial_ptr + row * n_blocks + blk, tl.sum(tl.where(mask, eps * eps, 0.0), axis=0))
+        tl.store(partial_ptr + pid, tl.sum(tl.where(mask, eps * eps, 0.0), axis=0))
 
     @triton.jit
     def _penalty_fwd_kernel(a_ptr, b_ptr, partial_ptr, n, n_blocks, BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        blk = tl.program_id(1)
-        cols = blk * BLOCK + tl.arange(0, BLOCK)
+        pid, row, cols = _row_block(n_blocks, BLOCK)
         mask = cols < n
         a = tl.load(a_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
         diff = a - b
-        tl.store(partial_ptr + row * n_blocks + blk, tl.sum(diff * diff, axis=0))
+        tl.store(partial_ptr + pid, tl.sum(diff * diff, axis=0))
 
     @triton.jit
-    def _penalty_bwd_kernel(a_ptr, b_ptr, coef_ptr, grad_a_ptr, grad_b_ptr, n, BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    def _penalty_bwd_kernel(a_ptr, b_ptr, coef_ptr, grad_a_ptr, grad_b_ptr, n, n_blocks, BLOCK: tl.constexpr):
+        _, row, cols = _row_block(n_blocks, BLOCK)
         mask = cols < n
         a = tl.load(a_ptr + row * n + cols, mask=mask, other=0.0)
         b = tl.load(b_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
@@ -61,6 +64,14 @@ if HAVE_TRITON:
         tl.store(grad_b_ptr + row * n + cols, (-g).to(a.dtype), mask=mask)
 
 _BLOCK = 1024
+
+
+def launch_grid(rows: int, n: int) -> tuple[tuple[int], int]:
+    """``(grid, n_blocks)`` for ``rows`` rows of ``n`` elements: one program per block of ``_BLOCK``
+    elements, all on grid axis 0 (up to 2**31 - 1 programs; axes 1 and 2 stop at 65,535, which a
+    14B model's features, 75,600 x 5,120 per sample, would pass)."""
+    n_blocks = -(-n // _BLOCK)
+    return check_grid((rows * n_blocks,)), n_blocks
 
 
 def _check_video(x: torch.Tensor) -> torch.Tensor:
@@ -89,10 +100,10 @@ def _st_r1_perturb_triton(x: torch.Tensor, sigma_s: float, sigma_t: float, seed:
     x = _check_video(x)
     b, c, f, h, w = x.shape
     rows, hw = b * c * f, h * w
-    n_blocks = triton.cdiv(hw, _BLOCK)
+    grid, n_blocks = launch_grid(rows, hw)
     out = torch.empty_like(x)
     partial = torch.empty(rows, n_blocks, dtype=torch.float32, device=x.device)
-    _perturb_kernel[(rows, n_blocks)](x, out, partial, int(seed), float(sigma_s), float(sigma_t), hw, x.numel(),
+    _perturb_kernel[grid](x, out, partial, int(seed), float(sigma_s), float(sigma_t), hw, x.numel(),
                                       n_blocks, BLOCK=_BLOCK)
     return out, partial.view(b, -1).sum(dim=1) / (c * f * hw)
 
@@ -141,9 +152,9 @@ class _PenaltyTriton(torch.autograd.Function):
         a = d_pert.reshape(d_pert.shape[0], -1).contiguous()
         b = d_clean.reshape(d_clean.shape[0], -1).contiguous()
         rows, n = a.shape
-        n_blocks = triton.cdiv(n, _BLOCK)
+        grid, n_blocks = launch_grid(rows, n)
         partial = torch.empty(rows, n_blocks, dtype=torch.float32, device=a.device)
-        _penalty_fwd_kernel[(rows, n_blocks)](a, b, partial, n, n_blocks, BLOCK=_BLOCK)
+        _penalty_fwd_kernel[grid](a, b, partial, n, n_blocks, BLOCK=_BLOCK)
         sq = partial.sum(dim=1)
         ms = eps_ms.float()
         ctx.save_for_backward(a, b, ms, sq)
@@ -156,7 +167,8 @@ class _PenaltyTriton(torch.autograd.Function):
         rows, n = a.shape
         coef = (2 * grad_out.float() / ms).contiguous()
         grad_a, grad_b = torch.empty_like(a), torch.empty_like(b)
-        _penalty_bwd_kernel[(rows, triton.cdiv(n, _BLOCK))](a, b, coef, grad_a, grad_b, n, BLOCK=_BLOCK)
+        grid, n_blocks = launch_grid(rows, n)
+        _penalty_bwd_kernel[grid](a, b, coef, grad_a, grad_b, n, n_blocks, BLOCK=_BLOCK)
         grad_ms = -grad_out.float() * sq / ms.square()
         return grad_a.view(ctx.shape), grad_b.view(ctx.shape), grad_ms
 
