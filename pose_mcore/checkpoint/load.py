@@ -13,7 +13,7 @@ from pose_mcore.checkpoint.convert import FORMAT, detect
 from pose_mcore.checkpoint.io import CheckpointError
 from pose_mcore.models.registry import build_empty
 from pose_mcore.parallel.sharding import local_ranges
-from pose_mcore.parallel.state import initialize_parallel
+from pose_mcore.parallel.state import initialize_parallel, run_device
 
 
 def load_model(path: str | Path, **config: Any) -> torch.nn.Module:
@@ -33,8 +33,7 @@ def load_model(path: str | Path, **config: Any) -> torch.nn.Module:
     tp = parallel_state.get_tensor_model_parallel_world_size()
     cfg = make_config(found.family, found.config.architecture(), tensor_model_parallel_size=tp, **config)
     # Built on the meta device (no memory, no random init), then given storage that the checkpoint fills.
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    model = build_empty(cfg, device)
+    model = build_empty(cfg, run_device())
     source = found.source
     wanted = {k: v for k, v in model.state_dict(keep_vars=True).items() if not k.endswith("_extra_state")}
     missing, unexpected = sorted(set(wanted) - set(source.keys())), sorted(set(source.keys()) - set(wanted))

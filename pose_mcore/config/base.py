@@ -8,7 +8,7 @@ config.json records.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -21,12 +21,6 @@ TRANSFORMER_IMPLS = ("auto", "local", "transformer_engine")
 RECOMPUTE_EVERY_BLOCK: dict[str, Any] = dict(recompute_granularity="full", recompute_method="uniform",
                                              recompute_num_layers=1)
 """Overrides that turn on activation checkpointing of every block."""
-
-
-def _default_cpu_init() -> bool:
-    # Without CUDA, build each weight whole on the CPU and keep this rank's slice: the same seed then
-    # gives the same model at every tensor-parallel size.
-    return not torch.cuda.is_available()
 
 
 class ConfigError(ValueError):
@@ -54,7 +48,11 @@ class VideoDiTConfig(TransformerConfig):
     transformer_impl: str = "auto"
     """Linear layers: 'local' (megatron-core), 'transformer_engine', or 'auto' (TE when installed with CUDA)."""
     layernorm_epsilon: float = 1e-6
-    use_cpu_initialization: bool = field(default_factory=_default_cpu_init)
+    use_cpu_initialization: bool = True
+    """megatron-core's switch, on by default on every machine: each weight is built whole on the CPU and
+    this rank keeps its slice, so one seed gives the same model at any TP size and on any device; the
+    built model is then moved to its device as a whole (``model.to(device)``). Models loaded from a
+    checkpoint are built on the meta device and never initialised."""
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(int(p) for p in self.patch_size)

@@ -82,9 +82,14 @@ def initialize_parallel(tensor_model_parallel_size: int = 1, context_parallel_si
     return parallel_info()
 
 
+def run_device() -> torch.device:
+    """The device this process computes on: its CUDA device (``LOCAL_RANK`` under torchrun), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def parallel_info() -> ParallelInfo:
     """This rank's coordinates (requires :func:`initialize_parallel`)."""
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = run_device()
     return ParallelInfo(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),

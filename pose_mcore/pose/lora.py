@@ -34,22 +34,25 @@ class LoRAParallelLinear(nn.Module):
         self.enabled = True
         self.scale = alpha / rank
         cfg = base.config
-        if isinstance(base, RowParallelLinear):
-            self.lora_A = RowParallelLinear(base.input_size, rank, config=cfg, init_method=nn.init.xavier_normal_,
+        mode, input_size, output_size = parallel_linear_shape(base)
+        if mode == "row":
+            self.lora_A = RowParallelLinear(input_size, rank, config=cfg, init_method=nn.init.xavier_normal_,
                                             bias=False, input_is_parallel=True, skip_bias_add=True)
-            self.lora_B = nn.Linear(rank, base.output_size, bias=False)
+            self.lora_B = nn.Linear(rank, output_size, bias=False)
             # B sees this rank's token shard under sequence parallelism
-            mark_sequence_parallel(self.lora_B, base.sequence_parallel)
-        elif isinstance(base, ColumnParallelLinear):
-            self.lora_A = nn.Linear(base.input_size, rank, bias=False)
-            nn.init.xavier_normal_(self.lora_A.weight)
-            mark_sequence_parallel(self.lora_A, base.sequence_parallel)
-            self.lora_B = ColumnParallelLinear(rank, base.output_size, config=cfg, init_method=nn.init.zeros_,
-                                               bias=False, gather_output=False)
+            mark_sequence_parallel(self.lora_B, cfg.sequence_parallel)
         else:
-            raise TypeError(f"LoRA needs a megatron-core ColumnParallelLinear or RowParallelLinear, got {type(base)}")
+            self.lora_A = nn.Linear(input_size, rank, bias=False)
+            nn.init.xavier_normal_(self.lora_A.weight)
+            mark_sequence_parallel(self.lora_A, cfg.sequence_parallel)
+            self.lora_B = ColumnParallelLinear(rank, output_size, config=cfg, init_method=nn.init.zeros_,
+                                               bias=False, gather_output=False)
         with torch.no_grad():
             self.lora_B.weight.zero_()
+        # megatron-core builds its half of the adapter where its config says and torch's nn.Linear on the
+        # CPU: both follow the base layer, wherever the model was moved.
+        self.lora_A.to(device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_B.to(device=base.weight.device, dtype=base.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         out, bias = self.base(x)
@@ -62,6 +65,30 @@ class LoRAParallelLinear(nn.Module):
         return out + self.scale * b, bias
 
 
+def parallel_linear_shape(layer: nn.Module) -> tuple[str, int, int]:
+    """``(mode, input size, output size)`` of a megatron-core or transformer-engine parallel linear, mode
+    'column' or 'row', sizes of the whole (unsplit) layer; TypeError for anything else."""
+    if isinstance(layer, ColumnParallelLinear):
+        return "column", layer.input_size, layer.output_size
+    if isinstance(layer, RowParallelLinear):
+        return "row", layer.input_size, layer.output_size
+    mode = getattr(layer, "parallel_mode", None)  # megatron-core's TEColumn/TERowParallelLinear
+    if mode in ("column", "row") and hasattr(layer, "config"):
+        out_local, in_local = layer.weight.shape  # this rank's slice: [out / tp, in] or [out, in / tp]
+        tp = layer.config.tensor_model_parallel_size
+        return (mode, in_local, out_local * tp) if mode == "column" else (mode, in_local * tp, out_local)
+    raise TypeError(f"LoRA needs a megatron-core (or transformer-engine) column- or row-parallel linear, "
+                    f"got {type(layer).__name__}")
+
+
+def _is_parallel_linear(layer: nn.Module) -> bool:
+    try:
+        parallel_linear_shape(layer)
+    except TypeError:
+        return False
+    return True
+
+
 def add_lora(model: nn.Module, rank: int = 16, alpha: float = 16.0, targets: Sequence[str] = DEFAULT_TARGETS
              ) -> list[nn.Parameter]:
     """Wrap every parallel linear whose attribute name is in ``targets`` with a zero-initialised LoRA;
@@ -69,7 +96,7 @@ def add_lora(model: nn.Module, rank: int = 16, alpha: float = 16.0, targets: Seq
     wrapped = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if name in targets and isinstance(child, ColumnParallelLinear | RowParallelLinear):
+            if name in targets and _is_parallel_linear(child):
                 setattr(module, name, LoRAParallelLinear(child, rank, alpha))
                 wrapped += 1
     if wrapped == 0:

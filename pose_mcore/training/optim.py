@@ -61,12 +61,13 @@ class Optimizer:
     def grad_norm(self) -> torch.Tensor:
         """The global L2 norm of the gradients: slices of tensor-parallel parameters summed over the TP
         ranks, replicated parameters counted once (as megatron-core's gradient clipping does)."""
-        sharded = torch.zeros((), dtype=torch.float64)
-        replicated = torch.zeros((), dtype=torch.float64)
+        device = self.params[0].device  # on the GPU: no host sync per parameter, and NCCL reduces it
+        sharded = torch.zeros((), dtype=torch.float64, device=device)
+        replicated = torch.zeros((), dtype=torch.float64, device=device)
         for p in self.params:
             if p.grad is None:
                 continue
-            sq = p.grad.detach().double().pow(2).sum().cpu()
+            sq = p.grad.detach().double().pow(2).sum()
             if getattr(p, "tensor_model_parallel", False):
                 sharded += sq
             else:
