@@ -16,9 +16,22 @@ sys.path.insert(0, str(TESTS))
 # Without a GPU the Triton kernels run under Triton's interpreter; it must be chosen before they are defined.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+else:
+    # fp32 comparisons mean fp32: no TF32 in matmuls or convolutions (the patch embedding is a Conv3d), and
+    # the math attention backend, whose backward is deterministic (the fused ones accumulate with atomics,
+    # so a resumed run would not repeat an uninterrupted one bit for bit).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.enable_flash_sdp(False)
+    torch.backends.cuda.enable_mem_efficient_sdp(False)
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 KERNEL_BACKEND = "triton" if torch.cuda.is_available() else "interpret"
 """The kernel backend of this machine; tests run it and the torch reference."""
+DEVICE = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+"""Where the tests compute: the GPU when there is one (models, kernels), else the CPU."""
 
 
 @pytest.fixture(scope="session")
@@ -29,9 +42,19 @@ def tp1():
     return initialize_parallel(1)
 
 
+def rank_env(nproc: int, **extra: str) -> dict[str, str]:
+    """The environment for ``nproc`` ranks on this machine: one GPU per rank when there are enough GPUs,
+    else CPU ranks (gloo), with CUDA hidden from them."""
+    env = dict(os.environ, **extra)
+    if torch.cuda.device_count() < nproc:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
 def torchrun(script: str, *args: str, nproc: int = 2, timeout: int = 300) -> None:
-    """Run ``tests/dist/<script>`` under torchrun with ``nproc`` CPU ranks; fail with its output if it fails."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    """Run ``tests/dist/<script>`` under torchrun with ``nproc`` ranks (see :func:`rank_env`); fail with its
+    output if it fails."""
+    env = rank_env(nproc, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            str(TESTS / "dist" / script), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -43,7 +66,7 @@ def torchrun_results(tmp_path_factory, script: str, *args: str) -> dict:
     """Run ``tests/dist/<script> --out FILE *args`` under torchrun and load what it saved."""
     out = tmp_path_factory.mktemp(Path(script).stem) / "results.pt"
     torchrun(script, "--out", str(out), *args)
-    return torch.load(out)
+    return torch.load(out, map_location=DEVICE)
 
 
 def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float, name: str = "",
@@ -52,6 +75,29 @@ def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float, n
     scale. The floor covers tensors that are zero up to rounding (the gradient of a key bias, which
     softmax ignores, is ~1e-12): they are held to an absolute ``rel * floor``."""
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    actual = actual.to(expected.device)
     scale = expected.abs().max().clamp_min(floor)
     err = ((actual - expected).abs().max() / scale).item()
     assert err <= rel, f"{name}: max relative error {err:.3g} > {rel:g}"
+
+
+def assert_grads_close(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], rel: float,
+                       what: str = "") -> None:
+    """Every gradient of a model against the reference's, on its own scale, or on a thousandth of the
+    model's largest gradient where its own is smaller. Gradients that are zero in exact arithmetic (a
+    key bias under softmax, which ignores a shift shared by all keys) are rounding noise whose size
+    depends on the CPU's instructions and thread count: they are held to an absolute bound of
+    ``rel / 1000`` of the largest gradient instead of a relative error against noise."""
+    assert set(actual) == set(expected), f"{what}: {sorted(set(actual) ^ set(expected))}"
+    floor = 1e-3 * max(g.abs().max().item() for g in expected.values())
+    for name, g in expected.items():
+        assert_close_rel(actual[name], g, rel, f"{what}d/d {name}", floor=floor)
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """Run the test at 1 and at 2 CPU threads (reductions round differently)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from checkpoint_fixtures import hunyuan_original_state, wan_original_state, write_all_layouts
 from conftest import assert_close_rel, torchrun
+from devices import to_device
 from diffusers.loaders.single_file_utils import (
     convert_hunyuan_video_transformer_to_diffusers,
     convert_wan_transformer_to_diffusers,
@@ -77,7 +78,7 @@ def test_import_then_load_matches_diffusers(tp1, layouts, imported, case):
     assert not model.training
     inputs = _inputs(case)
     with torch.no_grad():
-        assert_close_rel(model(**inputs).sample, reference(**inputs).sample, 1e-5, case)
+        assert_close_rel(model(**to_device(inputs)).sample, reference(**inputs).sample, 1e-5, case)
     config = json.loads((imported[case] / "config.json").read_text())
     assert config["format"] == "pose_mcore" and config["converted_from"] == EXPORT_LAYOUT[case]
 

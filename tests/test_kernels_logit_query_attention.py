@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import KERNEL_BACKEND, assert_close_rel
+from conftest import DEVICE, KERNEL_BACKEND, assert_close_rel
 from pose_kernels import logit_query_attention, merge_partial_attention
 
 # the module (the package re-exports a function of the same name)
@@ -29,13 +29,15 @@ def plain_attention(q, k, v, key_lengths=None, scale=None):
 
 def _inputs(b, h, n, s, d, seed):
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=gen, requires_grad=True) for shape in ((b, h, n, d), (b, h, s, d), (b, h, s, d))]
+    return [torch.randn(shape, generator=gen).to(DEVICE).requires_grad_()
+            for shape in ((b, h, n, d), (b, h, s, d), (b, h, s, d))]
 
 
 def _grads(outputs, inputs, seed):
     gen = torch.Generator().manual_seed(seed)
     out, lse = outputs
-    loss = (out * torch.randn(out.shape, generator=gen)).sum() + (lse * torch.randn(lse.shape, generator=gen)).sum()
+    loss = ((out * torch.randn(out.shape, generator=gen).to(out.device)).sum()
+            + (lse * torch.randn(lse.shape, generator=gen).to(lse.device)).sum())
     return torch.autograd.grad(loss, inputs)
 
 
@@ -52,7 +54,7 @@ CASES = {  # (B, H, N, S, D, key_lengths)
 def test_matches_formula(backend, case, monkeypatch):
     b, h, n, s, d, lengths = CASES[case]
     monkeypatch.setattr(lqa, "_REFERENCE_CHUNK", 48)  # several chunks: the reference's own LSE merge
-    key_lengths = torch.tensor(lengths) if lengths else None
+    key_lengths = torch.tensor(lengths, device=DEVICE) if lengths else None
     q, k, v = _inputs(b, h, n, s, d, seed=s)
     out, lse = logit_query_attention(q, k, v, key_lengths, backend=backend)
     ref_out, ref_lse = plain_attention(q, k, v, key_lengths)
@@ -80,7 +82,7 @@ def test_custom_scale(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sample_without_keys(backend):
     q, k, v = _inputs(2, 1, 2, 20, 16, seed=3)
-    out, lse = logit_query_attention(q, k, v, torch.tensor([0, 20]), backend=backend)
+    out, lse = logit_query_attention(q, k, v, torch.tensor([0, 20], device=DEVICE), backend=backend)
     assert not out[0].any() and torch.isneginf(lse[0]).all()
     ref_out, _ = plain_attention(q[1:], k[1:], v[1:])
     assert_close_rel(out[1:], ref_out, REL, "out")
@@ -125,11 +127,12 @@ def test_bad_input(args, error, match):
 
 
 def test_bad_key_lengths_and_too_many_queries():
-    q, k, v = torch.zeros(2, 1, 1, 8), torch.zeros(2, 1, 5, 8), torch.zeros(2, 1, 5, 8)
+    q, k, v = (torch.zeros(shape, device=DEVICE) for shape in ((2, 1, 1, 8), (2, 1, 5, 8), (2, 1, 5, 8)))
     with pytest.raises(ValueError, match=r"key_lengths must be an integer tensor \[B\] = \[2\]"):
-        logit_query_attention(q, k, v, torch.tensor([1.0, 2.0]))
+        logit_query_attention(q, k, v, torch.tensor([1.0, 2.0], device=DEVICE))
     with pytest.raises(ValueError, match=r"at most 128 queries"):
-        logit_query_attention(torch.zeros(1, 1, 129, 16), torch.zeros(1, 1, 5, 16), torch.zeros(1, 1, 5, 16),
+        logit_query_attention(*(torch.zeros(shape, device=DEVICE) for shape in ((1, 1, 129, 16), (1, 1, 5, 16),
+                                                                                 (1, 1, 5, 16))),
                               backend=KERNEL_BACKEND)
 
 

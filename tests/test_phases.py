@@ -22,8 +22,8 @@ def test_fake_equals_real_at_init_and_only_lora_trains(tp1):
     roles, phase, cfg = phase1_setup()
     batch = batch_for(cfg)
     conds = phase.conditioner(batch)
-    x = torch.randn(batch["latents"].shape)
-    t = torch.full((2,), 0.5)
+    x = torch.randn(batch["latents"].shape).to(phase.device)
+    t = torch.full((2,), 0.5, device=phase.device)
     with torch.no_grad():
         with roles.real() as real:
             v_real = phase.velocity(real, x, t, conds, conds.cond)
@@ -31,7 +31,7 @@ def test_fake_equals_real_at_init_and_only_lora_trains(tp1):
             v_fake = phase.velocity(fake, x, t, conds, conds.cond)
     assert torch.equal(v_real, v_fake)
     base, gen = _snapshot(roles.base), _snapshot(roles.generator)
-    phase.fake_step(conds, torch.randn(batch["latents"].shape))
+    phase.fake_step(conds, torch.randn(batch["latents"].shape).to(phase.device))
     changed = _changed(base, roles.base)
     assert changed and all(".lora_" in k for k in changed)
     assert any(".lora_B" in k for k in changed)  # B starts at zero and moves first

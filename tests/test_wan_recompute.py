@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_close_rel
+from conftest import DEVICE, assert_close_rel
+from devices import to_device
 from wan_reference import wan_inputs
 
 from pose_mcore.config.wan import wan_config
@@ -15,11 +16,11 @@ from pose_mcore.parallel.sharding import full_state_dict, load_full_state_dict
 @pytest.mark.parametrize("method", ["uniform", "block"])
 def test_recompute_same_gradients(tp1, method):
     torch.manual_seed(0)
-    plain = WanModel(wan_config("tiny-i2v"))
+    plain = WanModel(wan_config("tiny-i2v")).to(DEVICE)
     recompute = WanModel(wan_config("tiny-i2v", recompute_granularity="full", recompute_method=method,
-                                    recompute_num_layers=1))
+                                    recompute_num_layers=1)).to(DEVICE)
     load_full_state_dict(recompute, full_state_dict(plain))
-    inputs = wan_inputs(True, 2, 3, 4, 4, seed=2)
+    inputs = to_device(wan_inputs(True, 2, 3, 4, 4, seed=2))
     for model in (plain, recompute):
         model(**inputs).sample.square().mean().backward()
     grads = dict(plain.named_parameters())

@@ -4,10 +4,14 @@ slices) and save the outputs on given inputs, for tests/test_convert.py to compa
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from devices import to_device  # noqa: E402
 
 from pose_mcore.checkpoint.load import load_model
 from pose_mcore.parallel.state import destroy_parallel, initialize_parallel
@@ -21,6 +25,7 @@ def main() -> None:
     initialize_parallel(2)
     results = {}
     for name, (path, inputs) in torch.load(args.cases).items():
+        inputs = to_device(inputs)
         for sp in (False, True):
             model = load_model(path, sequence_parallel=sp)
             with torch.no_grad():

@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hunyuan_reference import VARIANTS, hunyuan_inputs  # noqa: E402
+from devices import seeded_randn, to_device  # noqa: E402
 from wan_reference import wan_inputs  # noqa: E402
 
 from pose_mcore.config.base import RECOMPUTE_EVERY_BLOCK  # noqa: E402
@@ -21,16 +22,18 @@ from pose_mcore.models.hunyuan import HunyuanModel  # noqa: E402
 from pose_mcore.models.wan import WanModel  # noqa: E402
 from pose_mcore.parallel.sequence import finalize_tensor_parallel_grads  # noqa: E402
 from pose_mcore.parallel.sharding import full_state_dict, load_full_state_dict  # noqa: E402
-from pose_mcore.parallel.state import destroy_parallel, initialize_parallel  # noqa: E402
+from pose_mcore.parallel.state import destroy_parallel, initialize_parallel, run_device  # noqa: E402
 
 
 def wan_case(preset, i2v, shape, per_token=False):
-    return lambda **kw: WanModel(wan_config(preset, **kw)), wan_inputs(i2v, *shape, seed=3, per_token_timestep=per_token)
+    return (lambda **kw: WanModel(wan_config(preset, **kw)).to(run_device()),
+            lambda: to_device(wan_inputs(i2v, *shape, seed=3, per_token_timestep=per_token)))
 
 
 def hunyuan_case(variant, shape, text_lengths):
     preset = VARIANTS[variant][1]
-    return lambda **kw: HunyuanModel(hunyuan_config(preset, **kw)), hunyuan_inputs(variant, *shape, text_lengths, seed=3)
+    return (lambda **kw: HunyuanModel(hunyuan_config(preset, **kw)).to(run_device()),
+            lambda: to_device(hunyuan_inputs(variant, *shape, text_lengths, seed=3)))
 
 
 # name -> ((model factory, inputs), activation checkpointing)
@@ -62,13 +65,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     results = {}
-    for name, ((build, inputs), recompute) in CASES.items():
+    for name, ((build, make_inputs), recompute) in CASES.items():
         extra = RECOMPUTE_EVERY_BLOCK if recompute else {}
         initialize_parallel(1, seed=11)
+        inputs = make_inputs()
         reference = build()
         weights = full_state_dict(reference)
         out_shape = reference(**inputs).sample.shape
-        weight = torch.randn(out_shape, generator=torch.Generator().manual_seed(5))
+        weight = seeded_randn(out_shape, 5)
         results[name] = {"tp1": run(reference, inputs, weight)}
         initialize_parallel(2, seed=11)
         for sp in (False, True):
