@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -20,3 +21,22 @@ def test_bench_kernels_quick_runs():
     assert "reference is" in proc.stdout and "x sdpa" in proc.stdout
     if not torch.cuda.is_available():
         assert "the Triton kernel timings need a GPU" in proc.stdout
+
+
+def test_failing_case_is_reported_in_its_row_and_the_sweep_goes_on(capsys):
+    spec = importlib.util.spec_from_file_location("bench_kernels", ROOT / "tools" / "bench_kernels.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_kernels"] = bench  # dataclasses look their module up
+    spec.loader.exec_module(bench)
+
+    def fails():
+        raise RuntimeError("Triton Error [CUDA]: invalid argument")
+
+    table = bench.Table(peak=None)
+    table.add(bench.measure("st_r1_penalty", "huge", "triton", fails, None, 1.0, cuda=False, reps=1))
+    table.add(bench.measure("st_r1_penalty", "small", "reference", lambda: torch.zeros(3).sum(), None, 1e-9,
+                            cuda=False, reps=1))
+    lines = capsys.readouterr().out.splitlines()
+    assert "huge" in lines[2] and "FAILED: RuntimeError: Triton Error [CUDA]: invalid argument" in lines[2]
+    assert "small" in lines[3] and "FAILED" not in lines[3]
+    assert [r.error is None for r in table.rows] == [False, True]

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import threading
-import time
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -29,6 +27,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from pose_kernels import logit_query_attention, st_r1_penalty, st_r1_perturb
+
+from pose_mcore.evaluation.timing import PeakMemory, timed
 
 # Peak HBM bandwidth (GB/s) of common training GPUs, by a substring of torch's device name.
 PEAK_GBPS = {"H200": 4800, "H100 SXM": 3350, "H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H100": 3350,
@@ -56,71 +56,47 @@ class Row:
     fwd_bwd_ms: float | None
     gbytes: float
     peak_mb: float
+    error: str | None = None
+    """Why this case failed (its row says so and the sweep goes on)."""
 
 
-class PeakMemory:
-    """Peak memory a block allocates: CUDA's allocator statistics, or the sampled rise of the RSS on a CPU."""
+class Table:
+    """Prints each row the moment it is measured (a long sweep shows progress, and a crash keeps what was
+    measured) and keeps the rows for the ratios at the end."""
 
-    def __init__(self, cuda: bool) -> None:
-        self.cuda = cuda
-        self.peak_mb = 0.0
+    HEADER = f"{'op':<22} {'shape':<38} {'path':<10} {'fwd ms':>10} {'fwd+bwd ms':>11} {'fwd GB/s':>9} " \
+             f"{'% peak':>7} {'peak MB':>9}"
 
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    def __init__(self, peak: float | None) -> None:
+        self.peak = peak
+        self.rows: list[Row] = []
+        print(self.HEADER)
+        print("-" * len(self.HEADER), flush=True)
 
-    def __enter__(self) -> PeakMemory:
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            self.base, self.top, self.done = self._rss(), self._rss(), False
-            self.thread = threading.Thread(target=self._sample, daemon=True)
-            self.thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self.done:
-            self.top = max(self.top, self._rss())
-            time.sleep(0.001)
-
-    def __exit__(self, *exc) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.peak_mb = (torch.cuda.max_memory_allocated() - self.base) / 2**20
-        else:
-            self.done = True
-            self.thread.join()
-            self.peak_mb = (max(self.top, self._rss()) - self.base) / 2**20
-
-
-def timed(fn: Callable[[], object], cuda: bool, reps: int) -> float:
-    """Median milliseconds of ``fn`` over ``reps`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(reps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    def add(self, r: Row) -> None:
+        self.rows.append(r)
+        if r.error is not None:
+            print(f"{r.op:<22} {r.shape:<38} {r.path:<10} FAILED: {r.error}", flush=True)
+            return
+        gbps = r.gbytes / (r.fwd_ms / 1e3)
+        pct = f"{100 * gbps / self.peak:6.1f}%" if self.peak else "    n/a"
+        fb = f"{r.fwd_bwd_ms:11.2f}" if r.fwd_bwd_ms is not None else f"{'-':>11}"
+        print(f"{r.op:<22} {r.shape:<38} {r.path:<10} {r.fwd_ms:10.2f} {fb} {gbps:9.1f} {pct} {r.peak_mb:9.1f}",
+              flush=True)
 
 
 def measure(op: str, shape: str, path: str, fwd: Callable[[], object], fwd_bwd: Callable[[], object] | None,
             gbytes: float, cuda: bool, reps: int) -> Row:
-    with PeakMemory(cuda) as mem:
-        (fwd_bwd or fwd)()
-    fwd_ms = timed(fwd, cuda, reps)
-    fwd_bwd_ms = timed(fwd_bwd, cuda, reps) if fwd_bwd is not None else None
+    """Time and peak memory of one case; an exception becomes the row's ``error``."""
+    try:
+        with PeakMemory(cuda) as mem:
+            (fwd_bwd or fwd)()
+        fwd_ms = timed(fwd, cuda, reps)
+        fwd_bwd_ms = timed(fwd_bwd, cuda, reps) if fwd_bwd is not None else None
+    except Exception as e:  # noqa: BLE001 - a failing case is reported in its row, the sweep goes on
+        if cuda:
+            torch.cuda.empty_cache()
+        return Row(op, shape, path, float("nan"), None, gbytes, float("nan"), f"{type(e).__name__}: {e}"[:200])
     return Row(op, shape, path, fwd_ms, fwd_bwd_ms, gbytes, mem.peak_mb)
 
 
@@ -152,8 +128,7 @@ def penalty_calls(backend, a, c, ms) -> tuple[Callable[[], object], Callable[[],
     return fwd, fwd_bwd
 
 
-def bench_attention(shapes, device, dtype, paths, reps) -> list[Row]:
-    rows = []
+def bench_attention(table: Table, shapes, device, dtype, paths, reps) -> None:
     cuda = device.type == "cuda"
     for label, b, h, n, s, d in shapes:
         q = torch.randn(b, h, n, d, device=device, dtype=dtype, requires_grad=True)
@@ -163,21 +138,19 @@ def bench_attention(shapes, device, dtype, paths, reps) -> list[Row]:
         # minimum traffic of the forward: read q, k, v, write out
         gbytes = (2 * b * h * s * d + 2 * b * h * n * d) * q.element_size() / 1e9
         for path, fn in paths.items():
-            rows.append(measure("logit-query attention", f"{label} ({b}x{h}x{n}x{s}x{d})", path,
-                                *attention_calls(fn, q, k, v, grad), gbytes, cuda, reps))
+            table.add(measure("logit-query attention", f"{label} ({b}x{h}x{n}x{s}x{d})", path,
+                              *attention_calls(fn, q, k, v, grad), gbytes, cuda, reps))
         del q, k, v, grad
-    return rows
 
 
-def bench_st_r1(latents, features, device, dtype, backends, reps) -> list[Row]:
-    rows = []
+def bench_st_r1(table: Table, latents, features, device, dtype, backends, reps) -> None:
     cuda = device.type == "cuda"
     for label, shape in latents:
         x = torch.randn(shape, device=device, dtype=dtype)
         gbytes = 2 * x.numel() * x.element_size() / 1e9  # read x, write x_pert
         for backend in backends:
-            rows.append(measure("st_r1_perturb", f"{label} {tuple(shape)}", backend,
-                                partial(st_r1_perturb, x, 0.05, 0.05, 0, backend=backend), None, gbytes, cuda, reps))
+            table.add(measure("st_r1_perturb", f"{label} {tuple(shape)}", backend,
+                              partial(st_r1_perturb, x, 0.05, 0.05, 0, backend=backend), None, gbytes, cuda, reps))
         del x
     for label, shape in features:
         a = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
@@ -185,10 +158,9 @@ def bench_st_r1(latents, features, device, dtype, backends, reps) -> list[Row]:
         ms = torch.rand(shape[0], device=device) + 0.5
         gbytes = 2 * a.numel() * a.element_size() / 1e9  # the forward reads both inputs
         for backend in backends:
-            rows.append(measure("st_r1_penalty", f"{label} {tuple(shape)}", backend, *penalty_calls(backend, a, c, ms),
-                                gbytes, cuda, reps))
+            table.add(measure("st_r1_penalty", f"{label} {tuple(shape)}", backend, *penalty_calls(backend, a, c, ms),
+                              gbytes, cuda, reps))
         del a, c
-    return rows
 
 
 def peak_bandwidth(device: torch.device, override: float | None) -> float | None:
@@ -200,23 +172,11 @@ def peak_bandwidth(device: torch.device, override: float | None) -> float | None
     return next((gbps for key, gbps in PEAK_GBPS.items() if key in name), None)
 
 
-def print_table(rows: list[Row], peak: float | None) -> None:
-    header = f"{'op':<22} {'shape':<38} {'path':<10} {'fwd ms':>10} {'fwd+bwd ms':>11} {'fwd GB/s':>9} " \
-             f"{'% peak':>7} {'peak MB':>9}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        gbps = r.gbytes / (r.fwd_ms / 1e3)
-        pct = f"{100 * gbps / peak:6.1f}%" if peak else "    n/a"
-        fb = f"{r.fwd_bwd_ms:11.2f}" if r.fwd_bwd_ms is not None else f"{'-':>11}"
-        print(f"{r.op:<22} {r.shape:<38} {r.path:<10} {r.fwd_ms:10.2f} {fb} {gbps:9.1f} {pct} {r.peak_mb:9.1f}")
-
-
 def print_ratios(rows: list[Row], fast: str, slow: str) -> None:
-    by_key = {(r.op, r.shape, r.path): r for r in rows}
+    by_key = {(r.op, r.shape, r.path): r for r in rows if r.error is None}
     for r in rows:
         other = by_key.get((r.op, r.shape, slow))
-        if r.path != fast or other is None:
+        if r.path != fast or other is None or r.error is not None:
             continue
         line = f"{r.op} {r.shape}: {fast} is {other.fwd_ms / r.fwd_ms:.2f}x {slow} (fwd)"
         if r.fwd_bwd_ms and other.fwd_bwd_ms:
@@ -224,7 +184,7 @@ def print_ratios(rows: list[Row], fast: str, slow: str) -> None:
         print(line + f"; peak memory {r.peak_mb:.0f} vs {other.peak_mb:.0f} MB")
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, to check that the script runs")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement")
@@ -251,15 +211,19 @@ def main() -> None:
     if not cuda:
         print("No CUDA device: only the torch paths run here; the Triton kernel timings need a GPU.")
         print("peak MB on the CPU is the sampled rise of the process RSS: memory the allocator reuses is not counted.")
-    rows = bench_attention(attention, device, dtype, paths, reps) + bench_st_r1(latents, features, device, dtype,
-                                                                                backends, reps)
-    print_table(rows, peak)
+    table = Table(peak)
+    bench_attention(table, attention, device, dtype, paths, reps)
+    bench_st_r1(table, latents, features, device, dtype, backends, reps)
     print()
     if cuda:
-        print_ratios(rows, "triton", "reference")
-        print_ratios(rows, "triton", "sdpa")
-    print_ratios(rows, "reference", "sdpa")
+        print_ratios(table.rows, "triton", "reference")
+        print_ratios(table.rows, "triton", "sdpa")
+    print_ratios(table.rows, "reference", "sdpa")
+    failed = [r for r in table.rows if r.error is not None]
+    if failed:
+        print(f"{len(failed)} case(s) failed: " + "; ".join(f"{r.op} {r.shape} {r.path}" for r in failed))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
