@@ -29,5 +29,5 @@ setup(
         "gpu": ["transformer-engine[pytorch]", "flash-attn", "triton>=3.0"],
     },
     entry_points={"console_scripts": ["pose-train=pose_mcore.cli:main",
-                                      "pose-convert=pose_mcore.checkpoint.convert:main"]},
+                                      "pose-convert=pose_mcore.cli:convert"]},
 )

@@ -1,11 +1,26 @@
-"""pose_mcore: Megatron-style POSE distillation of video diffusion transformers."""
+"""pose_mcore: Megatron-style POSE distillation of video diffusion transformers.
 
-from pose_mcore.checkpoint.load import load_model
-from pose_mcore.config.hunyuan import HUNYUAN_PRESETS, HunyuanConfig, hunyuan_config
-from pose_mcore.config.wan import WAN_PRESETS, WanConfig, wan_config
-from pose_mcore.models.hunyuan import HunyuanModel
-from pose_mcore.models.wan import WanModel
-from pose_mcore.parallel.state import destroy_parallel, initialize_parallel
+The names below are imported on first use (PEP 562), so ``import pose_mcore.notices`` (what the entry
+points do first) does not import megatron-core.
+"""
 
-__all__ = ["HUNYUAN_PRESETS", "WAN_PRESETS", "HunyuanConfig", "HunyuanModel", "WanConfig", "WanModel",
-           "destroy_parallel", "hunyuan_config", "initialize_parallel", "load_model", "wan_config"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "load_model": "pose_mcore.checkpoint.load",
+    "HUNYUAN_PRESETS": "pose_mcore.config.hunyuan", "HunyuanConfig": "pose_mcore.config.hunyuan",
+    "hunyuan_config": "pose_mcore.config.hunyuan",
+    "WAN_PRESETS": "pose_mcore.config.wan", "WanConfig": "pose_mcore.config.wan", "wan_config": "pose_mcore.config.wan",
+    "HunyuanModel": "pose_mcore.models.hunyuan", "WanModel": "pose_mcore.models.wan",
+    "destroy_parallel": "pose_mcore.parallel.state", "initialize_parallel": "pose_mcore.parallel.state",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pose_mcore' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

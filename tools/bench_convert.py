@@ -21,7 +21,11 @@ from pathlib import Path
 
 import torch
 
-from pose_mcore.checkpoint.io import SafetensorsStreamWriter
+from pose_mcore.notices import quiet_third_party_warnings
+
+quiet_third_party_warnings()  # before megatron-core is imported: it warns at import
+
+from pose_mcore.checkpoint.io import SafetensorsStreamWriter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,13 +24,14 @@ import math
 import re
 import shutil
 import time
-import warnings
 from pathlib import Path
 
-warnings.filterwarnings("ignore", message=".*(tp_group is None|CUDA_DEVICE_MAX_CONNECTIONS|is deprecated)")
+import torch
+from torch.utils.data import default_collate
 
-import torch  # noqa: E402
-from torch.utils.data import default_collate  # noqa: E402
+from pose_mcore.notices import quiet_third_party_warnings
+
+quiet_third_party_warnings()  # before megatron-core is imported: it warns at import
 
 from pose_mcore.checkpoint.load import load_model  # noqa: E402
 from pose_mcore.config.train import load_train_config  # noqa: E402

@@ -3,7 +3,7 @@
 
 import sys
 
-from pose_mcore.checkpoint.convert import main
+from pose_mcore.cli import convert
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(convert())

@@ -137,7 +137,11 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
     if origin in (types.UnionType, typing.Union):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return None if value is None else _convert(value, args[0], path)
+    if origin in (tuple, list) and not isinstance(value, list | tuple):
+        raise TrainConfigError(f"{path}: expected a list, got {value!r}")
     if origin is tuple:
+        if len(value) != len(typing.get_args(hint)):
+            raise TrainConfigError(f"{path}: expected {len(typing.get_args(hint))} values, got {value!r}")
         return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, typing.get_args(hint),
                                                                                      strict=True)))
     if origin is list:
@@ -146,11 +150,27 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
     if origin is dict or hint is Any:
         return value
     try:
-        if hint is bool and isinstance(value, str):
-            return {"true": True, "false": False}[value.lower()]
-        return hint(value)
+        return _scalar(value, hint)
     except (TypeError, ValueError, KeyError) as e:
         raise TrainConfigError(f"{path}: cannot use {value!r} as {getattr(hint, '__name__', hint)}") from e
+
+
+def _scalar(value: Any, hint: type) -> Any:
+    """``value`` as ``hint`` without silent loss: no 2.5 -> 2 for an int, no True -> 1 for a number
+    (YAML reads ``1e-3`` as a string, so numbers may come as text)."""
+    if hint is bool:
+        if isinstance(value, str):
+            return {"true": True, "false": False}[value.lower()]
+        if not isinstance(value, bool):
+            raise TypeError(value)
+        return value
+    if isinstance(value, bool) and hint in (int, float):
+        raise TypeError(value)
+    if hint is int and isinstance(value, float):
+        raise TypeError(value)
+    if hint is str and not isinstance(value, str):
+        raise TypeError(value)
+    return hint(value)
 
 
 def _build(cls: type, values: dict[str, Any], path: str = "") -> Any:

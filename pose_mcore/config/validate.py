@@ -1,0 +1,206 @@
+"""One validation pass over a whole :class:`TrainConfig` and the model config it implies, before any
+process group, model or dataset is built: every problem is one line naming the key and the rule, all
+problems at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pose_mcore.config.base import ConfigError, VideoDiTConfig
+from pose_mcore.config.train import DataConfig, OptimConfig, TrainConfig, TrainConfigError
+
+PHASES = ("teacher", "phase1", "phase2")
+PRECISIONS = ("auto", "bf16", "fp32")
+DATA_KINDS = ("procedural", "latents")
+BACKBONES = ("ema", "frozen", "full")
+HEADS = ("semantic", "conv")
+ADV_LOSSES = ("hinge", "non_saturating")
+MAX_HEAD_QUERIES = 128
+"""The logit-query attention kernel takes at most this many queries."""
+
+Rule = tuple[Callable[[Any], bool], str]
+
+POSITIVE: Rule = (lambda v: v > 0, "must be > 0")
+AT_LEAST_1: Rule = (lambda v: v >= 1, "must be >= 1")
+NON_NEGATIVE: Rule = (lambda v: v >= 0, "must be >= 0")
+UNIT_OPEN_TOP: Rule = (lambda v: 0 <= v < 1, "must be in [0, 1)")
+UNIT: Rule = (lambda v: 0 <= v <= 1, "must be in [0, 1]")
+
+
+class Problems:
+    """The problems found so far, one line each."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, key: str, value: Any, rule: str) -> None:
+        self.lines.append(f"{key}={value!r}: {rule}")
+
+    def check(self, key: str, value: Any, rule: Rule) -> bool:
+        """Record a problem unless ``value`` is a finite number that satisfies ``rule``."""
+        test, text = rule
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            self.add(key, value, "must be a finite number")
+            return False
+        if not test(value):
+            self.add(key, value, text)
+            return False
+        return True
+
+    def choice(self, key: str, value: Any, options: tuple[str, ...]) -> None:
+        if value not in options:
+            self.add(key, value, f"must be one of {', '.join(options)}")
+
+
+def _optim(p: Problems, key: str, o: OptimConfig) -> None:
+    p.check(f"{key}.lr", o.lr, POSITIVE)
+    for i, beta in enumerate(o.betas):
+        p.check(f"{key}.betas[{i}]", beta, UNIT_OPEN_TOP)
+    p.check(f"{key}.eps", o.eps, POSITIVE)
+    p.check(f"{key}.weight_decay", o.weight_decay, NON_NEGATIVE)
+    p.check(f"{key}.warmup_steps", o.warmup_steps, NON_NEGATIVE)
+    p.check(f"{key}.clip_grad", o.clip_grad, NON_NEGATIVE)
+
+
+def _noise_range(p: Problems, key: str, t_min: float, t_max: float, shift: float) -> None:
+    ok = p.check(f"{key}.t_min", t_min, UNIT_OPEN_TOP) & p.check(f"{key}.t_max", t_max, (lambda v: 0 < v <= 1,
+                                                                                            "must be in (0, 1]"))
+    if ok and t_min >= t_max:
+        p.add(f"{key}.t_max", t_max, f"must be greater than {key}.t_min={t_min}")
+    p.check(f"{key}.shift", shift, POSITIVE)
+
+
+def _data(p: Problems, d: DataConfig) -> None:
+    p.choice("data.kind", d.kind, DATA_KINDS)
+    if d.kind == "latents" and not d.path:
+        p.add("data.path", d.path, "data.kind='latents' needs the dataset's manifest")
+    elif d.kind == "latents" and not Path(d.path).is_file():
+        p.add("data.path", d.path, "no such manifest file")
+    for name in ("size", "frames", "height", "width"):
+        p.check(f"data.{name}", getattr(d, name), AT_LEAST_1)
+    p.check("data.seed", d.seed, NON_NEGATIVE)
+
+
+def _layout(p: Problems, c: TrainConfig, world_size: int) -> tuple[int, int] | None:
+    """(tp, dp) when the layout is valid."""
+    tp = c.tensor_parallel if c.tensor_parallel is not None else world_size
+    if not p.check("tensor_parallel", tp, AT_LEAST_1):
+        return None
+    if world_size % tp:
+        p.add("tensor_parallel", tp, f"must divide the world size {world_size} (ranks started by torchrun)")
+        return None
+    dp = world_size // tp
+    if p.check("batch_size", c.batch_size, AT_LEAST_1) and c.batch_size % dp:
+        p.add("batch_size", c.batch_size, f"must be divisible by the data-parallel size {dp} "
+                                          f"(world size {world_size} / tensor_parallel {tp})")
+    return tp, dp
+
+
+def _model(p: Problems, c: TrainConfig, tp: int | None) -> VideoDiTConfig | None:
+    from pose_mcore.models.registry import ALL_PRESETS, family_of_preset
+
+    if c.preset not in ALL_PRESETS:
+        p.add("preset", c.preset, f"unknown preset; known: {', '.join(ALL_PRESETS)}")
+        return None
+    if tp is None:
+        return None
+    try:
+        return family_of_preset(c.preset).make_config(c.preset, tensor_model_parallel_size=tp,
+                                                      sequence_parallel=tp > 1, **c.model)
+    except (ConfigError, TypeError, ValueError) as e:
+        p.add("model", c.model, f"preset {c.preset!r} at tensor_parallel={tp}: {e}")
+        return None
+
+
+def _phases(p: Problems, c: TrainConfig) -> None:
+    unknown = [name for name in c.phases if name not in PHASES]
+    if not c.phases or unknown:
+        p.add("phases", c.phases, f"must be a non-empty list of {', '.join(PHASES)}")
+        return
+    if sorted(c.phases, key=PHASES.index) != list(c.phases) or len(set(c.phases)) != len(c.phases):
+        p.add("phases", c.phases, f"each phase at most once, in the order {', '.join(PHASES)}")
+    for key in ("teacher_checkpoint", "generator_checkpoint"):
+        path = getattr(c, key)
+        if path is not None and not (Path(path) / "config.json").is_file():
+            p.add(key, path, "not a pose_mcore checkpoint folder (no config.json there; convert weights with "
+                             "pose-convert import)")
+    if "teacher" not in c.phases and c.teacher_checkpoint is None:
+        p.add("teacher_checkpoint", None, f"phases {c.phases} need a teacher: set teacher_checkpoint or add "
+                                          "the 'teacher' phase")
+    for name in PHASES:
+        p.check(f"{name}.steps", getattr(c, name).steps, AT_LEAST_1 if name in c.phases else NON_NEGATIVE)
+
+
+def _teacher(p: Problems, c: TrainConfig) -> None:
+    t = c.teacher
+    _optim(p, "teacher.optim", t.optim)
+    p.check("teacher.shift", t.shift, POSITIVE)
+    p.check("teacher.uncond_prob", t.uncond_prob, UNIT)
+
+
+def _phase1(p: Problems, c: TrainConfig) -> None:
+    s = c.phase1
+    _optim(p, "phase1.optim_g", s.optim_g)
+    _optim(p, "phase1.optim_fake", s.optim_fake)
+    p.check("phase1.fake_updates", s.fake_updates, AT_LEAST_1)
+    p.check("phase1.real_guidance", s.real_guidance, POSITIVE)
+    _noise_range(p, "phase1", s.t_min, s.t_max, s.shift)
+    p.check("phase1.lora_rank", s.lora_rank, AT_LEAST_1)
+    p.check("phase1.lora_alpha", s.lora_alpha, POSITIVE)
+
+
+def _phase2(p: Problems, c: TrainConfig, model: VideoDiTConfig | None) -> None:
+    s = c.phase2
+    _optim(p, "phase2.optim_g", s.optim_g)
+    _optim(p, "phase2.optim_d", s.optim_d)
+    p.check("phase2.ema_decay", s.ema_decay, UNIT_OPEN_TOP)
+    p.choice("phase2.backbone", s.backbone, BACKBONES)
+    p.choice("phase2.head", s.head, HEADS)
+    p.choice("phase2.adv_loss", s.adv_loss, ADV_LOSSES)
+    dim_ok = p.check("phase2.head_dim", s.head_dim, AT_LEAST_1)
+    p.check("phase2.head_queries", s.head_queries,
+            (lambda v: 1 <= v <= MAX_HEAD_QUERIES, f"must be in [1, {MAX_HEAD_QUERIES}] (the kernel's limit)"))
+    if p.check("phase2.head_heads", s.head_heads, AT_LEAST_1) and dim_ok and s.head_dim % s.head_heads:
+        p.add("phase2.head_heads", s.head_heads, f"must divide phase2.head_dim={s.head_dim}")
+    p.check("phase2.t_adv_min", s.t_adv_min, UNIT_OPEN_TOP)
+    for name in ("r1_weight", "sigma_s", "sigma_t", "consistency_weight"):
+        p.check(f"phase2.{name}", getattr(s, name), NON_NEGATIVE)
+    if s.r1_weight > 0 and s.sigma_s == 0 and s.sigma_t == 0:
+        p.add("phase2.sigma_s", s.sigma_s, "ST-R1 (r1_weight > 0) needs sigma_s or sigma_t > 0: it divides by the "
+                                           "noise's mean square")
+    _noise_range(p, "phase2", s.t_min, s.t_max, s.shift)
+    if s.feature_layers is not None and model is not None:
+        blocks = model.num_layers + getattr(model, "num_single_layers", 0)
+        bad = [i for i in s.feature_layers if not 0 <= i < blocks]
+        if not s.feature_layers or bad:
+            p.add("phase2.feature_layers", s.feature_layers, f"must be a non-empty list of block indices in "
+                                                             f"[0, {blocks}) ({c.preset} has {blocks} blocks)")
+
+
+def validate_train_config(config: TrainConfig, world_size: int) -> VideoDiTConfig:
+    """Check everything in ``config`` for ``world_size`` ranks; return the model config it implies, or raise
+    :class:`TrainConfigError` listing every problem (one line each)."""
+    p = Problems()
+    layout = _layout(p, config, world_size)
+    model = _model(p, config, layout[0] if layout else None)
+    _phases(p, config)
+    _data(p, config.data)
+    _teacher(p, config)
+    _phase1(p, config)
+    _phase2(p, config, model)
+    p.check("seed", config.seed, NON_NEGATIVE)
+    for name in ("checkpoint_every", "sample_every"):
+        p.check(name, getattr(config, name), NON_NEGATIVE)
+    p.check("log_every", config.log_every, AT_LEAST_1)
+    p.check("max_nonfinite", config.max_nonfinite, AT_LEAST_1)
+    p.choice("precision", config.precision, PRECISIONS)
+    if not str(config.output_dir).strip():
+        p.add("output_dir", config.output_dir, "must name a folder")
+    if p.lines:
+        raise TrainConfigError("\n".join(p.lines))
+    assert model is not None
+    return model

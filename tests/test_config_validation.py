@@ -1,0 +1,169 @@
+"""Every bad training config is refused before any work: exit status 2, one line per problem naming the
+key, no traceback, nothing written to the output directory. Options and overrides mix in any order."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+
+from pose_mcore.cli import main, parse_args
+from pose_mcore.config.train import TrainConfig, load_train_config
+from pose_mcore.config.validate import validate_train_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["preset=tiny-t2v", "data.frames=3", "data.height=8", "data.width=8"]
+
+# Every numeric field of TrainConfig with values that break its rule ("x" is the wrong type everywhere).
+BAD_VALUES: dict[str, list] = {
+    "tensor_parallel": [0, -1, 3],  # 3 does not divide the world size of 1
+    "batch_size": [0, -2, 2.5],
+    "seed": [-1],
+    "checkpoint_every": [-1],
+    "sample_every": [-3],
+    "log_every": [0],
+    "max_nonfinite": [0],
+    "data.size": [0],
+    "data.frames": [0],
+    "data.height": [-8],
+    "data.width": [0],
+    "data.seed": [-1],
+    "teacher.steps": [-5, 0],
+    "teacher.shift": [0, -1.0],
+    "teacher.uncond_prob": [-0.1, 1.5],
+    "phase1.steps": [0],
+    "phase1.fake_updates": [0],
+    "phase1.real_guidance": [0, -3.0],
+    "phase1.t_min": [-0.1, 1.0],
+    "phase1.t_max": [0, 1.5, 0.01],  # 0.01 is below t_min = 0.02
+    "phase1.shift": [0],
+    "phase1.lora_rank": [0],
+    "phase1.lora_alpha": [0],
+    "phase2.steps": [-1],
+    "phase2.ema_decay": [1.0, -0.5],
+    "phase2.head_dim": [0],
+    "phase2.head_queries": [0, 129],
+    "phase2.head_heads": [0, 3],  # 3 does not divide head_dim = 64
+    "phase2.t_adv_min": [1.0, -0.1],
+    "phase2.r1_weight": [-1.0],
+    "phase2.sigma_s": [-0.1],
+    "phase2.sigma_t": [-0.1],
+    "phase2.consistency_weight": [-10.0],
+    "phase2.t_min": [1.2],
+    "phase2.t_max": [2.0],
+    "phase2.shift": [-5.0],
+}
+for _section in ("teacher.optim", "phase1.optim_g", "phase1.optim_fake", "phase2.optim_g", "phase2.optim_d"):
+    BAD_VALUES.update({f"{_section}.lr": [0, -1e-4], f"{_section}.eps": [0], f"{_section}.weight_decay": [-0.1],
+                       f"{_section}.warmup_steps": [-1], f"{_section}.clip_grad": [-1.0]})
+    BAD_VALUES[f"{_section}.betas"] = [[0.9, 1.0], [-0.1, 0.999]]
+
+
+def _numeric_fields(cls: type, prefix: str = "") -> list[str]:
+    out = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        base = args[0] if typing.get_origin(hint) in (typing.Union, type(int | None)) else hint
+        if dataclasses.is_dataclass(base):
+            out += _numeric_fields(base, f"{prefix}{f.name}.")
+        elif base in (int, float) or typing.get_origin(base) is tuple:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def test_the_table_covers_every_numeric_field():
+    assert sorted(_numeric_fields(TrainConfig)) == sorted(BAD_VALUES)
+
+
+def _refused(capsys, tmp_path: Path, *args: str) -> list[str]:
+    out = tmp_path / "out"
+    rc = main([*TINY, f"output_dir={out}", *args])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines and all(line.startswith("pose-train: error: ") for line in lines), err
+    assert not out.exists()
+    return lines
+
+
+CASES = [(key, value) for key, values in BAD_VALUES.items() for value in values] + [
+    (key, "x") for key in BAD_VALUES if not key.endswith("betas")]
+
+
+@pytest.mark.parametrize("key, value", CASES, ids=[f"{k}={v}" for k, v in CASES])
+def test_bad_numeric_value_is_refused_in_one_line(capsys, tmp_path, key, value):
+    text = str(value).replace(" ", "")
+    lines = _refused(capsys, tmp_path, f"{key}={text}")
+    leaf = key.split(".")[-1]
+    assert len(lines) == 1 and leaf in lines[0], lines
+
+
+def test_all_problems_at_once(capsys, tmp_path):
+    lines = _refused(capsys, tmp_path, "batch_size=0", "phase2.ema_decay=1", "precision=fp16")
+    assert len(lines) == 3
+    assert [line.split(": ")[2].split("=")[0] for line in lines] == ["batch_size", "phase2.ema_decay", "precision"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["preset=tiny-x"], "preset='tiny-x': unknown preset"),
+    (["phases=[teacher,phase3]"], "phases=['teacher', 'phase3']: must be a non-empty list"),
+    (["phases=[phase1]"], "teacher_checkpoint=None: phases ['phase1'] need a teacher"),
+    (["phases=[phase1]", "teacher_checkpoint=/no/such/teacher"], "teacher_checkpoint='/no/such/teacher': not a pose"),
+    (["--config", "/no/such.yaml"], "/no/such.yaml: cannot read the config"),
+    (["data.kind=latents", "data.path=/no/manifest.jsonl"], "data.path='/no/manifest.jsonl': no such manifest"),
+    (["precision=fp16"], "precision='fp16': must be one of auto, bf16, fp32"),
+    (["teacher.steps=-5"], "teacher.steps=-5: must be >= 1"),
+    (["batch_size=0"], "batch_size=0: must be >= 1"),
+    (["tensor_parallel=3"], "tensor_parallel=3: must divide the world size 1"),
+    (["phase2.feature_layers=[0,7]"], "phase2.feature_layers=[0, 7]: must be a non-empty list of block indices in [0, 2)"),
+])
+def test_reported_cases(capsys, tmp_path, args, message):
+    lines = _refused(capsys, tmp_path, *args)
+    assert any(message in line for line in lines), lines
+
+
+def test_broken_config_file_and_unreadable_teacher(capsys, tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("phases: [teacher\n")
+    assert any("not valid YAML" in line for line in _refused(capsys, tmp_path, "--config", str(broken)))
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text("{not json")
+    lines = _refused(capsys, tmp_path, "phases=[phase1]", f"teacher_checkpoint={teacher}")
+    assert any("teacher_checkpoint" in line for line in lines), lines
+
+
+def test_dataset_smaller_than_a_batch(capsys, tmp_path):
+    lines = _refused(capsys, tmp_path, "data.size=4", "batch_size=8")
+    assert any("batch_size=8: dataset of 4 samples" in line for line in lines), lines
+
+
+def test_batch_divisible_by_data_parallel_size():
+    config = load_train_config(None, [*TINY, "batch_size=3", "tensor_parallel=1"])
+    with pytest.raises(ValueError, match=r"batch_size=3: must be divisible by the data-parallel size 2"):
+        validate_train_config(config, world_size=2)
+    with pytest.raises(ValueError, match=r"num_attention_heads=4 must be divisible by tensor_model_parallel_size=8"):
+        validate_train_config(load_train_config(None, [*TINY, "batch_size=8"]), world_size=8)
+
+
+def test_options_and_overrides_in_any_order():
+    args = parse_args(["batch_size=4", "--exit-after", "1", "seed=3", "--resume", "phase2.steps=2"])
+    assert args.exit_after == 1 and args.resume and args.overrides == ["batch_size=4", "seed=3", "phase2.steps=2"]
+
+
+def test_command_line_error_is_one_line_without_warnings(tmp_path):
+    env = dict(os.environ)
+    for key in ("WORLD_SIZE", "RANK", "PYTHONWARNINGS"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, "-m", "pose_mcore.cli", "batch_size=0", "--exit-after", "1",
+                           f"output_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["pose-train: error: batch_size=0: must be >= 1"], proc.stderr
+    assert not (tmp_path / "out").exists()
