@@ -30,5 +30,13 @@ fi
 if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 fi
-exec "$PYTHON" -m torch.distributed.run "${rendezvous[@]}" --nproc-per-node "$NPROC" --no-python \
-  "$here/pretrain_pose.sh" "$@"
+# A bad config is refused here, in one line per problem, before any rank starts.
+WORLD_SIZE=$((NPROC * NNODES)) "$PYTHON" -m pose_mcore.cli --validate "$@" || exit $?
+status=0
+"$PYTHON" -m torch.distributed.run "${rendezvous[@]}" --nproc-per-node "$NPROC" --no-python \
+  "$here/pretrain_pose.sh" "$@" || status=$?
+if [[ $status -ne 0 ]]; then
+  echo "pretrain_pose.sh: the run stopped: a rank failed or was killed (exit status $status; torchrun's report" \
+       "above names the rank). Run the same command with --resume to continue from the latest checkpoint." >&2
+fi
+exit $status

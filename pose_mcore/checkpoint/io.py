@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from pose_mcore.faults import fault_point
+
 SAFETENSORS_INDEX_NAMES = ("model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 _DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -303,10 +305,12 @@ def atomic_destination(dst: Path, overwrite: bool) -> Iterator[Path]:
     if dst.exists() and not overwrite:
         raise CheckpointError(f"{dst}: destination exists (pass --overwrite to replace it)")
     dst.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dst.parent.glob(f".{dst.name}.tmp-*"):  # left by a writer that was killed
+        _remove(stale)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    _remove(tmp)
     try:
         yield tmp
+        fault_point("write", dst.name)
         if dst.exists():
             _remove(dst)
         os.replace(tmp, dst)

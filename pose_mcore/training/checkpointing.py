@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pose_mcore.checkpoint.io import atomic_destination
+from pose_mcore.faults import fault_point
 from pose_mcore.parallel.sharding import full_state_dict, load_full_state_dict
 
 
@@ -48,6 +50,8 @@ def save_checkpoint(folder: Path, meta: dict[str, Any], roles: dict[str, nn.Modu
     tmp = folder / f".staging-{meta['global_step']:08d}"
     if rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(".staging-*"):  # checkpoints whose writer was killed
+            shutil.rmtree(stale)
     dist.barrier()
     if rank == 0:
         with atomic_destination(tmp, overwrite=True) as staging:
@@ -57,8 +61,11 @@ def save_checkpoint(folder: Path, meta: dict[str, Any], roles: dict[str, nn.Modu
             (staging / "meta.json").write_text(json.dumps(meta, indent=2))
     dist.barrier()
     torch.save(rank_state, tmp / f"rank-{rank}.pt")
+    fault_point("checkpoint", meta["global_step"])
     dist.barrier()
     if rank == 0:
+        if final.exists():  # written before by a run that died before moving ``latest`` on; the same step again
+            shutil.rmtree(final)
         tmp.rename(final)
         (folder / "latest.tmp").write_text(final.name)
         (folder / "latest.tmp").replace(folder / "latest")

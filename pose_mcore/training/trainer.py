@@ -11,14 +11,17 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import default_collate
 
 from pose_mcore.checkpoint.convert import write_pose_checkpoint
 from pose_mcore.checkpoint.io import CheckpointError
 from pose_mcore.checkpoint.load import load_model
 from pose_mcore.config.train import TrainConfig, TrainConfigError, to_dict
+from pose_mcore.config.validate import PHASES, validate_train_config
 from pose_mcore.data.latents import DatasetError, LatentDataset
 from pose_mcore.data.procedural import ProceduralConfig, ProceduralVideos
 from pose_mcore.data.sampler import BatchStream
+from pose_mcore.faults import fault_point
 from pose_mcore.models.registry import family_of_preset
 from pose_mcore.parallel.sharding import full_state_dict
 from pose_mcore.parallel.state import ParallelInfo, initialize_parallel
@@ -37,8 +40,6 @@ from pose_mcore.training.checkpointing import (
 )
 from pose_mcore.training.logging import RunLogger, save_video_grid
 
-PHASES = ("teacher", "phase1", "phase2")
-
 
 class TrainingError(RuntimeError):
     """A run that cannot go on; the message says why and where."""
@@ -46,26 +47,26 @@ class TrainingError(RuntimeError):
 
 class Trainer:
     def __init__(self, config: TrainConfig, exit_after: int | None = None) -> None:
-        unknown = [p for p in config.phases if p not in PHASES]
-        if unknown or not config.phases:
-            raise TrainConfigError(f"phases {config.phases}: each must be one of {PHASES}")
+        world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+        # every problem of the config, before any process group, model or file exists
+        self.model_config = validate_train_config(config, world)
         self.config = config
         self.exit_after = exit_after
-        tp = config.tensor_parallel or int(os.environ.get("WORLD_SIZE", 1))
+        tp = self.model_config.tensor_model_parallel_size
         self.info: ParallelInfo = initialize_parallel(tp, seed=config.seed)
         self.family = family_of_preset(config.preset)
-        self.model_config = self.family.make_config(config.preset, tensor_model_parallel_size=tp,
-                                                    sequence_parallel=tp > 1, **config.model)
         self.device = self.info.device
         self.output = Path(config.output_dir)
-        self.logger = RunLogger(self.output, self.info.rank == 0, config.tensorboard)
-        self.data = BatchStream(self._dataset(), config.batch_size, config.seed, self.info.dp_rank, self.info.dp_size)
+        self.logger: RunLogger | None = None
+        """Created when the run starts (a finished run run again writes nothing)."""
+        try:
+            self.data = BatchStream(self._dataset(), config.batch_size, config.seed, self.info.dp_rank,
+                                    self.info.dp_size)
+        except ValueError as e:
+            raise TrainConfigError(f"batch_size={config.batch_size}: {e}") from e
         self.conditioner = Conditioner(self.model_config)
         self.text_dim = self.model_config.text_dim
         self.image_dim = getattr(self.model_config, "image_dim", None)
-        if self.info.rank == 0:
-            self.output.mkdir(parents=True, exist_ok=True)
-            (self.output / "config.json").write_text(json.dumps(to_dict(config), indent=2, default=str))
 
     def _dataset(self):
         d = self.config.data
@@ -73,14 +74,10 @@ class Trainer:
             cfg = self.model_config
             return ProceduralVideos(ProceduralConfig(channels=cfg.out_channels, frames=d.frames, height=d.height,
                                                      width=d.width, text_dim=cfg.text_dim), d.size, d.seed)
-        if d.kind == "latents":
-            if d.path is None:
-                raise TrainConfigError("data.kind='latents' needs data.path (the manifest)")
-            try:
-                return LatentDataset(d.path)
-            except DatasetError as e:
-                raise TrainConfigError(f"data: {e}") from e
-        raise TrainConfigError(f"data.kind={d.kind!r} must be 'procedural' or 'latents'")
+        try:
+            return LatentDataset(d.path)
+        except DatasetError as e:
+            raise TrainConfigError(f"data: {e}") from e
 
     # --- models per phase -------------------------------------------------------------------------
 
@@ -124,8 +121,6 @@ class Trainer:
 
     def _bf16(self) -> bool:
         precision = self.config.precision
-        if precision not in ("auto", "bf16", "fp32"):
-            raise TrainConfigError(f"precision={precision!r} must be 'auto', 'bf16' or 'fp32'")
         return precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
 
     @staticmethod
@@ -139,28 +134,52 @@ class Trainer:
 
     # --- the loop ---------------------------------------------------------------------------------
 
+    def _finished(self, meta: dict | None) -> bool:
+        """Whether the run's last phase is checkpointed at its last step and its generator is exported."""
+        last = self.config.phases[-1]
+        return (meta is not None and meta["phase"] == last and meta["step"] >= self._steps(last)
+                and (self.output / "generator" / "config.json").is_file())
+
     def run(self, resume: bool = False) -> Path:
         """Run every configured phase (continuing from the latest checkpoint with ``resume``); return the
-        folder of the final generator (a pose_mcore checkpoint)."""
+        folder of the final generator (a pose_mcore checkpoint).
+
+        A run can be killed anywhere and resumed with the same command: it continues from its latest
+        checkpoint and ends bit-identical to an uninterrupted run on the same layout. A phase whose last
+        step is checkpointed finishes its remaining work (export, final sample); a finished run run again
+        says so and returns without training or writing anything."""
         cfg = self.config
         start_phase, start_step, global_step = 0, 0, 0
         restore = latest_checkpoint(self.output / "checkpoints")
         if restore is not None and not resume:
             raise TrainConfigError(f"output_dir {self.output} already holds checkpoints ({restore.name}): pass "
                                    "--resume to continue that run, or choose another output_dir")
-        meta = None
-        if restore is not None:
-            meta = json.loads((restore / "meta.json").read_text())
+        meta = None if restore is None else json.loads((restore / "meta.json").read_text())
+        if self._finished(meta):
+            if self.info.rank == 0:
+                print(f"pose-train: the run in {self.output} is finished ({restore.name}); its generator is "
+                      f"{self.output / 'generator'}. Nothing to do.", flush=True)
+            return self.output / "generator"
+        if meta is not None:
+            if meta["phase"] not in cfg.phases:
+                raise TrainConfigError(f"phases {cfg.phases}: the checkpoint {restore} is of phase {meta['phase']!r}")
             start_phase, start_step, global_step = cfg.phases.index(meta["phase"]), meta["step"], meta["global_step"]
-        teacher = self._teacher()
         trained_teacher = self.output / "teacher"
         if (cfg.teacher_checkpoint is None and "teacher" in cfg.phases
                 and start_phase > cfg.phases.index("teacher")):  # resuming after this run trained the teacher
             teacher = load_model(trained_teacher, sequence_parallel=self.model_config.sequence_parallel).train()
+        else:
+            teacher = self._teacher()
+        # nothing is written before the inputs have been read
+        self.logger = RunLogger(self.output, self.info.rank == 0, cfg.tensorboard)
+        if self.info.rank == 0:
+            (self.output / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, default=str))
         roles: Roles | None = None
         steps_this_run = 0
         for p_index in range(start_phase, len(cfg.phases)):
             name = cfg.phases[p_index]
+            if p_index > 0:
+                fault_point("phase_start", global_step)
             roles, phase = self._build(name, teacher, roles)
             phase.bf16 = self._bf16()
             step = 0
@@ -182,26 +201,28 @@ class Trainer:
                 step += 1
                 global_step += 1
                 steps_this_run += 1
+                fault_point("step", global_step)
                 consecutive = 0 if metrics["stepped"] else consecutive + 1
                 if consecutive >= cfg.max_nonfinite:
                     raise TrainingError(f"{name}: stopped after {consecutive} consecutive non-finite steps "
                                         f"(step {step}); lower the learning rate or check the data")
                 now = time.perf_counter()
                 self.logger.log(name, step, global_step, metrics, 1.0 / max(now - t_last, 1e-9),
-                                write=step % max(cfg.log_every, 1) == 0 or step == total)
+                                write=step % cfg.log_every == 0 or step == total)
                 t_last = now
                 if cfg.sample_every and step % cfg.sample_every == 0:
-                    self.sample(phase, batch, self.output / "samples" / f"{name}-{step:06d}.gif")
+                    self.sample(phase, self.output / "samples" / f"{name}-{step:06d}.gif")
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total:
                     self._checkpoint(name, step, global_step, roles, phase)
                 if self.exit_after is not None and steps_this_run >= self.exit_after:
                     self.logger.end_phase()
                     raise SystemExit(f"exit after {steps_this_run} steps (as if the job were stopped)")
+            fault_point("phase_end", global_step)
             self.logger.end_phase()
             if name == "teacher":
                 teacher = roles.generator
                 self.export_model(teacher, trained_teacher)
-            self.sample(phase, batch, self.output / "samples" / f"{name}-final.gif")
+            self.sample(phase, self.output / "samples" / f"{name}-final.gif")
         self.logger.close()
         return self.export_model(roles.generator, self.output / "generator")
 
@@ -210,8 +231,16 @@ class Trainer:
         save_checkpoint(self.output / "checkpoints", meta, self._modules(roles),
                         {"phase": phase.state_dict(), "rng": rng_state()})
 
-    def sample(self, phase: Phase, batch: dict[str, torch.Tensor], path: Path) -> None:
+    def sample_batch(self) -> dict[str, torch.Tensor]:
+        """The first samples of the dataset: the same prompts in every sample grid of the run (and the same
+        on every rank, as the tensor-parallel generator needs)."""
+        dataset = self.data.dataset
+        items = [dataset[i] for i in range(min(4, len(dataset)))]
+        return {k: v.to(self.device) for k, v in default_collate(items).items()}
+
+    def sample(self, phase: Phase, path: Path) -> None:
         """One-step samples of the generator (the teacher itself in the teacher phase: 1 step)."""
+        batch = self.sample_batch()
         conds = self.conditioner(batch)
         noise = torch.randn(batch["latents"].shape, generator=torch.Generator().manual_seed(0)).to(batch["latents"])
         with torch.no_grad():

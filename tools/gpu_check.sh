@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# make gpu-check: prove the GPU path on a machine with CUDA and an installed CUDA torch (the Docker image,
+# or any environment with pose_mcore installed). Creates no venv and downloads nothing.
+#
+#   1. the test suite on the GPU (kernels as compiled Triton, models on CUDA, multi-rank tests on CPU
+#      ranks when there are fewer GPUs than ranks)
+#   2. the default pipeline (teacher, Phase I, Phase II) on one GPU in bf16 autocast, a few hundred steps
+#   3. the kernel benchmark at Wan2.1-14B shapes (tools/bench_kernels.py)
+#   4. the DiT training-step benchmark against diffusers (tools/bench_model.py)
+# and prints one summary table (also written to $OUT/gpu_check_summary.md). Logs go to $OUT (default
+# outputs/gpu-check). Without a GPU it says so and exits 1.
+#
+# Environment: PYTHON (default python3), OUT, GPU_CHECK_STEPS (pipeline steps per phase, default 150),
+# GPU_CHECK_TESTS (pytest selection, default: the whole suite).
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON="${PYTHON:-python3}"
+OUT="${OUT:-outputs/gpu-check}"
+STEPS="${GPU_CHECK_STEPS:-150}"
+mkdir -p "$OUT"
+
+if ! device=$("$PYTHON" - 2>/dev/null <<'EOF'
+import sys
+import torch
+if not torch.cuda.is_available():
+    sys.exit(1)
+print(f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+EOF
+); then
+  echo "gpu-check: no CUDA device is visible to $PYTHON (torch.cuda.is_available() is False): nothing to check here." >&2
+  echo "gpu-check: run it on a machine with a GPU and a CUDA build of torch (e.g. the Docker image)." >&2
+  exit 1
+fi
+echo "gpu-check: $device; logs in $OUT"
+
+summary=()
+failed=0
+step() {  # step NAME LOG COMMAND...: run, time, record the last result line
+  local name=$1 log=$2
+  shift 2
+  local start=$SECONDS
+  echo "== $name: $*"
+  "$@" >"$log" 2>&1
+  local rc=$?
+  local took=$((SECONDS - start))
+  local last
+  last=$(grep -E "passed|failed|error|generator at|done|x diffusers|FAILED" "$log" | tail -n 1 | cut -c1-110)
+  if [[ $rc -eq 0 ]]; then status=ok; else status="FAILED (exit $rc)"; failed=1; fi
+  echo "   $status in ${took}s: $last"
+  summary+=("| $name | $status | $took | ${last//|//} |")
+}
+
+step "test suite on the GPU" "$OUT/tests.log" "$PYTHON" -m pytest -q -p no:cacheprovider ${GPU_CHECK_TESTS:-tests}
+rm -rf "$OUT/run" "$OUT/run_tp2"
+step "default pipeline, 1 GPU, bf16" "$OUT/pipeline.log" env NPROC=1 PYTHON="$PYTHON" bash examples/pretrain_pose.sh \
+  tensor_parallel=1 "output_dir=$OUT/run" "teacher.steps=$STEPS" "phase1.steps=$STEPS" "phase2.steps=$STEPS" \
+  checkpoint_every=100 log_every=25
+gpus=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")
+if [[ "$gpus" -ge 2 ]]; then
+  step "default pipeline, TP=2" "$OUT/pipeline_tp2.log" env NPROC=2 PYTHON="$PYTHON" bash examples/pretrain_pose.sh \
+    tensor_parallel=2 "output_dir=$OUT/run_tp2" teacher.steps=50 phase1.steps=50 phase2.steps=50
+fi
+step "kernel benchmark (Wan2.1-14B shapes)" "$OUT/bench_kernels.log" "$PYTHON" tools/bench_kernels.py
+step "DiT step benchmark vs diffusers" "$OUT/bench_model.log" "$PYTHON" tools/bench_model.py
+
+{
+  echo "gpu-check on $device ($(date -u +%Y-%m-%d))"
+  echo
+  echo "| step | result | seconds | last line |"
+  echo "| --- | --- | ---: | --- |"
+  printf '%s\n' "${summary[@]}"
+} | tee "$OUT/gpu_check_summary.md"
+echo
+for log in bench_kernels bench_model; do
+  echo "--- $log"
+  grep -vE "^\s*$" "$OUT/$log.log" | tail -n 40
+done
+exit $failed
