@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean gpu-check
 
 install: $(STAMP)
 
@@ -22,6 +22,11 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q tests
+
+# On a machine with a GPU and an installed CUDA torch (the Docker image, or any environment with
+# pose_mcore installed): creates no venv, downloads nothing. PYTHON picks the interpreter.
+gpu-check:
+	PYTHON=$${GPU_PYTHON:-python3} bash tools/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache *.egg-info

@@ -12,16 +12,18 @@ setup(
     # The folder kernels/ is imported as pose_kernels: the name `kernels` belongs to a PyPI package
     # that diffusers probes for.
     package_dir={"pose_kernels": "kernels"},
+    package_data={"pose_mcore": ["configs/*.yaml"]},  # pose-train --config NAME reads them
     install_requires=[
         # torch is pinned in requirements/cpu.txt (CI) and comes with the NGC image on GPUs;
         # a lower bound here never pulls a CUDA build over an installed torch.
         "torch>=2.4",
         "megatron-core>=0.16.1",
         "safetensors>=0.4",
-        "peft>=0.17",
         "pyyaml>=6",
         "numpy",
         "tqdm",
+        "pillow",  # sample grids (GIF)
+        "tensorboard",  # tensorboard=true
     ],
     extras_require={
         "test": ["pytest>=8", "diffusers==0.42.1", "ruff"],

@@ -1,11 +1,13 @@
 """The command-line entry points: ``pose-train`` (what ``examples/pretrain_pose.sh`` executes on every
 rank) and ``pose-convert`` (:mod:`pose_mcore.checkpoint.convert`).
 
-    pose-train [--config examples/configs/tiny-cpu.yaml] [--resume] [key.path=value ...]
+    pose-train [--config NAME | FILE.yaml] [--resume] [--validate] [--exit-after N] [key.path=value ...]
 
-Without ``--config`` it runs the built-in default (``examples/configs/tiny-cpu.yaml``): a small
-teacher pre-trained on the procedural moving-shapes videos, then POSE Phase I and Phase II, on the
-CPU, writing checkpoints, samples and the final generator under ``outputs/``.
+``--config`` takes a YAML file or the name of a config shipped in the package (``pose_mcore/configs``,
+also ``examples/configs`` in a checkout): ``tiny-cpu``, ``wan2.1-i2v-14b``, ``hunyuan-i2v-13b``.
+Without it, ``tiny-cpu`` runs: a small teacher pre-trained on the procedural moving-shapes videos, then
+POSE Phase I and Phase II, on the CPU, writing checkpoints, samples and the final generator under
+``outputs/``.
 """
 
 from __future__ import annotations
@@ -28,13 +30,29 @@ from pose_mcore.config.validate import validate_train_config  # noqa: E402
 from pose_mcore.parallel.state import destroy_parallel  # noqa: E402
 from pose_mcore.training.trainer import Trainer, TrainingError  # noqa: E402
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "configs" / "tiny-cpu.yaml"
+CONFIGS = Path(__file__).resolve().parent / "configs"
+"""The shipped configs (package data)."""
+DEFAULT_CONFIG = "tiny-cpu"
+
+
+def resolve_config(name: str) -> Path:
+    """A config file's path: ``name`` itself if it is a file, else the shipped config of that name."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = CONFIGS / f"{name}.yaml"
+    if shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+    raise TrainConfigError(f"{name}: cannot read the config (no such file, and no shipped config of that name; "
+                           f"shipped: {known})")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="pose-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=None, help=f"YAML config (default: {DEFAULT_CONFIG.name})")
+    p.add_argument("--config", default=DEFAULT_CONFIG,
+                   help=f"YAML file, or the name of a shipped config (default: {DEFAULT_CONFIG})")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of output_dir")
     p.add_argument("--validate", action="store_true",
                    help="check the config for WORLD_SIZE ranks and exit (0: fine, 2: its problems, one per line)")
@@ -46,10 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    config_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     owns_groups = not dist.is_initialized()  # an embedding process (a test) keeps its own
     try:
-        config = load_train_config(config_path, args.overrides)
+        config = load_train_config(resolve_config(args.config), args.overrides)
         if args.validate:
             validate_train_config(config, int(os.environ.get("WORLD_SIZE", 1)))
             return 0

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,3 +42,11 @@ def test_failing_case_is_reported_in_its_row_and_the_sweep_goes_on(capsys):
     assert "huge" in lines[2] and "FAILED: RuntimeError: Triton Error [CUDA]: invalid argument" in lines[2]
     assert "small" in lines[3] and "FAILED" not in lines[3]
     assert [r.error is None for r in table.rows] == [False, True]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_gpu_check_without_a_gpu_says_so():
+    proc = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 1
+    assert "no CUDA device is visible" in proc.stderr and "Traceback" not in proc.stderr

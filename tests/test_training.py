@@ -173,3 +173,19 @@ def test_refuses_to_overwrite_a_run(tp1, tmp_path):
     Trainer(load_train_config(None, overrides)).run()
     with pytest.raises(TrainConfigError, match="already holds checkpoints .* pass --resume"):
         Trainer(load_train_config(None, overrides)).run()
+
+
+def test_plain_log_lines_without_a_terminal(tmp_path, capsys):
+    """Under CI, nohup or SLURM the log gets one line per logged step, not a progress bar's redraws."""
+    from pose_mcore.training.logging import RunLogger
+
+    logger = RunLogger(tmp_path, enabled=True, tensorboard=False, interactive=False)
+    logger.start_phase("teacher", 6, 0)
+    for step in range(1, 7):
+        logger.log("teacher", step, step, {"loss": 0.5, "stepped": 1.0}, rate=3.0, write=step % 3 == 0)
+    logger.end_phase()
+    logger.close()
+    out = capsys.readouterr()
+    assert out.out.splitlines() == ["teacher: step 0 of 6", "teacher 3/6 loss=0.5 it/s=3.00", "teacher 6/6 loss=0.5 it/s=3.00"]
+    assert "\r" not in out.err + out.out
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2

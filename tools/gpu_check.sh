@@ -19,6 +19,11 @@ OUT="${OUT:-outputs/gpu-check}"
 STEPS="${GPU_CHECK_STEPS:-150}"
 mkdir -p "$OUT"
 
+if ! "$PYTHON" -c "import torch, pose_mcore" 2>/dev/null; then
+  echo "gpu-check: $PYTHON cannot import torch and pose_mcore: install torch (a CUDA build) and this package" \
+       "(pip install --no-deps -e .) first, or use the Docker image." >&2
+  exit 1
+fi
 if ! device=$("$PYTHON" - 2>/dev/null <<'EOF'
 import sys
 import torch

@@ -1,9 +1,11 @@
-"""Run logging: a progress bar with the latest metrics, a JSONL file of every logged step, TensorBoard
-scalars when asked, and sample videos as GIF grids."""
+"""Run logging: a progress bar with the latest metrics (on a terminal; elsewhere, as under CI, nohup or
+SLURM, one plain line every ``log_every`` steps), a JSONL file of every logged step, TensorBoard scalars
+when asked, and sample videos as GIF grids."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +16,13 @@ from tqdm import tqdm
 class RunLogger:
     """Rank 0 logs; other ranks hold a silent instance."""
 
-    def __init__(self, output: Path, enabled: bool, tensorboard: bool) -> None:
+    def __init__(self, output: Path, enabled: bool, tensorboard: bool, interactive: bool | None = None) -> None:
         self.enabled = enabled
         self.output = output
+        self.interactive = sys.stderr.isatty() if interactive is None else interactive
+        """A live progress bar (tqdm draws on stderr); without a terminal, plain lines on stdout."""
         self.bar: tqdm | None = None
+        self.total = 0
         self.writer = None
         if enabled:
             output.mkdir(parents=True, exist_ok=True)
@@ -28,16 +33,22 @@ class RunLogger:
                 self.writer = SummaryWriter(str(output / "tensorboard"))
 
     def start_phase(self, name: str, total: int, done: int) -> None:
-        if self.enabled:
+        self.total = total
+        if self.enabled and self.interactive:
             self.bar = tqdm(total=total, initial=done, desc=name, dynamic_ncols=True)
+        elif self.enabled:
+            print(f"{name}: step {done} of {total}", flush=True)
 
     def log(self, phase: str, step: int, global_step: int, metrics: dict[str, float], rate: float,
             write: bool) -> None:
         if not self.enabled:
             return
-        self.bar.update(1)
-        self.bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if not k.startswith("stepped")} | {
-            "it/s": f"{rate:.2f}"})
+        shown = {k: f"{v:.4g}" for k, v in metrics.items() if not k.startswith("stepped")} | {"it/s": f"{rate:.2f}"}
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(shown)
+        elif write:
+            print(f"{phase} {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
         if write:
             self.metrics.write(json.dumps({"phase": phase, "step": step, "global_step": global_step, **metrics}) + "\n")
             self.metrics.flush()
