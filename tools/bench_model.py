@@ -5,8 +5,11 @@ For each size and family it measures the forward (no autograd) and the forward +
 diffusers' ``WanTransformer3DModel`` / ``HunyuanVideoTransformer3DModel`` and of pose_mcore's
 ``WanModel`` / ``HunyuanModel`` with the weights copied across, and prints them side by side with the
 ratios (pose_mcore / diffusers: below 1 is faster or smaller). On CUDA both run as they train: fp32
-weights under bf16 autocast, peak memory from the allocator; on the CPU in fp32, peak memory as the
-sampled rise of the resident set. Model TFLOP/s on CUDA counts the matmuls and attention of the step.
+weights under bf16 autocast; on the CPU in fp32. The "saved" memory (the activations a step keeps for
+backward, counted exactly with saved-tensor hooks) is the device-independent measure; on CUDA the
+allocator's peak is printed too. The two models' runs are
+interleaved, so that drift of a busy machine falls on both alike. Model TFLOP/s on CUDA counts the
+matmuls and attention of the step.
 
     python tools/bench_model.py                  # the sizes for this machine (GPU sizes with CUDA)
     python tools/bench_model.py --quick          # tiny sizes: checks that everything runs
@@ -19,6 +22,7 @@ import argparse
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +35,7 @@ quiet_third_party_warnings()  # before megatron-core is imported: it warns at im
 from pose_mcore.checkpoint.configs import to_diffusers_config  # noqa: E402
 from pose_mcore.checkpoint.layouts.hunyuan import hunyuan_to_diffusers  # noqa: E402
 from pose_mcore.checkpoint.layouts.wan import wan_to_diffusers  # noqa: E402
-from pose_mcore.evaluation.timing import PeakMemory, timed  # noqa: E402
+from pose_mcore.evaluation.timing import PeakMemory, saved_activation_bytes, timed_side_by_side  # noqa: E402
 from pose_mcore.models.registry import family_of_preset  # noqa: E402
 from pose_mcore.parallel.sharding import full_state_dict  # noqa: E402
 from pose_mcore.parallel.state import initialize_parallel, run_device  # noqa: E402
@@ -107,28 +111,46 @@ class Result:
     fwd_ms: float
     step_ms: float
     peak_mb: float
+    """The allocator's peak during a step (CUDA; nan on the CPU, where the resident set is too coarse)."""
+    saved_mb: float
+    """Activations kept for backward (exact, any device)."""
 
 
-def measure(model: torch.nn.Module, inputs: dict[str, torch.Tensor], cuda: bool, reps: int, bf16: bool) -> Result:
-    """Forward time, forward + backward time and the step's peak memory of one model."""
-    amp = torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=bf16)
+def calls(model: torch.nn.Module, inputs: dict[str, torch.Tensor], amp: bool
+          ) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(forward without autograd, forward + backward) of one model."""
+    device = inputs["hidden_states"].device.type
     leaf = inputs["hidden_states"].clone().requires_grad_()
 
     def fwd() -> None:
-        with torch.no_grad(), amp:
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
             model(**inputs)
 
     def step() -> None:
-        with amp:
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
             out = model(**{**inputs, "hidden_states": leaf}).sample
         out.float().square().mean().backward()
         model.zero_grad(set_to_none=True)
         leaf.grad = None
 
-    step()  # warm-up, outside the memory measurement (allocator caches, autotuning)
-    with PeakMemory(cuda) as mem:
-        step()
-    return Result(timed(fwd, cuda, reps), timed(step, cuda, reps), mem.peak_mb)
+    return fwd, step
+
+
+def measure(models: dict[str, tuple[torch.nn.Module, dict]], cuda: bool, reps: int) -> dict[str, Result]:
+    """Times of both models, their runs interleaved; peak and saved memory of a step of each."""
+    fns = {name: calls(m, i, amp=cuda) for name, (m, i) in models.items()}
+    peaks, saved = {}, {}
+    for name, (_, step) in fns.items():
+        step()  # warm-up, outside the memory measurement (allocator caches, autotuning)
+        with PeakMemory(cuda) as mem:
+            step()
+        peaks[name] = mem.peak_mb if cuda else math.nan
+        model, inputs = models[name]
+        leaf = {**inputs, "hidden_states": inputs["hidden_states"].clone().requires_grad_()}
+        saved[name] = saved_activation_bytes(model, leaf, torch.bfloat16 if cuda else None) / 2**20
+    fwd_ms = timed_side_by_side({n: f[0] for n, f in fns.items()}, cuda, reps)
+    step_ms = timed_side_by_side({n: f[1] for n, f in fns.items()}, cuda, reps)
+    return {n: Result(fwd_ms[n], step_ms[n], peaks[n], saved[n]) for n in models}
 
 
 def main() -> int:
@@ -149,8 +171,8 @@ def main() -> int:
     name = (torch.cuda.get_device_name(device) if cuda
             else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
     print(f"device: {name}; {'fp32 weights, bf16 autocast' if cuda else 'fp32'}; reps: {reps}; TP=1")
-    header = (f"{'case':<36} {'model':<10} {'fwd ms':>9} {'fwd+bwd ms':>11} {'peak MiB':>10} {'TFLOP/s':>8}  "
-              f"ratio pose/diffusers (fwd, step, peak)")
+    header = (f"{'case':<36} {'model':<10} {'fwd ms':>9} {'fwd+bwd ms':>11} {'peak MiB':>9} {'saved MiB':>9} "
+              f"{'TFLOP/s':>8}  ratio pose/diffusers (fwd, step, peak, saved)")
     print(header)
     print("-" * len(header), flush=True)
     failed = 0
@@ -158,8 +180,7 @@ def main() -> int:
         try:
             ours, reference, inputs, ref_inputs = build_pair(size, device)
             flops = step_flops(ours, inputs) if cuda else math.nan
-            results = {"diffusers": measure(reference, ref_inputs, cuda, reps, cuda),
-                       "pose_mcore": measure(ours, inputs, cuda, reps, cuda)}
+            results = measure({"diffusers": (reference, ref_inputs), "pose_mcore": (ours, inputs)}, cuda, reps)
         except Exception as e:  # noqa: BLE001 - reported in the case's row; the other sizes still run
             print(f"{size.label:<36} FAILED: {type(e).__name__}: {str(e)[:200]}", flush=True)
             failed += 1
@@ -173,9 +194,11 @@ def main() -> int:
             ratio = ""
             if label == "pose_mcore":
                 d = results["diffusers"]
-                ratio = f"  {r.fwd_ms / d.fwd_ms:.2f}x, {r.step_ms / d.step_ms:.2f}x, {r.peak_mb / d.peak_mb:.2f}x"
-            print(f"{size.label:<36} {label:<10} {r.fwd_ms:9.1f} {r.step_ms:11.1f} {r.peak_mb:10.0f} {tflops}{ratio}",
-                  flush=True)
+                peak = f"{r.peak_mb / d.peak_mb:.2f}x" if cuda else "-"
+                ratio = (f"  {r.fwd_ms / d.fwd_ms:.2f}x, {r.step_ms / d.step_ms:.2f}x, {peak}, "
+                         f"{r.saved_mb / d.saved_mb:.2f}x")
+            print(f"{size.label:<36} {label:<10} {r.fwd_ms:9.1f} {r.step_ms:11.1f} {r.peak_mb:9.0f} {r.saved_mb:9.1f} "
+                  f"{tflops}{ratio}", flush=True)
     return 1 if failed else 0
 
 

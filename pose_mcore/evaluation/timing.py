@@ -51,20 +51,55 @@ class PeakMemory:
             self.peak_mb = (max(self.top, self._rss()) - self.base) / 2**20
 
 
+def _once(fn: Callable[[], object], cuda: bool) -> float:
+    """Milliseconds of one call of ``fn``."""
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
 def timed(fn: Callable[[], object], cuda: bool, reps: int) -> float:
     """Median milliseconds of ``fn`` over ``reps`` runs after one warm-up."""
-    fn()
-    times = []
+    return timed_side_by_side({"fn": fn}, cuda, reps)["fn"]
+
+
+def timed_side_by_side(fns: dict[str, Callable[[], object]], cuda: bool, reps: int) -> dict[str, float]:
+    """Median milliseconds of each function, their runs interleaved (a, b, a, b, ...) after one warm-up
+    each, so that a machine's drift (other load, clocks) falls on all of them alike."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(reps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            times[name].append(_once(fn, cuda))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def saved_activation_bytes(model: torch.nn.Module, inputs: dict[str, torch.Tensor], amp_dtype: torch.dtype | None,
+                           token_counts: tuple[int, ...] = ()) -> int:
+    """Bytes of the distinct tensors a forward keeps for backward, parameters excluded: the activation memory
+    of a training step, counted exactly and the same on any device (``amp_dtype``: autocast's dtype, or None
+    for the weights' own). With ``token_counts``, only tensors with one of those sizes in their shape count
+    (the per-token activations that grow with the video)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params and ptr not in seen and (not token_counts or set(t.shape) & set(token_counts)):
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    device = next(model.parameters()).device.type
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast(device, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        out = model(**inputs).sample
+    del out
+    return sum(seen.values())

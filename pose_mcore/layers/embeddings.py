@@ -37,7 +37,7 @@ class PatchEmbed3D(nn.Conv3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.grid(x.shape)
-        return super().forward(x).flatten(2).permute(2, 0, 1)
+        return super().forward(x).flatten(2).permute(2, 0, 1).contiguous()
 
 
 def timestep_sinusoid(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

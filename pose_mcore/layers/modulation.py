@@ -22,14 +22,42 @@ def modulation_chunks(table: torch.Tensor, mod: torch.Tensor) -> tuple[torch.Ten
     return (table + mod.float()).unbind(dim=-2)
 
 
-def modulate(norm: nn.Module, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``norm(x) * (1 + scale) + shift`` in fp32, returned in ``x``'s dtype."""
-    return (norm(x.float()) * (1 + scale) + shift).type_as(x)
+def modulate(norm: nn.LayerNorm, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``norm(x) * (1 + scale) + shift`` in fp32, returned in ``x``'s dtype, for a LayerNorm without affine
+    parameters. Saves only ``x`` (in its own dtype), the row statistics and ``scale`` for backward, where
+    autograd through the fp32 formula would keep two fp32 copies of the activations."""
+    if norm.weight is not None or norm.bias is not None:
+        raise ValueError("modulate: the LayerNorm must have no affine parameters (the modulation replaces them)")
+    return _Modulate.apply(x, shift, scale, norm.eps)
+
+
+class _Modulate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+        normed, mean, rstd = torch.native_layer_norm(x.float(), (x.shape[-1],), None, None, eps)
+        ctx.save_for_backward(x, mean, rstd, scale)
+        ctx.shift_shape, ctx.shift_dtype = shift.shape, shift.dtype
+        return (normed * (1 + scale) + shift).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, mean, rstd, scale = ctx.saved_tensors
+        xf, g = x.float(), grad.float()
+        grad_shift = g.sum_to_size(ctx.shift_shape).to(ctx.shift_dtype) if ctx.needs_input_grad[1] else None
+        grad_scale = None
+        if ctx.needs_input_grad[2]:
+            grad_scale = (g * ((xf - mean) * rstd)).sum_to_size(scale.shape).to(scale.dtype)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.native_layer_norm_backward(g * (1 + scale), xf, (x.shape[-1],), mean, rstd, None,
+                                                               None, [True, False, False])[0].to(x.dtype)
+        return grad_x, grad_shift, grad_scale, None
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """``x + y * gate`` in fp32, returned in ``x``'s dtype."""
-    return (x.float() + y.float() * gate).type_as(x)
+    """``x + y * gate`` in fp32 (the fp32 gate promotes ``y``; no fp32 copy of ``y`` is kept for backward),
+    returned in ``x``'s dtype."""
+    return (x.float() + y * gate).type_as(x)
 
 
 class AdaLNModulation(MegatronModule):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import set_tensor_model_parallel_attributes
 from torch import nn
-
-from pose_mcore.parallel.mappings import all_reduce_sum
 
 
 class FP32LayerNorm(nn.LayerNorm):
@@ -46,9 +45,37 @@ class RMSNorm(nn.Module):
             self.weight.tp_partial_grad = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        group = parallel_state.get_tensor_model_parallel_group() if self.tp_size > 1 else None
+        return _RMSNormFunction.apply(x, self.weight, self.hidden_size, self.eps, group)
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    """``x * rsqrt(mean(x^2) + eps) * weight`` in fp32, returned in ``x``'s dtype, saving only ``x`` (in
+    its own dtype) and the per-row ``rsqrt`` for backward: autograd through the fp32 formula would keep
+    two fp32 copies of every q and k. ``group`` (or None) holds the other channels of each row: the
+    sums over channels, forward and backward, are all-reduced over it."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, hidden_size: int, eps: float,
+                group: dist.ProcessGroup | None) -> torch.Tensor:
         xf = x.float()
-        sum_sq = xf.pow(2).sum(dim=-1, keepdim=True)
-        if self.tp_size > 1:
-            sum_sq = all_reduce_sum(sum_sq, parallel_state.get_tensor_model_parallel_group())
-        y = xf * torch.rsqrt(sum_sq / self.hidden_size + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        sum_sq = xf.square().sum(dim=-1, keepdim=True)
+        if group is not None:
+            dist.all_reduce(sum_sq, group=group)
+        rstd = torch.rsqrt(sum_sq / hidden_size + eps)
+        ctx.save_for_backward(x, weight, rstd)
+        ctx.hidden_size, ctx.group = hidden_size, group
+        return (xf * rstd * weight.float()).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, rstd = ctx.saved_tensors
+        xf, g = x.float(), grad.float()
+        x_hat = xf * rstd
+        grad_weight = (g * x_hat).reshape(-1, x.shape[-1]).sum(dim=0).to(weight.dtype)
+        gw = g * weight.float()
+        dot = (gw * x_hat).sum(dim=-1, keepdim=True)
+        if ctx.group is not None:
+            dist.all_reduce(dot, group=ctx.group)
+        grad_x = rstd * (gw - x_hat * dot / ctx.hidden_size)
+        return grad_x.to(x.dtype), grad_weight, None, None, None

@@ -1,12 +1,12 @@
 """ModuleSpecs of the shared layers in two flavours: megatron-core's local parallel linears (CPU and
-GPU) and transformer-engine's (GPU). The choice is made here and nowhere else."""
+GPU; :mod:`pose_mcore.layers.linear`) and transformer-engine's (GPU). The choice is made here and nowhere
+else."""
 
 from __future__ import annotations
 
 import importlib.util
 
 import torch
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from pose_mcore.layers.attention import (
@@ -18,6 +18,7 @@ from pose_mcore.layers.attention import (
     JointAttentionSubmodules,
     SelfAttention,
 )
+from pose_mcore.layers.linear import ColumnParallelLinear, RowParallelLinear
 from pose_mcore.layers.mlp import MLP, MLPSubmodules
 from pose_mcore.layers.norms import RMSNorm
 
