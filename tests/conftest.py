@@ -17,16 +17,13 @@ sys.path.insert(0, str(TESTS))
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 else:
-    # fp32 comparisons mean fp32: no TF32 in matmuls or convolutions (the patch embedding is a Conv3d), and
-    # the math attention backend, whose backward is deterministic (the fused ones accumulate with atomics,
-    # so a resumed run would not repeat an uninterrupted one bit for bit).
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # fp32 comparisons mean fp32: no TF32 in matmuls or convolutions (the patch embedding is a Conv3d); and
+    # deterministic mode, so that a resumed run repeats an uninterrupted one bit for bit.
+    from pose_mcore.parallel.state import deterministic_mode
+
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.enable_flash_sdp(False)
-    torch.backends.cuda.enable_mem_efficient_sdp(False)
-    torch.backends.cuda.enable_cudnn_sdp(False)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic_mode()
 
 KERNEL_BACKEND = "triton" if torch.cuda.is_available() else "interpret"
 """The kernel backend of this machine; tests run it and the torch reference."""

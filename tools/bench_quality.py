@@ -44,7 +44,8 @@ from pose_mcore.training.trainer import Trainer  # noqa: E402
 
 FULL = dict(teacher=1500, phase1=300, phase2=300, eval_size=128, frames=5, size=16, guidance=3.0)
 QUICK = dict(teacher=30, phase1=6, phase2=6, eval_size=16, frames=3, size=8, guidance=3.0)
-BASE = ["preset=tiny-i2v", "batch_size=8", "log_every=50", "teacher.optim.lr=2e-3", "teacher.optim.warmup_steps=50",
+BASE = ["preset=tiny-i2v", "batch_size=8", "deterministic=true",  # the same numbers twice on a GPU too
+        "log_every=50", "teacher.optim.lr=2e-3", "teacher.optim.warmup_steps=50",
         "phase1.optim_g.lr=1e-4", "phase1.optim_fake.lr=1e-3", "phase1.fake_updates=2", "phase1.real_guidance=3.0",
         "phase1.shift=1.0", "phase1.lora_rank=8", "phase1.lora_alpha=8", "phase2.optim_g.lr=5e-5",
         "phase2.optim_d.lr=1e-4", "phase2.ema_decay=0.99", "phase2.head_dim=32", "phase2.head_queries=4",
@@ -70,7 +71,8 @@ def train(workdir: Path, name: str, sizes: dict, overrides: list[str]) -> Path:
 def evaluate(model: torch.nn.Module, conditioner: Conditioner, batch: dict[str, torch.Tensor], real: torch.Tensor,
              fd: FeatureFD, colours: torch.Tensor, sampler: str, steps: int, guidance: float, seed: int
              ) -> tuple[torch.Tensor, dict[str, float]]:
-    conds = conditioner(batch)
+    device = next(model.parameters()).device
+    conds = conditioner({k: v.to(device) for k, v in batch.items()})
 
     def cond(x, t):
         return model(conds.inputs(x), 1000 * t, **conds.cond).sample
@@ -78,9 +80,11 @@ def evaluate(model: torch.nn.Module, conditioner: Conditioner, batch: dict[str, 
     def uncond(x, t):
         return model(conds.inputs(x), 1000 * t, **conds.uncond).sample
 
-    noise = torch.randn(batch["latents"].shape, generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn(batch["latents"].shape, generator=torch.Generator().manual_seed(seed)).to(device)
     with torch.no_grad():
-        cond(noise, torch.ones(noise.shape[0]))  # warm-up, outside the timing
+        cond(noise, torch.ones(noise.shape[0], device=device))  # warm-up, outside the timing
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     with torch.no_grad():
         if sampler == "teacher":
@@ -88,7 +92,10 @@ def evaluate(model: torch.nn.Module, conditioner: Conditioner, batch: dict[str, 
         else:
             videos = student_sample(cond, noise, steps, mode="renoise",
                                     generator=torch.Generator().manual_seed(seed + 1))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     latency = (time.perf_counter() - start) / noise.shape[0]
+    videos = videos.float().cpu()
     scores = attribute_scores(videos, colours, batch["colour"], batch["direction"], batch["first_frame"])
     return videos, {"fd": fd.distance(real, videos), **scores, "latency_ms": 1000 * latency}
 

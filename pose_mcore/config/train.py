@@ -126,6 +126,9 @@ class TrainConfig:
     """'auto' (bf16 autocast of the forward passes on CUDA, fp32 on the CPU), 'bf16' or 'fp32'."""
     max_nonfinite: int = 5
     """Consecutive non-finite steps (skipped) before the run stops."""
+    deterministic: bool = False
+    """Bit-reproducible runs on a GPU (as megatron's --deterministic-mode): deterministic algorithms and the
+    math attention backend, whose backward has no atomics. Slower; CPU runs are deterministic anyway."""
 
 
 def _convert(value: Any, hint: Any, path: str) -> Any:

@@ -111,6 +111,18 @@ def seed_everything(seed: int) -> None:
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
 
 
+def deterministic_mode() -> None:
+    """Make CUDA runs bit-reproducible: deterministic algorithms (cuBLAS workspace included) and only the
+    math attention backend, since the fused ones accumulate gradients with atomics. Call before CUDA work.
+    Without CUDA it changes nothing (CPU runs are deterministic as they are)."""
+    if torch.cuda.is_available():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cuda.enable_flash_sdp(False)
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def destroy_parallel() -> None:
     """Tear down megatron-core's groups and the default process group."""
     if parallel_state.model_parallel_is_initialized():

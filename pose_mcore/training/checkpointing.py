@@ -44,7 +44,8 @@ def save_checkpoint(folder: Path, meta: dict[str, Any], roles: dict[str, nn.Modu
     weights = {}
     for name, module in roles.items():
         keep = _trainable_names(module) if name in FROZEN_BASE_ROLES else None
-        weights[name] = {k: v.contiguous() for k, v in full_state_dict(module).items() if keep is None or k in keep}
+        weights[name] = {k: v.contiguous().cpu() for k, v in full_state_dict(module).items()
+                         if keep is None or k in keep}
     rank = dist.get_rank()
     final = folder / f"step-{meta['global_step']:08d}"
     tmp = folder / f".staging-{meta['global_step']:08d}"

@@ -24,7 +24,7 @@ from pose_mcore.data.sampler import BatchStream
 from pose_mcore.faults import fault_point
 from pose_mcore.models.registry import family_of_preset
 from pose_mcore.parallel.sharding import full_state_dict
-from pose_mcore.parallel.state import ParallelInfo, initialize_parallel
+from pose_mcore.parallel.state import ParallelInfo, deterministic_mode, initialize_parallel
 from pose_mcore.pose.conditioning import Conditioner
 from pose_mcore.pose.phase import Phase
 from pose_mcore.pose.phase1 import Phase1
@@ -53,6 +53,8 @@ class Trainer:
         self.config = config
         self.exit_after = exit_after
         tp = self.model_config.tensor_model_parallel_size
+        if config.deterministic:
+            deterministic_mode()
         self.info: ParallelInfo = initialize_parallel(tp, seed=config.seed)
         self.family = family_of_preset(config.preset)
         self.device = self.info.device
