@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 
 import pytest
+import torch
 
 from pose_mcore.cli import main, parse_args
 from pose_mcore.config.train import TrainConfig, load_train_config
@@ -167,3 +168,10 @@ def test_command_line_error_is_one_line_without_warnings(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["pose-train: error: batch_size=0: must be >= 1"], proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU refusal")
+def test_bf16_needs_cuda(capsys, tmp_path):
+    lines = _refused(capsys, tmp_path, "precision=bf16")
+    assert lines == ["pose-train: error: precision='bf16': bf16 autocast needs CUDA (megatron-core's linear backward "
+                     "re-enters autocast on CUDA only); on the CPU use auto or fp32"]

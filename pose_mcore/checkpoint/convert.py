@@ -228,7 +228,8 @@ def _write_shards(groups: Sequence[_Group], source: TensorSource, cfg: Any, dtyp
     n = len(shards)
     names = [single_name] if n == 1 and single_name else [name_fmt.format(i + 1, n) for i in range(n)]
     weight_map, total = {}, 0
-    bar = tqdm(total=sum(g.nbytes for g in groups), unit="B", unit_scale=True, desc=desc, leave=False)
+    bar = tqdm(total=sum(g.nbytes for g in groups), unit="B", unit_scale=True, desc=desc, leave=False,
+               disable=None)  # no bar without a terminal
     for shard, fname in zip(shards, names, strict=True):
         writer = SafetensorsStreamWriter(folder / fname, [m for g in shard for m in g.metas])
         for g in shard:

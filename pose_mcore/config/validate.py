@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pose_mcore.config.base import ConfigError, VideoDiTConfig
 from pose_mcore.config.train import DataConfig, OptimConfig, TrainConfig, TrainConfigError
 
@@ -198,6 +200,9 @@ def validate_train_config(config: TrainConfig, world_size: int) -> VideoDiTConfi
     p.check("log_every", config.log_every, AT_LEAST_1)
     p.check("max_nonfinite", config.max_nonfinite, AT_LEAST_1)
     p.choice("precision", config.precision, PRECISIONS)
+    if config.precision == "bf16" and not torch.cuda.is_available():
+        p.add("precision", config.precision, "bf16 autocast needs CUDA (megatron-core's linear backward re-enters "
+                                             "autocast on CUDA only); on the CPU use auto or fp32")
     if not str(config.output_dir).strip():
         p.add("output_dir", config.output_dir, "must name a folder")
     if p.lines:
