@@ -16,13 +16,13 @@ sys.path.insert(0, str(TESTS))
 # Without a GPU the Triton kernels run under Triton's interpreter; it must be chosen before they are defined.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-else:
-    # fp32 comparisons mean fp32: no TF32 in matmuls or convolutions (the patch embedding is a Conv3d); and
-    # deterministic mode, so that a resumed run repeats an uninterrupted one bit for bit.
+import devices  # noqa: E402, F401 - fp32 without TF32 on a GPU
+
+if torch.cuda.is_available():
+    # deterministic mode, so that a resumed run repeats an uninterrupted one bit for bit (fp32 without TF32:
+    # tests/devices.py)
     from pose_mcore.parallel.state import deterministic_mode
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
     deterministic_mode()
 
 KERNEL_BACKEND = "triton" if torch.cuda.is_available() else "interpret"

@@ -1,5 +1,6 @@
 """Where tests compute: this process's device (CUDA when present, as in training), shared by the
-pytest process and the scripts that tests/dist runs under torchrun."""
+pytest process and the scripts that tests/dist runs under torchrun. Importing it makes fp32 mean fp32 on a
+GPU (no TF32 in matmuls or in convolutions such as the patch embedding), so tolerances hold on any device."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from typing import Any
 import torch
 
 from pose_mcore.parallel.state import run_device
+
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
 
 
 def to_device(value: Any, device: torch.device | None = None) -> Any:

@@ -21,7 +21,7 @@ CONFIG = ["preset=tiny-t2v", "batch_size=2", "data.size=16", "data.frames=3", "d
           "teacher.steps=2", "phase1.steps=2", "phase2.steps=2", "phase1.fake_updates=1", "checkpoint_every=1",
           "log_every=1", "phase2.head_dim=16", "phase2.head_queries=2", "phase2.head_heads=2", "phase1.lora_rank=4",
           "teacher.optim.lr=1e-3", "phase1.optim_g.lr=1e-4", "phase1.optim_fake.lr=1e-3", "phase2.optim_g.lr=1e-4",
-          "phase2.optim_d.lr=1e-4", "sample_every=1"]
+          "phase2.optim_d.lr=1e-4", "sample_every=1", "deterministic=true"]  # GPU ranks: no atomics in backward
 # Global steps: teacher 1-2, Phase I 3-4, Phase II 5-6. In run order, each resumed from the previous kill:
 KILLS = [
     ("step@1", None),           # inside the first step: no checkpoint yet, the resume starts afresh
