@@ -64,10 +64,10 @@ def _cpu_sizes() -> list[Size]:
 
 def _gpu_sizes() -> list[Size]:
     wan = dict(num_layers=10)
-    hunyuan = dict(num_layers=4, num_single_layers=8)
+    hunyuan = dict(num_layers=2, num_single_layers=4)
     return [Size("wan2.1-1.3b x10 blocks, 480p x 81f", "wan2.1-t2v-1.3b", wan, (21, 60, 104, 1), 512),
             Size("wan2.1-14b x2 blocks, 480p x 81f", "wan2.1-t2v-14b", dict(num_layers=2), (21, 60, 104, 1), 512),
-            Size("hunyuan 4+8 blocks, 480p x 81f", "hunyuan-t2v-13b", hunyuan, (21, 60, 104, 1), 256)]
+            Size("hunyuan 2+4 blocks, 480p x 81f", "hunyuan-t2v-13b", hunyuan, (21, 60, 104, 1), 256)]
 
 
 def _quick_sizes() -> list[Size]:
@@ -165,7 +165,7 @@ def main() -> int:
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
-    reps = args.reps or (10 if cuda else 3)
+    reps = args.reps or (5 if cuda else 3)
     sizes = _quick_sizes() if args.quick else _gpu_sizes() if cuda else _cpu_sizes()
     sizes = [s for s in sizes if args.family in ("all", family_of_preset(s.preset).name)]
     name = (torch.cuda.get_device_name(device) if cuda
