@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import rank_env
 from safetensors.torch import load_file
 
 import pose_mcore.training.checkpointing as checkpointing
@@ -129,7 +130,7 @@ def test_teacher_checkpoint_of_the_wrong_family(tmp_path):
 def test_launcher_end_to_end(tmp_path):
     """bash examples/pretrain_pose.sh: 2 ranks (TP=2, sequence parallel), every phase, then the generator
     exports to diffusers and loads there."""
-    env = dict(os.environ, PYTHON=sys.executable, NPROC="2")
+    env = rank_env(2, PYTHON=sys.executable, NPROC="2")  # CPU ranks unless there are 2 GPUs
     for key in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "WORLD_SIZE"):
         env.pop(key, None)
     proc = subprocess.run(["bash", str(ROOT / "examples" / "pretrain_pose.sh"), *SMALL, "preset=tiny-i2v",
