@@ -14,6 +14,7 @@ import torch
 
 from pose_mcore.config.base import ConfigError, VideoDiTConfig
 from pose_mcore.config.train import DataConfig, OptimConfig, TrainConfig, TrainConfigError
+from pose_mcore.models.registry import ALL_PRESETS, family_of_preset
 
 PHASES = ("teacher", "phase1", "phase2")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -103,8 +104,6 @@ def _layout(p: Problems, c: TrainConfig, world_size: int) -> tuple[int, int] | N
 
 
 def _model(p: Problems, c: TrainConfig, tp: int | None) -> VideoDiTConfig | None:
-    from pose_mcore.models.registry import ALL_PRESETS, family_of_preset
-
     if c.preset not in ALL_PRESETS:
         p.add("preset", c.preset, f"unknown preset; known: {', '.join(ALL_PRESETS)}")
         return None
