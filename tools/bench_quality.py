@@ -9,11 +9,16 @@ paper's Table 3: backbone ema vs frozen, semantic vs convolutional head, frame c
 held-out real videos (lower is better), the attribute scores the known data allow, and the sampling
 latency on this machine.
 
-Writes under --out (default docs/results/): quality.md (the table), quality_vs_latency.png and
-samples/<row>.gif (real videos on the left, samples on the right).
+With --seeds every row is trained and measured at each seed (each trains its own teacher), and the
+summary gives every metric's mean, standard deviation over the seeds and per-seed values, and each of the
+paper's orderings with the number of seeds it holds at. Writes under --out (default docs/results/):
+quality.md (the summary), quality.json (the same, machine-readable), quality_vs_latency.png (mean FD
+with +- one standard deviation), and per seed seed-<S>/ with its own table, JSON, plot and
+samples/<row>.gif (real videos on the left, samples on the right). A seed whose seed-<S>/quality.json
+exists is read back, so a long run that stops keeps its finished seeds; the total time is printed.
 
-    python tools/bench_quality.py            # the full comparison (about half an hour on 2 cores)
-    python tools/bench_quality.py --quick    # tiny sizes, a few minutes: checks that it runs
+    python tools/bench_quality.py --seeds 1234,7,11,23,42   # the published comparison (per seed: ~30 min)
+    python tools/bench_quality.py --quick --seeds 1,2       # tiny sizes, a few minutes: checks that it runs
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import math
 import re
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -100,8 +106,9 @@ def evaluate(model: torch.nn.Module, conditioner: Conditioner, batch: dict[str, 
     return videos, {"fd": fd.distance(real, videos), **scores, "latency_ms": 1000 * latency}
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    """FD against latency (log scale), one labelled point per row, drawn with PIL."""
+def plot(rows: list[dict], path: Path, spread: bool = False) -> None:
+    """FD against latency (log scale), one labelled point per row, drawn with PIL; with ``spread``, the
+    mean FD over seeds with a bar of +- one standard deviation."""
     from PIL import Image, ImageDraw
 
     w, h, pad = 900, 560, 70
@@ -109,8 +116,9 @@ def plot(rows: list[dict], path: Path) -> None:
     d = ImageDraw.Draw(img)
     lat = [math.log10(max(r["latency_ms"], 1e-3)) for r in rows]
     fds = [r["fd"] for r in rows]
+    stds = [r.get("fd_std", 0.0) if spread else 0.0 for r in rows]
     lx0, lx1 = min(lat) - 0.1, max(lat) + 0.1
-    fy0, fy1 = 0.0, max(fds) * 1.1 + 1e-9
+    fy0, fy1 = 0.0, max(f + s for f, s in zip(fds, stds, strict=True)) * 1.1 + 1e-9
     d.line([(pad, h - pad), (w - pad, h - pad)], fill="black")
     d.line([(pad, pad), (pad, h - pad)], fill="black")
     d.text((w // 2 - 120, h - pad + 30), "sampling latency per video (ms, log10 scale)", fill="black")
@@ -121,6 +129,11 @@ def plot(rows: list[dict], path: Path) -> None:
         py = h - pad - (y - fy0) / (fy1 - fy0) * (h - 2 * pad)
         colour = "red" if r["row"].startswith("POSE") else ("blue" if r["row"].startswith("teacher") else "gray")
         d.ellipse([px - 5, py - 5, px + 5, py + 5], fill=colour)
+        if spread:
+            half = r["fd_std"] / (fy1 - fy0) * (h - 2 * pad)
+            d.line([(px, py - half), (px, py + half)], fill=colour, width=2)
+            d.line([(px - 4, py - half), (px + 4, py - half)], fill=colour)
+            d.line([(px - 4, py + half), (px + 4, py + half)], fill=colour)
         label_y = py - 6
         while any(abs(label_y - ly) < 13 and abs(px - lx) < 200 for lx, ly in placed):
             label_y -= 13  # keep labels of nearby points apart
@@ -138,24 +151,28 @@ def plot(rows: list[dict], path: Path) -> None:
     img.save(path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("docs/results"), help="where the table, plot, samples go")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="training runs (checkpoints, generators; default: <out>/../../outputs/bench_quality "
-                             "for docs/results, else <out>/runs); existing generators are reused")
-    parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="training-config override applied to every run (runs already in --workdir are reused "
-                             "as they are, so give changed settings a new workdir or copy only the runs they keep)")
-    args = parser.parse_args()
-    sizes = QUICK if args.quick else FULL
-    out = args.out
-    work = args.workdir or (Path("outputs/bench_quality") if out == Path("docs/results") else out / "runs")
-    seed = [f"seed={args.seed}", *args.overrides]
-    teacher = train(work, "teacher", sizes, [*seed, "phases=[teacher]"])
-    t = [*seed, f"teacher_checkpoint={teacher}"]
+CLAIMS = [  # (statement, better row, worse row): "better" means a lower FD
+    ("POSE 1 step beats teacher 1 NFE", "POSE, 1 step", "teacher 1 NFE"),
+    ("POSE 1 step beats Phase I only", "POSE, 1 step", "Phase I only, 1 step"),
+    ("Phase II after priming beats Phase II without it", "POSE, 1 step", "Phase II without priming, 1 step"),
+    ("the semantic head beats the conv head", "POSE, 1 step", "ablation: conv head, 1 step"),
+    ("the EMA backbone beats the frozen one", "POSE, 1 step", "ablation: frozen backbone, 1 step"),
+    ("the consistency loss helps", "POSE, 1 step", "ablation: consistency weight 0, 1 step"),
+    ("POSE 4 steps beats POSE 1 step", "POSE, 4 steps", "POSE, 1 step"),
+]
+METRICS = ("fd", "one_shape", "colour", "direction", "motion_jitter", "first_frame_mse", "latency_ms")
+
+
+def run_seed(seed: int, sizes: dict, out: Path, work: Path, overrides: list[str], quick: bool) -> list[dict]:
+    """Train and evaluate every row at one seed; writes ``out`` (table, JSON, plot, samples) and returns the
+    rows. A seed whose ``quality.json`` exists is read back, not run again (runs resume seed by seed)."""
+    done = out / "quality.json"
+    if done.is_file():
+        print(f"== seed {seed}: already measured ({done})", flush=True)
+        return json.loads(done.read_text())
+    seed_args = [f"seed={seed}", *overrides]
+    teacher = train(work, "teacher", sizes, [*seed_args, "phases=[teacher]"])
+    t = [*seed_args, f"teacher_checkpoint={teacher}"]
     primed = train(work, "phase1", sizes, [*t, "phases=[phase1]"])
     g = [*t, f"generator_checkpoint={primed}", "phases=[phase2]"]
     runs = {
@@ -189,39 +206,114 @@ def main() -> None:
     for name, path, sampler, steps, nfe in rows_spec:
         model = load_model(path)
         videos, metrics = evaluate(model, conditioner, batch, real, fd, prompts.colours, sampler, steps,
-                                   sizes["guidance"], args.seed)
+                                   sizes["guidance"], seed)
         rows.append({"row": name, "nfe": nfe, **metrics})
         slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
         save_video_grid(torch.cat([batch["latents"][:4], videos[:4]]), out / "samples" / f"{slug}.gif")
         print(f"{name:<40} FD {metrics['fd']:9.3f}  latency {metrics['latency_ms']:8.2f} ms", flush=True)
-    write_table(rows, out, sizes, args)
+    write_table(rows, out, sizes, seed, quick)
     plot(rows, out / "quality_vs_latency.png")
+    return rows
 
 
-def write_table(rows: list[dict], out: Path, sizes: dict, args) -> None:
-    reference = {r["row"]: r["fd"] for r in rows}
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("docs/results"), help="where the tables, plot, samples go")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="training runs (checkpoints, generators; default: outputs/bench_quality for "
+                             "docs/results, else <out>/runs); existing generators are reused")
+    parser.add_argument("--seeds", default="1234",
+                        help="comma-separated seeds; every row is trained and measured at each (default 1234)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="training-config override applied to every run (runs already in --workdir are reused "
+                             "as they are, so give changed settings a new workdir or copy only the runs they keep)")
+    args = parser.parse_args()
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--seeds {args.seeds!r}: expected comma-separated integers")
+    if not seeds or len(set(seeds)) != len(seeds):
+        parser.error(f"--seeds {args.seeds!r}: expected distinct seeds")
+    sizes = QUICK if args.quick else FULL
+    work = args.workdir or (Path("outputs/bench_quality") if args.out == Path("docs/results") else args.out / "runs")
+    start = time.perf_counter()
+    per_seed = {seed: run_seed(seed, sizes, args.out / f"seed-{seed}", work / f"seed-{seed}", args.overrides,
+                               args.quick) for seed in seeds}
+    rows = aggregate(per_seed)
+    write_summary(rows, per_seed, args.out, sizes, args.quick, time.perf_counter() - start)
+    plot(rows, args.out / "quality_vs_latency.png", spread=len(seeds) > 1)
+
+
+def aggregate(per_seed: dict[int, list[dict]]) -> list[dict]:
+    """Per row: every metric's mean, standard deviation over the seeds (0 for one seed) and per-seed values."""
+    seeds = list(per_seed)
+    rows = []
+    for i, first in enumerate(per_seed[seeds[0]]):
+        row = {"row": first["row"], "nfe": first["nfe"], "seeds": seeds}
+        for metric in METRICS:
+            values = [per_seed[s][i][metric] for s in seeds]
+            row[metric] = statistics.fmean(values)
+            row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            row[f"{metric}_per_seed"] = values
+        rows.append(row)
+    return rows
+
+
+def write_summary(rows: list[dict], per_seed: dict[int, list[dict]], out: Path, sizes: dict, quick: bool,
+                  seconds: float) -> None:
+    """The aggregated table (mean +- std over seeds, per-seed FD), the orderings with how many seeds they
+    hold at, and the JSON beside it."""
+    seeds = list(per_seed)
+    n = len(seeds)
+    fd = {s: {r["row"]: r["fd"] for r in per_seed[s]} for s in seeds}
     lines = ["# POSE at CPU scale: procedural moving shapes, tiny Wan I2V", "",
-             f"Produced by `python tools/bench_quality.py{' --quick' if args.quick else ''}` (seed {args.seed}); "
-             f"{sizes['eval_size']} evaluation videos of {sizes['frames']} x {sizes['size']} x {sizes['size']}; "
-             f"teacher {sizes['teacher']} steps, Phase I {sizes['phase1']}, Phase II {sizes['phase2']}; teacher "
-             f"guidance {sizes['guidance']} (standard CFG form). FD: Frechet distance to held-out real videos in "
-             "a fixed random 3-D conv feature space (lower is better). one shape / colour / direction: fraction "
-             "of videos right. jitter: spread of the frame-to-frame motion (pixels). first-frame MSE: against "
-             "the I2V condition. Latency: sampling time per video on this machine.", "",
+             f"Produced by `python tools/bench_quality.py{' --quick' if quick else ''} --seeds "
+             f"{','.join(map(str, seeds))}` in {seconds / 60:.1f} minutes; {describe(sizes)} Mean +- standard "
+             f"deviation over the {n} seeds (each seed trains its own teacher and every run from scratch); "
+             "per-seed tables: `seed-<S>/quality.md`.", "",
+             "| row | NFE | FD | FD per seed | one shape | colour | direction | jitter | first-frame MSE | "
+             "latency (ms) |", "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        cells = [f"{r[m]:.{d}f} +- {r[m + '_std']:.{d}f}" for m, d in
+                 (("one_shape", 2), ("colour", 2), ("direction", 2), ("motion_jitter", 3), ("first_frame_mse", 4),
+                  ("latency_ms", 2))]
+        per = " / ".join(f"{v:.1f}" for v in r["fd_per_seed"])
+        lines.append(f"| {r['row']} | {r['nfe']} | {r['fd']:.2f} +- {r['fd_std']:.2f} | {per} | " + " | ".join(cells)
+                     + " |")
+    lines += ["", f"The orderings, by FD, with the number of seeds (of {n}) at which each holds:", ""]
+    claims = []
+    for statement, better, worse in CLAIMS:
+        held = [s for s in seeds if fd[s][better] < fd[s][worse]]
+        claims.append({"claim": statement, "better": better, "worse": worse, "holds_at": held})
+        lines.append(f"- {statement}: {len(held)} of {n}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality.md").write_text("\n".join(lines) + "\n")
+    (out / "quality.json").write_text(json.dumps({"seeds": seeds, "seconds": seconds, "rows": rows,
+                                                  "claims": claims}, indent=2))
+    print(f"total time {seconds / 60:.1f} minutes for {n} seed(s)", flush=True)
+
+
+def describe(sizes: dict) -> str:
+    return (f"{sizes['eval_size']} evaluation videos of {sizes['frames']} x {sizes['size']} x {sizes['size']}; "
+            f"teacher {sizes['teacher']} steps, Phase I {sizes['phase1']}, Phase II {sizes['phase2']}; teacher "
+            f"guidance {sizes['guidance']} (standard CFG form). FD: Frechet distance to held-out real videos in "
+            "a fixed random 3-D conv feature space (lower is better). one shape / colour / direction: fraction "
+            "of videos right. jitter: spread of the frame-to-frame motion (pixels). first-frame MSE: against "
+            "the I2V condition. Latency: sampling time per video on this machine.")
+
+
+def write_table(rows: list[dict], out: Path, sizes: dict, seed: int, quick: bool) -> None:
+    """One seed's table and JSON."""
+    lines = ["# POSE at CPU scale: procedural moving shapes, tiny Wan I2V", "",
+             f"Produced by `python tools/bench_quality.py{' --quick' if quick else ''} --seeds {seed}`; "
+             f"{describe(sizes)}", "",
              "| row | NFE | FD | one shape | colour | direction | jitter | first-frame MSE | latency (ms) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['row']} | {r['nfe']} | {r['fd']:.3f} | {r['one_shape']:.2f} | {r['colour']:.2f} | "
                      f"{r['direction']:.2f} | {r['motion_jitter']:.3f} | {r['first_frame_mse']:.4f} | "
                      f"{r['latency_ms']:.2f} |")
-    claims = [
-        ("POSE 1 step beats teacher 1 NFE", reference["POSE, 1 step"] < reference["teacher 1 NFE"]),
-        ("POSE 1 step beats Phase I only", reference["POSE, 1 step"] < reference["Phase I only, 1 step"]),
-        ("Phase II after priming beats Phase II without it",
-         reference["POSE, 1 step"] < reference["Phase II without priming, 1 step"]),
-    ]
-    lines += ["", "The paper's orderings, as measured (by FD):", ""]
-    lines += [f"- {claim}: {'holds' if ok else 'does NOT hold'}" for claim, ok in claims]
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.md").write_text("\n".join(lines) + "\n")
     (out / "quality.json").write_text(json.dumps(rows, indent=2))
