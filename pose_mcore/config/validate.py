@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pose_kernels import MAX_QUERIES
 
 from pose_mcore.config.base import ConfigError, VideoDiTConfig
 from pose_mcore.config.train import DataConfig, OptimConfig, TrainConfig, TrainConfigError
@@ -22,8 +23,6 @@ DATA_KINDS = ("procedural", "latents")
 BACKBONES = ("ema", "frozen", "full")
 HEADS = ("semantic", "conv")
 ADV_LOSSES = ("hinge", "non_saturating")
-MAX_HEAD_QUERIES = 128
-"""The logit-query attention kernel takes at most this many queries."""
 
 Rule = tuple[Callable[[Any], bool], str]
 
@@ -164,7 +163,7 @@ def _phase2(p: Problems, c: TrainConfig, model: VideoDiTConfig | None) -> None:
     p.choice("phase2.adv_loss", s.adv_loss, ADV_LOSSES)
     dim_ok = p.check("phase2.head_dim", s.head_dim, AT_LEAST_1)
     p.check("phase2.head_queries", s.head_queries,
-            (lambda v: 1 <= v <= MAX_HEAD_QUERIES, f"must be in [1, {MAX_HEAD_QUERIES}] (the kernel's limit)"))
+            (lambda v: 1 <= v <= MAX_QUERIES, f"must be in [1, {MAX_QUERIES}] (the kernel's limit)"))
     if p.check("phase2.head_heads", s.head_heads, AT_LEAST_1) and dim_ok and s.head_dim % s.head_heads:
         p.add("phase2.head_heads", s.head_heads, f"must divide phase2.head_dim={s.head_dim}")
     p.check("phase2.t_adv_min", s.t_adv_min, UNIT_OPEN_TOP)
