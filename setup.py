@@ -26,7 +26,7 @@ setup(
         "tensorboard",  # tensorboard=true
     ],
     extras_require={
-        "test": ["pytest>=8", "diffusers==0.42.1", "ruff"],
+        "test": ["pytest>=8", "diffusers==0.42.1", "accelerate", "peft", "ruff"],
         # NVIDIA apex is not on PyPI (the PyPI package `apex` is unrelated): use the NGC image.
         "gpu": ["transformer-engine[pytorch]", "flash-attn", "triton>=3.0"],
     },
