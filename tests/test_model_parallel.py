@@ -1,7 +1,8 @@
 """TP=2 with sequence parallelism off and on equals TP=1 for Wan and HunyuanVideo: outputs, input
 gradients and every parameter gradient (gathered to whole tensors), with odd token counts, masked
 text, per-token timesteps, both Hunyuan I2V modes (token replacement across shards too) and
-activation checkpointing. Runs tests/dist/model_tp.py under torchrun (gloo)."""
+activation checkpointing, and with a LoRA on every parallel linear (HunyuanVideo's fused single-stream
+ones too, which the adapter must cut group by group like the weights). Runs tests/dist/model_tp.py under torchrun (gloo)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from conftest import assert_close_rel, assert_grads_close, torchrun_results
 
 REL = 1e-5
 CASES = ["wan_t2v_odd_tokens", "wan_i2v", "wan_t2v_per_token_t_recompute", "hunyuan_t2v_odd_tokens",
-         "hunyuan_i2v_concat", "hunyuan_i2v_replace_recompute", "hunyuan_i2v_replace_first_frame_split"]
+         "hunyuan_i2v_concat", "hunyuan_i2v_replace_recompute", "hunyuan_i2v_replace_first_frame_split",
+         "wan_t2v_lora", "hunyuan_t2v_lora"]
 
 
 @pytest.fixture(scope="module")

@@ -49,6 +49,12 @@ class LoRAParallelLinear(nn.Module):
                                                bias=False, gather_output=False)
         with torch.no_grad():
             self.lora_B.weight.zero_()
+        # A fused base (HunyuanVideo's [q | k | v | mlp]) is split group by group over the TP ranks: its
+        # parallel half of the adapter must be cut the same way, or each rank would pair its q, k, v and
+        # MLP slices with the wrong rows of B (columns of A).
+        groups = getattr(base.weight, "partition_groups", None)
+        if groups is not None:
+            (self.lora_A if mode == "row" else self.lora_B).weight.partition_groups = groups
         # megatron-core builds its half of the adapter where its config says and torch's nn.Linear on the
         # CPU: both follow the base layer, wherever the model was moved.
         self.lora_A.to(device=base.weight.device, dtype=base.weight.dtype)

@@ -21,6 +21,7 @@ from pose_mcore.config.wan import wan_config  # noqa: E402
 from pose_mcore.models.hunyuan import HunyuanModel  # noqa: E402
 from pose_mcore.models.wan import WanModel  # noqa: E402
 from pose_mcore.parallel.sequence import finalize_tensor_parallel_grads  # noqa: E402
+from pose_mcore.pose.lora import add_lora  # noqa: E402
 from pose_mcore.parallel.sharding import full_state_dict, load_full_state_dict  # noqa: E402
 from pose_mcore.parallel.state import destroy_parallel, initialize_parallel, run_device  # noqa: E402
 
@@ -36,6 +37,23 @@ def hunyuan_case(variant, shape, text_lengths):
             lambda: to_device(hunyuan_inputs(variant, *shape, text_lengths, seed=3)))
 
 
+def with_lora(case):
+    """The case's model with a LoRA on every parallel linear (HunyuanVideo's fused ones included),
+    everything trainable; at TP=1 the adapters get random B so they change the output."""
+    build, make_inputs = case
+
+    def build_lora(**kw):
+        model = build(**kw)
+        add_lora(model, rank=3, alpha=6.0)
+        for n, p in model.named_parameters():
+            p.requires_grad_(True)
+            if n.endswith("lora_B.weight") and "tensor_model_parallel_size" not in kw:
+                p.data.copy_(seeded_randn(p.shape, len(n)) * 0.1)
+        return model
+
+    return build_lora, make_inputs
+
+
 # name -> ((model factory, inputs), activation checkpointing)
 CASES = {
     "wan_t2v_odd_tokens": (wan_case("tiny-t2v", False, (2, 3, 2, 6)), False),  # 9 tokens
@@ -45,6 +63,8 @@ CASES = {
     "hunyuan_i2v_concat": (hunyuan_case("i2v_concat", (2, 2, 4, 6), [4, 6]), False),
     "hunyuan_i2v_replace_recompute": (hunyuan_case("i2v_replace", (2, 3, 2, 6), [3, 4]), True),
     "hunyuan_i2v_replace_first_frame_split": (hunyuan_case("i2v_replace", (1, 1, 2, 10), [4]), False),  # 5 tokens
+    "wan_t2v_lora": (with_lora(wan_case("tiny-t2v", False, (1, 2, 4, 6))), False),
+    "hunyuan_t2v_lora": (with_lora(hunyuan_case("t2v", (1, 3, 2, 6), [4])), False),  # fused single-stream linears
 }
 
 
