@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def convert(argv: list[str] | None = None) -> int:
-    """``pose-convert``: see :mod:`pose_mcore.checkpoint.convert`."""
-    from pose_mcore.checkpoint.convert import main as convert_main
+    """``pose-convert``: see :mod:`pose_mcore.checkpoint.command`."""
+    from pose_mcore.checkpoint.command import main as convert_main
 
     return convert_main(argv)
 

@@ -20,7 +20,7 @@ from hunyuan_reference import hunyuan_inputs
 from safetensors.torch import load_file, save_file
 from wan_reference import wan_inputs
 
-from pose_mcore.checkpoint.convert import main
+from pose_mcore.checkpoint.command import main
 from pose_mcore.checkpoint.io import open_source
 from pose_mcore.checkpoint.load import load_model
 

@@ -118,7 +118,7 @@ def test_teacher_checkpoint_of_the_wrong_family(tmp_path):
     from hunyuan_reference import diffusers_hunyuan
 
     diffusers_hunyuan("t2v").save_pretrained(tmp_path / "hy")
-    from pose_mcore.checkpoint.convert import main as convert
+    from pose_mcore.checkpoint.command import main as convert
 
     assert convert(["import", "--src", str(tmp_path / "hy"), "--dst", str(tmp_path / "hy_pose")]) == 0
     proc = _cli(*SMALL, f"teacher_checkpoint={tmp_path / 'hy_pose'}", f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
@@ -141,7 +141,7 @@ def test_launcher_end_to_end(tmp_path):
     run = tmp_path / "run"
     assert {r["phase"] for r in _records(run).values()} == {"teacher", "phase1", "phase2"}
     assert (run / "samples" / "phase2-final.gif").is_file() and (run / "samples" / "teacher-000002.gif").is_file()
-    from pose_mcore.checkpoint.convert import main as convert
+    from pose_mcore.checkpoint.command import main as convert
 
     assert convert(["export", "--src", str(run / "generator"), "--dst", str(tmp_path / "diffusers"),
                     "--layout", "wan-diffusers"]) == 0

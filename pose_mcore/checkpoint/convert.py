@@ -9,9 +9,7 @@ are written to a temporary path and renamed at the end.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from pose_mcore.checkpoint import configs
+from pose_mcore.checkpoint import configs, fp8
+from pose_mcore.checkpoint.fp8 import Fp8Dequantized
 from pose_mcore.checkpoint.io import (
     CheckpointError,
     MemorySource,
@@ -34,7 +33,7 @@ from pose_mcore.checkpoint.layouts import hunyuan as hunyuan_layout
 from pose_mcore.checkpoint.layouts import wan as wan_layout
 from pose_mcore.checkpoint.layouts.rules import Rule, invert, plan
 from pose_mcore.config.base import VideoDiTConfig
-from pose_mcore.models.registry import FAMILIES, family_of_config
+from pose_mcore.models.registry import family_of_config
 
 FORMAT = "pose_mcore"
 FORMAT_VERSION = 1
@@ -116,6 +115,9 @@ def detect(src: Path, family: str | None = None, overrides: dict[str, Any] | Non
     cfg_file = src / "config.json" if src.is_dir() else None
     j = _read_json(cfg_file) if cfg_file is not None and cfg_file.is_file() else {}
     source = open_source(src, container)
+    if Fp8Dequantized.wraps(source):
+        source = Fp8Dequantized(source)
+        notes.append("fp8 tensors read as fp32 (times their scale_weight where the file has one)")
     if j.get("format") == FORMAT:
         layout, fam = "pose", j["family"]
         cfg = configs.make_config(fam, {**j["architecture"], **overrides})
@@ -296,12 +298,38 @@ def import_checkpoint(src: Path, dst: Path, family: str | None = None, dtype: st
     return found
 
 
+def _write_fp8(groups: Sequence[_Group], source: TensorSource, cfg: VideoDiTConfig, path: Path) -> None:
+    """One safetensors file in ComfyUI's scaled-fp8 form (see :mod:`pose_mcore.checkpoint.fp8`)."""
+    metas: list[tuple[str, torch.dtype, tuple[int, ...]]] = [(fp8.MARKER, fp8.FP8, (0,))]
+    for g in groups:
+        for name, _, shape in g.metas:
+            if fp8.quantized(name, shape):
+                metas += [(name, fp8.FP8, shape), (name.removesuffix(".weight") + fp8.SCALE_SUFFIX, torch.float32, ())]
+            else:
+                metas.append((name, torch.bfloat16, shape))
+    writer = SafetensorsStreamWriter(path, metas, {"format": "pt", "pose_mcore.dtype": "fp8 e4m3fn, per-tensor scale"})
+    writer.write(fp8.MARKER, torch.empty(0, dtype=fp8.FP8))
+    for g in tqdm(groups, desc="export fp8", leave=False, disable=None):
+        for (name, _, shape), tensor in zip(g.metas, g.rule.fn([source.get(k) for k in g.src], cfg), strict=True):
+            if fp8.quantized(name, shape):
+                q, scale = fp8.quantize(tensor)
+                writer.write(name, q)
+                writer.write(name.removesuffix(".weight") + fp8.SCALE_SUFFIX, scale)
+            else:
+                writer.write(name, tensor.to(torch.bfloat16))
+    writer.close()
+
+
 def export_checkpoint(src: Path, dst: Path, layout: str, dtype: str = "keep", overwrite: bool = False,
                       shard_bytes: int = DEFAULT_SHARD_BYTES) -> Detected:
-    """Write a pose_mcore checkpoint in another layout: a diffusers folder, or the official files."""
+    """Write a pose_mcore checkpoint in another layout: a diffusers folder, or the official files
+    (``dtype="fp8"``: one official-layout .safetensors file with scaled fp8 block weights)."""
     dst = Path(dst)
     if layout not in LAYOUTS:
         raise CheckpointError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    if dtype == "fp8" and (layout.endswith("-diffusers") or dst.suffix != ".safetensors"):
+        raise CheckpointError(f"{dst}: --dtype fp8 writes one official-layout .safetensors file (--layout wan or "
+                              "hunyuan, a destination ending in .safetensors), as ComfyUI loads it")
     found = detect(src)
     if found.layout != "pose":
         raise CheckpointError(f"{src}: export reads a pose_mcore checkpoint; this is a {found.layout} one "
@@ -310,9 +338,11 @@ def export_checkpoint(src: Path, dst: Path, layout: str, dtype: str = "keep", ov
     if target.family != found.family:
         raise CheckpointError(f"{src}: a {found.family} checkpoint cannot be written in the {layout} layout")
     cfg = found.config
-    groups = _groups(invert(target.rules), found.source, cfg, DTYPES[dtype])
+    groups = _groups(invert(target.rules), found.source, cfg, DTYPES.get(dtype))
     with atomic_destination(dst, overwrite) as tmp:
-        if layout.endswith("-diffusers"):
+        if dtype == "fp8":
+            _write_fp8(groups, found.source, cfg, tmp)
+        elif layout.endswith("-diffusers"):
             tmp.mkdir()
             _write_shards(groups, found.source, cfg, DTYPES[dtype], tmp,
                           "diffusion_pytorch_model-{:05d}-of-{:05d}.safetensors", "diffusion_pytorch_model.safetensors",
@@ -352,68 +382,3 @@ def inspect_checkpoint(src: Path, overrides: dict[str, Any] | None = None, conta
     return {"path": str(src), "family": found.family, "variant": found.variant, "layout": found.layout,
             "parameters": params, "dtypes": dtypes, "tensors": len(keys), "unplaced_keys": p.unplaced,
             "missing_keys": p.missing, "architecture": found.config.architecture(), "notes": found.notes}
-
-
-def _parse_size(text: str) -> int:
-    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-    t = text.strip().lower().removesuffix("b")
-    try:
-        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
-    except ValueError as e:
-        raise CheckpointError(f"--shard-size {text!r}: expected a size such as 2GB or 500MB") from e
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pose-convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="architecture field the files do not state (e.g. num_attention_heads=40)")
-    common.add_argument("--container", default=None,
-                        help="entry of a torch checkpoint that holds the weights (HunyuanVideo: module or ema)")
-    io = argparse.ArgumentParser(add_help=False)
-    io.add_argument("--src", type=Path, required=True)
-    io.add_argument("--dst", type=Path, required=True)
-    io.add_argument("--dtype", choices=list(DTYPES), default="keep")
-    io.add_argument("--shard-size", default="2GB")
-    io.add_argument("--overwrite", action="store_true")
-    imp = sub.add_parser("import", parents=[common, io], help="any supported layout -> pose_mcore")
-    imp.add_argument("--family", choices=sorted(FAMILIES), default=None)
-    imp.add_argument("--tp", type=int, default=None, help="also check that the model splits over this many TP ranks")
-    exp = sub.add_parser("export", parents=[io], help="pose_mcore -> " + " | ".join(LAYOUTS))
-    exp.add_argument("--layout", choices=list(LAYOUTS), required=True)
-    ins = sub.add_parser("inspect", parents=[common], help="print what a checkpoint is")
-    ins.add_argument("path", type=Path)
-    ins.add_argument("--json", action="store_true", help="print JSON")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``pose-convert``: exit 0 on success, 2 with one message naming the file, key or value otherwise."""
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "import":
-            found = import_checkpoint(args.src, args.dst, args.family, args.dtype, parse_overrides(args.overrides),
-                                      args.overwrite, _parse_size(args.shard_size), args.container, args.tp)
-            print(f"found {found.family} ({found.variant}) in the {found.layout} layout at {args.src}")
-            for note in found.notes:
-                print(f"  note: {note}")
-            print(f"wrote {args.dst}")
-        elif args.command == "export":
-            found = export_checkpoint(args.src, args.dst, args.layout, args.dtype, args.overwrite,
-                                      _parse_size(args.shard_size))
-            print(f"wrote {found.family} ({found.variant}) in the {args.layout} layout to {args.dst}")
-        else:
-            info = inspect_checkpoint(args.path, parse_overrides(args.overrides), args.container)
-            if args.json:
-                print(json.dumps(info, indent=2))
-            else:
-                for key in ("path", "family", "variant", "layout", "parameters", "tensors", "dtypes", "unplaced_keys",
-                            "missing_keys", "notes"):
-                    value = f"{info[key]:,}" if key == "parameters" else info[key]
-                    print(f"{key:>14}: {value}")
-    except CheckpointError as e:
-        print(f"pose-convert: error: {e}", file=sys.stderr)
-        return 2
-    return 0

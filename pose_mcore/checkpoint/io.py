@@ -23,7 +23,7 @@ SAFETENSORS_INDEX_NAMES = ("model.safetensors.index.json", "diffusion_pytorch_mo
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 _DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
            torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-           torch.bool: "BOOL"}
+           torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
 
 
 class CheckpointError(Exception):
@@ -288,7 +288,7 @@ class SafetensorsStreamWriter:
         if (name, tensor.dtype, tuple(tensor.shape)) != want:
             got = (name, tensor.dtype, tuple(tensor.shape))
             raise CheckpointError(f"{self.path}: expected tensor {want} next, got {got}")
-        self._file.write(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+        self._file.write(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
         self._next += 1
 
     def close(self) -> None:

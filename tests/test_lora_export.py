@@ -1,0 +1,314 @@
+"""Exports users load: the generator as a LoRA against its teacher (diffusers loads it with its own LoRA
+code and reproduces the generator; ComfyUI's arithmetic on the official keys gives it back exactly;
+the keys fit diffusers' converters at 14B/13B shapes), and fp8 single files (written, re-imported,
+within the stated bound; an outside fp8 file imports). Bad input: exit 2, a message, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from checkpoint_fixtures import wan_original_state
+from conftest import assert_close_rel
+from hunyuan_reference import diffusers_hunyuan, hunyuan_inputs
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from wan_reference import diffusers_wan, wan_inputs
+
+from pose_mcore.checkpoint import fp8
+from pose_mcore.checkpoint.command import main
+from pose_mcore.checkpoint.configs import to_diffusers_config
+from pose_mcore.checkpoint.load import load_model
+from pose_mcore.checkpoint.lora_export import lora_file_layout
+from pose_mcore.config.hunyuan import hunyuan_config
+from pose_mcore.config.wan import wan_config
+
+HUNYUAN_ROPE = ["--set", "rope_axes_dim=2,2,4"]
+
+
+def _perturbed(model: torch.nn.Module, seed: int, linears_only: bool) -> torch.nn.Module:
+    """A copy of ``model`` as a distilled generator might differ from its teacher: every linear layer's
+    weight and bias (``linears_only``), or every parameter, moved by ~5 % of its spread."""
+    import copy
+
+    out = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        chosen = ([p for m in out.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters(recurse=False)]
+                  if linears_only else list(out.parameters()))
+        for p in chosen:
+            p.add_(0.05 * (p.std() if p.numel() > 1 else p.abs()).clamp_min(0.02) * torch.randn(p.shape, generator=gen))
+    return out
+
+
+def _import(src, dst, *extra) -> None:
+    assert main(["import", "--src", str(src), "--dst", str(dst), *extra]) == 0
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Per family: the diffusers teacher and generators, and their pose_mcore checkpoints."""
+    root = tmp_path_factory.mktemp("lora")
+    out = {}
+    for family, teacher in (("wan", diffusers_wan(i2v=True, seed=0)), ("hunyuan", diffusers_hunyuan("t2v", seed=0))):
+        entry = {"teacher": teacher, "gen_linear": _perturbed(teacher, 1, True), "gen_all": _perturbed(teacher, 2, False)}
+        for name, model in list(entry.items()):
+            model.save_pretrained(root / f"{family}_{name}_diffusers")
+            _import(root / f"{family}_{name}_diffusers", root / f"{family}_{name}")
+            entry[f"{name}_path"] = root / f"{family}_{name}"
+            entry[f"{name}_diffusers"] = root / f"{family}_{name}_diffusers"
+        out[family] = entry
+    return out
+
+
+def _inputs(family: str) -> dict[str, torch.Tensor]:
+    return wan_inputs(True, 1, 2, 4, 6, seed=5) if family == "wan" else hunyuan_inputs("t2v", 1, 2, 4, 6, [4], seed=5)
+
+
+def _export(m, gen: str, dst, rank: str, keys: str, *extra: str) -> int:
+    return main(["export", "--layout", "lora", "--src", str(m[f"{gen}_path"]), "--base", str(m["teacher_path"]),
+                 "--dst", str(dst), "--rank", rank, "--lora-keys", keys, *extra])
+
+
+def _diffusers_with_lora(family: str, m, path) -> torch.nn.Module:
+    """The teacher in diffusers with the LoRA file loaded as diffusers' pipelines load it:
+    ``<Pipeline>.lora_state_dict`` (which converts non-diffusers keys) then ``load_lora_adapter``."""
+    from diffusers import HunyuanVideoPipeline, HunyuanVideoTransformer3DModel, WanPipeline, WanTransformer3DModel
+
+    pipe, cls = (WanPipeline, WanTransformer3DModel) if family == "wan" else (HunyuanVideoPipeline,
+                                                                               HunyuanVideoTransformer3DModel)
+    state = pipe.lora_state_dict(str(path.parent), weight_name=path.name)
+    model = cls.from_pretrained(m["teacher_diffusers"]).eval()
+    model.load_lora_adapter(dict(state), prefix="transformer", adapter_name="pose")
+    modules = {k.removeprefix("transformer.").split(".lora_")[0] for k in state if ".lora_" in k}
+    adapted = {n for n, mod in model.named_modules() if hasattr(mod, "lora_A") and "pose" in mod.lora_A}
+    assert modules == adapted, f"LoRA keys diffusers did not place: {sorted(modules ^ adapted)[:10]}"
+    return model
+
+
+def _rel(model: torch.nn.Module, reference: torch.nn.Module, family: str) -> float:
+    inputs = _inputs(family)
+    with torch.no_grad():
+        out, ref = model(**inputs).sample, reference(**inputs).sample
+    return ((out - ref).abs().max() / ref.abs().max()).item()
+
+
+CASES = [("wan", "official"), ("wan", "diffusers"), ("hunyuan", "diffusers")]
+
+
+@pytest.mark.parametrize(("family", "keys"), CASES, ids=[f"{f}-{k}" for f, k in CASES])
+def test_full_rank_lora_reproduces_the_generator_in_diffusers(models, tmp_path, family, keys, capsys):
+    m = models[family]
+    path = tmp_path / "lora.safetensors"
+    assert _export(m, "gen_linear", path, "full", keys) == 0
+    assert "wrote a rank-full LoRA" in capsys.readouterr().out
+    model = _diffusers_with_lora(family, m, path)
+    assert _rel(model, m["teacher"], family) > 1e-2  # the generator is far from its teacher
+    err = _rel(model, m["gen_linear"], family)
+    assert err <= 1e-4, f"{family}/{keys}: diffusers with the LoRA is {err:.3g} from the generator"
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    assert meta["pose_mcore.rank"] == "full" and meta["pose_mcore.key_style"] == keys
+    assert "pose_mcore.base_model" in meta and "pose_mcore.alpha" in meta
+
+
+def test_rank_r_error_is_reported_and_falls_with_r(models, tmp_path, capsys):
+    m = models["wan"]
+    errors, reported = [], []
+    for rank in ("1", "4", "8"):
+        path = tmp_path / f"r{rank}.safetensors"
+        assert _export(m, "gen_linear", path, rank, "official") == 0
+        table = capsys.readouterr().out
+        row = next(line for line in table.splitlines() if line.startswith("blocks.*.self_attn.q"))
+        reported.append(float(row.split()[3]))
+        errors.append(_rel(_diffusers_with_lora("wan", m, path), m["gen_linear"], "wan"))
+    assert reported[0] > reported[1] > reported[2] >= 0 and reported[0] > 0.1
+    assert errors[0] > errors[1] > errors[2], errors
+
+
+def _comfy_apply(base: dict[str, torch.Tensor], lora: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI's arithmetic for LoRA files: W += alpha / rank * B @ A (alpha defaults to the rank),
+    W += diff, bias += diff_b; for official keys under ``diffusion_model.``."""
+    lora = {k.removeprefix("diffusion_model."): v for k, v in lora.items()}
+    out, used = {}, set()
+    for key, w in base.items():
+        module = key.rsplit(".", 1)[0] if key.endswith((".weight", ".bias")) else key
+        w = w.clone().float()
+        if key.endswith(".bias"):
+            parts = [f"{module}.diff_b"]
+        elif key.endswith(".weight"):
+            parts = [f"{module}.diff"]
+            if f"{module}.lora_A.weight" in lora:
+                a, b = lora[f"{module}.lora_A.weight"].float(), lora[f"{module}.lora_B.weight"].float()
+                alpha = lora.get(f"{module}.alpha", torch.tensor(float(a.shape[0]))).item()
+                w += alpha / a.shape[0] * (b @ a)
+                used |= {f"{module}.lora_A.weight", f"{module}.lora_B.weight", f"{module}.alpha"}
+        else:
+            parts = [f"{key}.diff"]
+        for p in parts:
+            if p in lora:
+                w += lora[p].float()
+                used.add(p)
+        out[key] = w
+    assert set(lora) <= used, f"entries that name no tensor: {sorted(set(lora) - used)[:10]}"
+    return out
+
+
+def test_official_keys_give_the_generator_back_with_comfyui_arithmetic(models, tmp_path):
+    """Every parameter differs (norms, modulation tables, patch embedding too): the diff entries carry
+    what a LoRA cannot, and applying the file to the teacher's official weights gives the generator's."""
+    for family in ("wan", "hunyuan"):
+        m = models[family]
+        path = tmp_path / f"{family}.safetensors"
+        assert _export(m, "gen_all", path, "full", "official") == 0
+        official = {}
+        for name in ("teacher", "gen_all"):
+            dst = tmp_path / f"{family}_{name}.safetensors"
+            assert main(["export", "--src", str(m[f"{name}_path"]), "--dst", str(dst), "--layout", family]) == 0
+            official[name] = load_file(dst)
+        applied = _comfy_apply(official["teacher"], load_file(path))
+        for key, want in official["gen_all"].items():
+            assert_close_rel(applied[key], want.float(), 1e-5, f"{family}/{key}")
+
+
+def _check_keys_fit(converted: dict[str, torch.Tensor], model: torch.nn.Module, what: str) -> set[str]:
+    """Every converted LoRA key lands on a linear of the diffusers model with fitting shapes."""
+    modules = dict(model.named_modules())
+    placed = set()
+    for key, t in converted.items():
+        if ".lora_" not in key:
+            continue
+        name, part = key.removeprefix("transformer.").split(".lora_")
+        layer = modules.get(name)
+        assert isinstance(layer, torch.nn.Linear), f"{what}: {key} names no linear layer"
+        if part == "A.weight":
+            assert t.shape[1] == layer.in_features, f"{what}: {key} {tuple(t.shape)}"
+        elif part == "B.weight":
+            assert t.shape[0] == layer.out_features, f"{what}: {key} {tuple(t.shape)}"
+        else:
+            assert part == "B.bias" and t.shape == (layer.out_features,), f"{what}: {key}"
+        placed.add(name)
+    return placed
+
+
+def _meta_state(layout) -> dict[str, torch.Tensor]:
+    # scalars (alpha) are real: the converter reads them with .item()
+    return {n: torch.tensor(4.0) if not shape else torch.empty(shape, dtype=d, device="meta") for n, d, shape in layout}
+
+
+def test_official_keys_fit_diffusers_converters_at_full_size():
+    """Wan2.1-I2V-14B and HunyuanVideo-I2V 13B (on the meta device): diffusers' converters for
+    non-diffusers LoRAs take every factor, every linear gets one, and what they leave out is only
+    the diff entries (Wan: they are read and skipped; HunyuanVideo: no rule reads them)."""
+    from diffusers import HunyuanVideoTransformer3DModel, WanTransformer3DModel
+    from diffusers.loaders.lora_conversion_utils import (
+        _convert_hunyuan_video_lora_to_diffusers,
+        _convert_non_diffusers_wan_lora_to_diffusers,
+    )
+
+    for cfg, cls, convert in ((wan_config("wan2.1-i2v-14b"), WanTransformer3DModel,
+                               _convert_non_diffusers_wan_lora_to_diffusers),
+                              (hunyuan_config("hunyuan-i2v-13b"), HunyuanVideoTransformer3DModel,
+                               _convert_hunyuan_video_lora_to_diffusers)):
+        layout = lora_file_layout(cfg, "official", 4)
+        state = _meta_state(layout)
+        n_factors = sum(k.endswith(("lora_A.weight", "lora_B.weight")) for k in state)
+        with torch.device("meta"):
+            model = cls.from_config(to_diffusers_config(cfg))
+        converted = convert(dict(state))
+        placed = _check_keys_fit(converted, model, cls.__name__)
+        linears = {n for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
+        if cls is WanTransformer3DModel:
+            assert placed == linears
+            linear_biases = sum(k.endswith(".diff_b") and k.replace(".diff_b", ".lora_A.weight") in state for k in state)
+            assert sum(".lora_" in k for k in converted) == n_factors + linear_biases
+        else:  # the refiner's fused q, k, v goes as a diff entry (its converter rule splits lora_A wrongly)
+            refiner_qkv = {n for n in linears if "token_refiner" in n and n.split(".")[-1] in ("to_q", "to_k", "to_v")}
+            assert placed == linears - refiner_qkv
+            leftovers = {k for k in converted if ".lora_" not in k}
+            assert all(k.endswith((".diff", ".diff_b")) for k in leftovers), sorted(leftovers)[:5]
+
+
+def test_fp8_single_file_round_trip(models, tmp_path):
+    m = models["wan"]
+    path = tmp_path / "wan_fp8.safetensors"
+    assert main(["export", "--src", str(m["teacher_path"]), "--dst", str(path), "--layout", "wan", "--dtype",
+                 "fp8"]) == 0
+    full = tmp_path / "wan_fp32.safetensors"
+    assert main(["export", "--src", str(m["teacher_path"]), "--dst", str(full), "--layout", "wan"]) == 0
+    raw, ref = load_file(path), load_file(full)
+    assert raw[fp8.MARKER].dtype == fp8.FP8
+    quantised = [k for k in ref if fp8.quantized(k, ref[k].shape)]
+    assert len(quantised) >= 10
+    for key in quantised:
+        assert raw[key].dtype == fp8.FP8
+        scale = raw[key.removesuffix(".weight") + fp8.SCALE_SUFFIX]
+        err = (raw[key].float() * scale - ref[key]).abs()
+        assert (err <= fp8.error_bound(ref[key], scale)).all(), key
+    assert all(raw[k].dtype == torch.bfloat16 for k in ref if k not in quantised)
+    _import(path, tmp_path / "back")
+    err = _rel(load_model(tmp_path / "back"), m["teacher"], "wan")
+    assert 0 < err < 0.05, f"fp8 round trip: output {err:.3g} from fp32"  # measured ~1e-2 on this tiny model
+
+
+def test_outside_fp8_file_imports(models, tmp_path):
+    """A plain e4m3fn file (no scales) under ComfyUI's key prefix, as published fp8 Wan files are."""
+    m = models["wan"]
+    state = wan_original_state(m["teacher"].state_dict())
+    cast = {k: (v.to(fp8.FP8) if fp8.quantized(k, v.shape) else v.to(torch.bfloat16)) for k, v in state.items()}
+    save_file({f"model.diffusion_model.{k}": v.contiguous() for k, v in cast.items()}, tmp_path / "outside.safetensors")
+    _import(tmp_path / "outside.safetensors", tmp_path / "pose")
+    model = load_model(tmp_path / "pose")
+    expected = m["teacher"].__class__.from_pretrained(m["teacher_diffusers"])
+    with torch.no_grad():  # the same rounding applied to diffusers' own model
+        for (name, p) in expected.named_parameters():
+            p.copy_(p.to(fp8.FP8).float() if p.dim() == 2 and "blocks." in name and name.endswith("weight")
+                    else p.to(torch.bfloat16).float())
+    assert _rel(model, expected, "wan") < 1e-5
+
+
+def _fails(argv: list[str], capsys, expected: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.startswith("pose-convert: error:"), err
+
+
+def test_bad_input(models, tmp_path, capsys):
+    wan, hy = models["wan"], models["hunyuan"]
+    dst = tmp_path / "out.safetensors"
+    base = ["export", "--layout", "lora", "--dst", str(dst), "--rank", "4"]
+    _fails([*base, "--src", str(wan["gen_linear_path"]), "--base", str(hy["teacher_path"])], capsys,
+           "is a wan model but the teacher")
+    t2v = diffusers_wan(i2v=False, seed=0)
+    t2v.save_pretrained(tmp_path / "t2v_d")
+    _import(tmp_path / "t2v_d", tmp_path / "t2v")
+    _fails([*base, "--src", str(wan["gen_linear_path"]), "--base", str(tmp_path / "t2v")], capsys,
+           "have different architectures")
+    _fails(["export", "--layout", "lora", "--dst", str(dst), "--rank", "10000", "--src", str(wan["gen_linear_path"]),
+            "--base", str(wan["teacher_path"])], capsys, "is larger than the layer blocks.0.")
+    _fails([*base, "--src", str(wan["gen_linear_path"])], capsys, "needs --base")
+    _fails(["export", "--layout", "lora", "--dst", str(dst), "--rank", "zero", "--src", str(wan["gen_linear_path"]),
+            "--base", str(wan["teacher_path"])], capsys, "--rank 'zero'")
+    _fails(["export", "--layout", "wan-diffusers", "--dtype", "fp8", "--dst", str(tmp_path / "x"),
+            "--src", str(wan["teacher_path"])], capsys, "--dtype fp8 writes one official-layout")
+    assert not dst.exists() and not list(tmp_path.glob(".out.safetensors.tmp-*"))
+    dst.write_text("keep me")
+    _fails([*base, "--src", str(wan["gen_linear_path"]), "--base", str(wan["teacher_path"])], capsys,
+           "destination exists")
+    assert dst.read_text() == "keep me"
+
+
+def test_hunyuan_final_adaln_factors_survive_diffusers_half_swap(models, tmp_path):
+    """diffusers' HunyuanVideo converter swaps the halves of both factors of the final AdaLN (right for B,
+    wrong for A); the export writes A twice so that the product it loads is the generator's."""
+    from diffusers.loaders.lora_conversion_utils import _convert_hunyuan_video_lora_to_diffusers
+
+    m = models["hunyuan"]
+    path = tmp_path / "hy.safetensors"
+    assert _export(m, "gen_linear", path, "2", "official") == 0
+    prefix = "diffusion_model.final_layer.adaLN_modulation.1."
+    lora = {k: v for k, v in load_file(path).items() if k.startswith(prefix)}
+    converted = _convert_hunyuan_video_lora_to_diffusers(dict(lora))
+    a, b = converted["transformer.norm_out.linear.lora_A.weight"], converted["transformer.norm_out.linear.lora_B.weight"]
+    want = lora[prefix + "lora_B.weight"] @ lora[prefix + "lora_A.weight"]  # official (shift, scale) order
+    shift, scale = want.chunk(2)
+    torch.testing.assert_close(b @ a, torch.cat([scale, shift]), rtol=0, atol=1e-6)
