@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Checkpoint converter (also installed as ``pose-convert``): see ``pose_mcore.checkpoint.convert``."""
+"""Checkpoint converter (also installed as ``pose-convert``): see ``pose_mcore.checkpoint.command``."""
 
 import sys
 
