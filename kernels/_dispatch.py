@@ -1,5 +1,6 @@
 """Where each op runs: the Triton kernel on CUDA, the same kernel under Triton's interpreter on the CPU
-when ``TRITON_INTERPRET=1``, and the torch reference otherwise. Importing this launches nothing.
+when ``TRITON_INTERPRET=1``, and the torch reference otherwise (and on fake tensors, which hold no data).
+Importing this launches nothing.
 
 Triton reads ``TRITON_INTERPRET`` when a kernel is defined, so set it before importing pose_kernels.
 """
@@ -10,6 +11,7 @@ import importlib.util
 import os
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 BACKENDS = ("triton", "interpret", "reference")
@@ -29,6 +31,8 @@ def select_backend(tensor: torch.Tensor, requested: str | None = None) -> str:
         if requested == "interpret" and not (HAVE_TRITON and interpreting() and not tensor.is_cuda):
             raise RuntimeError("backend='interpret' needs triton, CPU tensors and TRITON_INTERPRET=1 set before import")
         return requested
+    if isinstance(tensor, FakeTensor):  # a memory trace (pose_mcore's memory model): no data for a kernel to read
+        return "reference"
     if HAVE_TRITON and interpreting() and not tensor.is_cuda:
         return "interpret"
     if HAVE_TRITON and tensor.is_cuda and not interpreting():

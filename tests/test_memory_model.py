@@ -1,7 +1,7 @@
-"""The memory model: its fake-tensor trace of a DiT step equals the same step measured on real CPU tensors
-with the same accounting (bytes of live tensor storages, by kind), for Wan I2V and HunyuanVideo, with and
-without activation checkpointing; extrapolating two traced depths to the model's is within 3 % of the full
-trace; the tool refuses bad input with exit status 2."""
+"""The memory model: its fake-tensor traces of a DiT step and of every phase's step (the trainer's own roles,
+optimisers and phase code; all three backbone modes) equal the same steps measured on real CPU tensors with
+the same accounting (bytes of distinct live storages) to within 0.1 %; extrapolating traced depths to the
+model's is within 3 % of the full trace; the tool refuses bad input with exit status 2."""
 
 from __future__ import annotations
 
@@ -19,32 +19,37 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("memory") / "results.pt"
-    # a fresh process: the trace runs on a fake process group, which needs torch.distributed uninitialised
+    # A fresh process: the trace runs on a fake process group, which needs torch.distributed uninitialised.
+    # Kernels run as their torch references on both sides (a trace cannot run Triton's interpreter, whose
+    # host copies would be counted on the measured side only).
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TRITON_INTERPRET": "0"}
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "dist" / "memory_trace.py"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+                          capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(out)
 
 
-def test_trace_equals_the_measured_step(results):
-    assert len(results) == 4
-    for case, r in results.items():
-        assert r["traced"] == r["real"], case
-        assert r["real"]["params"] == r["param_bytes"], case  # every parameter is counted, once
-        assert r["real"]["activations"] > 0 and r["real"]["grads"] > 0, case
+def test_traces_equal_the_measured_steps(results):
+    measured = {k: r for k, r in results.items() if "real" in r}
+    assert len(measured) == 8
+    for case, r in measured.items():
+        real, traced = r["real"], r["traced"]
+        assert real["states"] == traced["states"], case
+        assert abs(traced["total"] - real["total"]) <= 1e-3 * real["total"], (case, traced, real)
+        assert real["step"] > 0, case
 
 
-def test_recompute_lowers_the_activation_peak(results):
-    for family in ("wan_i2v", "hunyuan_t2v"):
-        off, on = results[f"{family}/recompute=False"]["real"], results[f"{family}/recompute=True"]["real"]
-        assert on["total"] < off["total"], family
+def test_the_papers_ordering_of_backbone_modes(results):
+    """Table 3's point at toy scale: a trained full-parameter discriminator backbone costs more than the EMA
+    one, which costs more than the frozen teacher (no extra copy)."""
+    total = {mode: results[f"wan_i2v/phase2-{mode}"]["real"]["total"] for mode in ("full", "ema", "frozen")}
+    assert total["full"] > total["ema"] > total["frozen"], total
 
 
 def test_depth_extrapolation(results):
-    for case, r in results.items():
-        for kind in ("params", "total"):
-            want, got = r["traced"][kind], r["extrapolated"][kind]
-            assert abs(got - want) <= 0.03 * want, f"{case}/{kind}: extrapolated {got} vs traced {want}"
+    for case in ("model/recompute=False", "model/recompute=True", "wan_i2v/phase1-extrapolated"):
+        want, got = results[case]["traced"]["total"], results[case]["extrapolated"]["total"]
+        assert abs(got - want) <= 0.03 * want, f"{case}: extrapolated {got} vs traced {want}"
 
 
 @pytest.mark.parametrize(("args", "message"), [

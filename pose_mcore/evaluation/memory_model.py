@@ -1,9 +1,12 @@
 """Per-rank memory of a DiT training step, traced rather than estimated by hand.
 
-The real model code runs on fake tensors (``torch._subclasses.FakeTensorMode``: shapes, dtypes and
-aliasing, no storage) under torch's own tracker (``torch.distributed._tools.mem_tracker.MemTracker``,
-a dispatch mode that counts the bytes of live storages by kind: parameters, gradients, activations,
-temporaries). A tensor-parallel layout of the full-size architecture is traced in one CPU process on
+The real model and phase code runs on fake tensors (``torch._subclasses.FakeTensorMode``: shapes,
+dtypes and aliasing, no storage) under :class:`LiveBytes`, a dispatch mode that counts the bytes of
+the distinct live storages: the states that exist before a step (weights of every role, optimiser
+states, the batch) and what the step allocates until it frees it. (torch's ``MemTracker`` does this
+by module, but refuses a model called twice in one step, which every POSE phase does.)
+
+A tensor-parallel layout of the full-size architecture is traced in one CPU process on
 a fake process group (``torch.testing._internal.distributed.fake_pg``: collectives return tensors
 of the right shapes), so what is counted is what rank 0 of that layout holds.
 
@@ -14,7 +17,7 @@ on small configurations. Tracing a 14B model through every block costs minutes o
 (the blocks are identical, so parameters, gradients and the activations kept per block grow by the
 same amount per block; a test checks it against a full trace at small sizes). It is an estimate: when
 the moment of the peak moves with depth (forward at one block, end of backward at sixty) the
-extrapolated peak is too low, so it is never reported below parameters + gradients.
+extrapolated peak is too low, so it is never reported below twice the states (weights + gradients).
 
 Not traced (explicit terms a caller adds): allocator fragmentation and caching, NCCL buffers, CUDA
 context and kernel workspaces.
@@ -25,33 +28,92 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from pose_mcore.config.base import RECOMPUTE_EVERY_BLOCK, VideoDiTConfig
+from pose_mcore.config.train import TrainConfig
 from pose_mcore.models.registry import family_of_config
 from pose_mcore.parallel.state import apply_cpu_compat
 
-KINDS = ("params", "grads", "activations", "temporaries")
-_TRACKER_KINDS = {"Parameter": "params", "Gradient": "grads", "Activation": "activations", "Temp": "temporaries"}
+KINDS = ("states", "step")
 
 
 @dataclass(frozen=True)
 class StepMemory:
-    """Bytes per kind at the step's peak on one rank, and the peak itself."""
+    """Bytes on one rank at the step's peak: ``states``, what existed before the step and lives through
+    it (every role's weights, optimiser states, the batch); ``step``, what the step itself had allocated
+    and not yet freed at that moment (activations, gradients, temporaries, communication buffers)."""
 
-    params: int
-    grads: int
-    activations: int
-    temporaries: int
+    states: int
+    step: int
     total: int
+    trainable: int = 0
+    """Bytes of the gradients the step holds at once at the end of a backward (a lower bound of its peak
+    beside the states)."""
 
     def gib(self) -> dict[str, float]:
         return {k: getattr(self, k) / 2**30 for k in (*KINDS, "total")}
+
+
+class LiveBytes(TorchDispatchMode):
+    """Counts the bytes of the distinct storages alive: those of ``existing`` tensors, and every storage an
+    op creates while the mode is active, until it is freed; keeps the peak. Views share a storage and are
+    counted once. Works the same on fake tensors (no data) and real ones."""
+
+    def __init__(self, existing: list[torch.Tensor]) -> None:
+        super().__init__()
+        self._live: dict[int, tuple[int, str, weakref.ref]] = {}
+        self.current = {"states": 0, "step": 0}
+        for t in existing:
+            self._add(t, "states")
+        self.peak = StepMemory(self.current["states"], 0, self.current["states"])
+
+    def _add(self, t: torch.Tensor, kind: str) -> None:
+        storage = t.untyped_storage()
+        key = id(storage)
+        if key in self._live:
+            return
+        n = storage.nbytes()
+        self._live[key] = (n, kind, weakref.ref(storage, lambda _, key=key: self._free(key)))
+        self.current[kind] += n
+
+    def _free(self, key: int) -> None:
+        n, kind, _ = self._live.pop(key)
+        self.current[kind] -= n
+
+    def __torch_dispatch__(self, func: object, types: object, args: tuple = (), kwargs: dict | None = None) -> object:
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._add(t, "step")
+        total = self.current["states"] + self.current["step"]
+        if total > self.peak.total:
+            self.peak = StepMemory(self.current["states"], self.current["step"], total)
+        return out
+
+
+def _tensors_of(objects: list[object]) -> list[torch.Tensor]:
+    """Parameters, buffers and gradients of modules; states of torch optimisers; tensors as they are."""
+    out: list[torch.Tensor] = []
+    for obj in objects:
+        if isinstance(obj, torch.nn.Module):
+            out += [p for p in obj.parameters()] + [p.grad for p in obj.parameters() if p.grad is not None]
+            out += list(obj.buffers())
+        elif isinstance(obj, torch.optim.Optimizer):
+            out += [v for state in obj.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+        elif isinstance(obj, torch.Tensor):
+            out.append(obj)
+        elif isinstance(obj, dict):
+            out += _tensors_of(list(obj.values()))
+    return out
 
 
 @contextlib.contextmanager
@@ -95,27 +157,88 @@ def model_inputs(cfg: VideoDiTConfig, batch: int, frames: int, height: int, widt
     return out
 
 
-def trace(build: Callable[[], torch.nn.Module], make_inputs: Callable[[], dict[str, torch.Tensor]],
-          fake: bool = True) -> StepMemory:
-    """Peak live bytes of one forward and backward (loss: mean square of the output) of the model that
-    ``build`` makes, every parameter trainable: on fake tensors (``fake=True``) or real ones."""
+def _tracked(setup: Callable[[], tuple[list[object], Callable[[], object]]], fake: bool) -> StepMemory:
+    """Peak live bytes while running the work that ``setup`` returns; ``setup`` builds what exists before
+    (models, optimisers, the batch: returned, counted as states) on fake or real tensors."""
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.distributed._tools.mem_tracker import MemTracker
 
-    tracker = MemTracker()
     # megatron-core keeps the sequence-parallel all-gather buffer between calls: a fresh one per trace, so
     # that it is allocated (and counted) inside this trace and never belongs to another trace's fake mode.
     parallel_state.destroy_global_memory_buffer()
     parallel_state._set_global_memory_buffer()
-    with FakeTensorMode() if fake else contextlib.nullcontext():
+    with FakeTensorMode() if fake else contextlib.nullcontext(), _host_scalars(), _unchanged_to_is_noop():
+        existing, work = setup()
+        with LiveBytes(_tensors_of(existing)) as live:
+            work()
+    return dataclasses.replace(live.peak, trainable=_gradient_floor(existing))
+
+
+def _gradient_floor(existing: list[object]) -> int:
+    """Bytes of the gradients a step must hold at once: per optimiser, all of its parameters' (optimisers
+    step one after the other, each dropping its gradients); without optimisers, every trainable parameter's."""
+    def nbytes(params: list[torch.Tensor]) -> int:
+        return sum(p.numel() * p.element_size() for p in {id(p): p for p in params}.values())
+
+    optimizers = [o for o in existing if isinstance(o, torch.optim.Optimizer)]
+    if optimizers:
+        return max(nbytes([p for g in o.param_groups for p in g["params"]]) for o in optimizers)
+    return nbytes([p for m in existing if isinstance(m, torch.nn.Module) for p in m.parameters() if p.requires_grad])
+
+
+@contextlib.contextmanager
+def _host_scalars() -> Iterator[None]:
+    """Inside a trace, a fake tensor read on the host (``.item()``, ``float``, ``int``, ``bool``: the losses a
+    step logs, its finite-gradient check, a kernel seed) reads as 1 / True: such values never change which
+    tensors a step allocates, and a fake tensor has no value."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    names = {"item": 1.0, "__float__": 1.0, "__int__": 1, "__bool__": True}
+    originals = {n: getattr(torch.Tensor, n) for n in names}
+
+    def reading(name: str) -> Callable[..., object]:
+        def read(self: torch.Tensor, *args: object) -> object:
+            return names[name] if isinstance(self, FakeTensor) else originals[name](self, *args)
+        return read
+
+    for n in names:
+        setattr(torch.Tensor, n, reading(n))
+    try:
+        yield
+    finally:
+        for n, f in originals.items():
+            setattr(torch.Tensor, n, f)
+
+
+@contextlib.contextmanager
+def _unchanged_to_is_noop() -> Iterator[None]:
+    """``module.to(device)`` onto the device its tensors are on returns it unchanged: on fake tensors
+    torch's ``_apply`` would try to swap each tensor with itself, and fail."""
+    original = torch.nn.Module.to
+
+    def to(self: torch.nn.Module, *args: object, **kwargs: object) -> torch.nn.Module:
+        device = kwargs.get("device", args[0] if args and isinstance(args[0], (str, torch.device)) else None)
+        if (device is not None and set(kwargs) <= {"device"} and len(args) <= 1
+                and all(t.device == torch.device(device) for t in [*self.parameters(), *self.buffers()])):
+            return self
+        return original(self, *args, **kwargs)
+
+    torch.nn.Module.to = to
+    try:
+        yield
+    finally:
+        torch.nn.Module.to = original
+
+
+def trace(build: Callable[[], torch.nn.Module], make_inputs: Callable[[], dict[str, torch.Tensor]],
+          fake: bool = True) -> StepMemory:
+    """Peak live bytes of one forward and backward (loss: mean square of the output) of the model that
+    ``build`` makes, every parameter trainable: on fake tensors (``fake=True``) or real ones."""
+    def setup() -> tuple[list[object], Callable[[], object]]:
         model = build()
         inputs = make_inputs()
-        tracker.track_external(model)
-        with tracker:
-            model(**inputs).sample.float().square().mean().backward()
-    (peak,) = tracker.get_tracker_snapshot("peak").values()
-    by_kind = {_TRACKER_KINDS.get(str(k.value) if hasattr(k, "value") else str(k)): v for k, v in peak.items()}
-    return StepMemory(*(by_kind.get(k, 0) for k in KINDS), total=peak["Total"])
+        return [model, inputs], lambda: model(**inputs).sample.float().square().mean().backward()
+
+    return _tracked(setup, fake)
 
 
 def _build(cfg: VideoDiTConfig, dtype: torch.dtype) -> Callable[[], torch.nn.Module]:
@@ -136,23 +259,98 @@ def step_memory(cfg: VideoDiTConfig, batch: int, frames: int, height: int, width
     block recomputed in backward if ``recompute``. ``extrapolate``: trace with one block of each kind,
     then with two of one kind at a time, and extend linearly to the model's depth (else trace it whole)."""
     extra = dict(RECOMPUTE_EVERY_BLOCK) if recompute else {}
-    depth_fields = [f for f in ("num_layers", "num_single_layers") if hasattr(cfg, f)]
 
-    def at(**depths: int) -> StepMemory:
+    def at(depths: dict[str, int]) -> StepMemory:
         c = dataclasses.replace(cfg, params_dtype=dtype, **extra, **depths)
         return trace(_build(c, dtype), lambda: model_inputs(c, batch, frames, height, width, dtype=dtype))
 
+    return _over_depth(cfg, at, extrapolate)
+
+
+def _over_depth(cfg: VideoDiTConfig, at: Callable[[dict[str, int]], StepMemory], extrapolate: bool) -> StepMemory:
+    """``at({})`` (the model's own depth), or: ``at`` one block of each kind and two of one kind at a time,
+    extended linearly to ``cfg``'s depth."""
     if not extrapolate:
-        return at()
+        return at({})
+    depth_fields = [f for f in ("num_layers", "num_single_layers") if hasattr(cfg, f)]
     ones = {f: 1 for f in depth_fields}
-    base = at(**ones)
-    values = {k: float(getattr(base, k)) for k in (*KINDS, "total")}
+    base = at(ones)
+    fields = ("states", "step", "total", "trainable")
+    values = {k: float(getattr(base, k)) for k in fields}
     for f in depth_fields:
-        more = at(**{**ones, f: 2})
+        more = at({**ones, f: 2})
         for k in values:
             values[k] += (getattr(cfg, f) - 1) * (getattr(more, k) - getattr(base, k))
     # The peak of a shallow trace can sit in the forward while the deep model's sits at the end of backward
-    # (the moment differs, so the extrapolated sum can fall short): the step ends holding every parameter
-    # and its gradient, a lower bound of the peak.
-    values["total"] = max(values["total"], 2 * values["params"])
-    return StepMemory(*(math.ceil(values[k]) for k in (*KINDS, "total")))
+    # (the moment differs, so the extrapolated sum can fall short): the end of a backward holds the states and
+    # the gradients of one optimiser's parameters, a lower bound of the peak.
+    values["total"] = max(values["total"], values["states"] + values["trainable"])
+    values["step"] = values["total"] - values["states"]
+    return StepMemory(*(math.ceil(values[k]) for k in fields))
+
+
+def train_batch(cfg: VideoDiTConfig, batch: int, frames: int, height: int, width: int,
+                text_len: int = 512) -> dict[str, torch.Tensor]:
+    """A data batch as the latent dataset gives it (latents, text tokens, the first latent frame)."""
+    latents = torch.randn(batch, cfg.out_channels, frames, height, width)
+    return {"latents": latents, "text": torch.randn(batch, text_len, cfg.text_dim),
+            "first_frame": latents[:, :, :1].clone()}
+
+
+@contextlib.contextmanager
+def _autocast_backward(enabled: bool) -> Iterator[None]:
+    """megatron-core's linear backward re-enters autocast through ``custom_bwd`` on CUDA only; a bf16
+    trace on the CPU makes it do the same, so that its gradients have the dtypes they have on a GPU."""
+    from megatron.core.tensor_parallel import layers
+
+    classes = (layers.LinearWithGradAccumulationAndAsyncCommunication, layers.LinearWithFrozenWeight)
+    originals = {cls: cls.__dict__["backward"] for cls in classes}
+    if enabled and not torch.cuda.is_available():
+        for cls in classes:
+            def backward(ctx: object, *grads: torch.Tensor, _orig: object = originals[cls]) -> object:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return _orig.__func__(ctx, *grads)
+            cls.backward = staticmethod(backward)
+    try:
+        yield
+    finally:
+        for cls, f in originals.items():
+            cls.backward = f
+
+
+def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int, width: int, text_len: int = 512,
+                      bf16: bool = True, fake: bool = True, extrapolate: bool = False) -> StepMemory:
+    """Rank 0's peak bytes during one optimiser step of ``phase`` (teacher, phase1, phase2) of the run
+    ``config`` describes: the trainer's own roles, optimisers and phase code (:func:`build_phase`), the
+    teacher kept alive beside the roles as the trainer keeps it, Adam states allocated (the step traced
+    is the second), weights in fp32 and forward passes under bf16 autocast when ``bf16`` (the GPU engine),
+    the per-rank batch ``config.batch_size / DP`` of latent videos ``frames x height x width``. The
+    process group must exist (:func:`fake_world`, or a real one with ``fake=False``). ``extrapolate``: as
+    in :func:`step_memory`."""
+    from pose_mcore.models.registry import family_of_preset
+    from pose_mcore.pose.build import build_phase
+    from pose_mcore.pose.conditioning import Conditioner
+
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    dp = parallel_state.get_data_parallel_world_size()
+    family = family_of_preset(config.preset)
+    def at(depths: dict[str, int]) -> StepMemory:
+        run = dataclasses.replace(config, model={**config.model, **depths})
+        if depths and phase == "phase2":  # the head reads the default feature layers of the shallow model
+            run = dataclasses.replace(run, phase2=dataclasses.replace(run.phase2, feature_layers=None))
+        model_cfg = family.make_config(config.preset, tensor_model_parallel_size=tp, sequence_parallel=tp > 1,
+                                       **run.model)
+        with _autocast_backward(bf16):
+            return _tracked(lambda: setup(run, model_cfg), fake)
+
+    def setup(run: TrainConfig, model_cfg: VideoDiTConfig) -> tuple[list[object], Callable[[], object]]:
+        teacher = family.model_class(model_cfg)
+        roles, step = build_phase(phase, run, teacher, Conditioner(model_cfg), torch.device("cpu"))
+        step.bf16 = bf16
+        data = train_batch(model_cfg, max(run.batch_size // dp, 1), frames, height, width, text_len)
+        step.step(data)  # the first step allocates the optimiser states
+        optimizers = [o.adam for o in step.optimizers().values()]
+        return [teacher, roles, data, *optimizers], lambda: step.step(data)
+
+    cfg = family.make_config(config.preset, tensor_model_parallel_size=tp, sequence_parallel=tp > 1, **config.model)
+    return _over_depth(cfg, at, extrapolate)

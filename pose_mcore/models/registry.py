@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch._guards import detect_fake_mode
 
 from pose_mcore.config.base import ConfigError, VideoDiTConfig
 from pose_mcore.config.hunyuan import HUNYUAN_PRESETS, HunyuanConfig, hunyuan_config
@@ -73,6 +74,8 @@ def build_empty(config: VideoDiTConfig, device: torch.device | str) -> torch.nn.
     """The model of ``config`` with uninitialised storage on ``device`` (built on the meta device: no
     memory, no random init), for weights loaded right after. Keeps the attributes megatron-core and
     pose_mcore set on parameters (TP partitioning, sequence-parallel tags), which ``to_empty`` drops."""
+    if detect_fake_mode() is not None:  # a memory trace (evaluation/memory_model.py): fake tensors cost nothing
+        return family_of_config(config).model_class(config)
     with torch.device("meta"):
         model = family_of_config(config).model_class(config)
     attributes = {name: dict(vars(p)) for name, p in model.named_parameters()}

@@ -57,8 +57,9 @@ class LoRAParallelLinear(nn.Module):
             (self.lora_A if mode == "row" else self.lora_B).weight.partition_groups = groups
         # megatron-core builds its half of the adapter where its config says and torch's nn.Linear on the
         # CPU: both follow the base layer, wherever the model was moved.
-        self.lora_A.to(device=base.weight.device, dtype=base.weight.dtype)
-        self.lora_B.to(device=base.weight.device, dtype=base.weight.dtype)
+        for half in (self.lora_A, self.lora_B):
+            if (half.weight.device, half.weight.dtype) != (base.weight.device, base.weight.dtype):
+                half.to(device=base.weight.device, dtype=base.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         out, bias = self.base(x)

@@ -17,7 +17,7 @@ from pose_mcore.checkpoint.convert import write_pose_checkpoint
 from pose_mcore.checkpoint.io import CheckpointError
 from pose_mcore.checkpoint.load import load_model
 from pose_mcore.config.train import TrainConfig, TrainConfigError, to_dict
-from pose_mcore.config.validate import PHASES, validate_train_config
+from pose_mcore.config.validate import validate_train_config
 from pose_mcore.data.latents import DatasetError, LatentDataset
 from pose_mcore.data.procedural import ProceduralConfig, ProceduralVideos
 from pose_mcore.data.sampler import BatchStream
@@ -25,12 +25,10 @@ from pose_mcore.faults import fault_point
 from pose_mcore.models.registry import family_of_preset
 from pose_mcore.parallel.sharding import full_state_dict
 from pose_mcore.parallel.state import ParallelInfo, deterministic_mode, initialize_parallel
+from pose_mcore.pose.build import build_phase
 from pose_mcore.pose.conditioning import Conditioner
 from pose_mcore.pose.phase import Phase
-from pose_mcore.pose.phase1 import Phase1
-from pose_mcore.pose.phase2 import Phase2
 from pose_mcore.pose.roles import Roles
-from pose_mcore.pose.teacher import TeacherPhase
 from pose_mcore.training.checkpointing import (
     latest_checkpoint,
     load_checkpoint,
@@ -67,8 +65,6 @@ class Trainer:
         except ValueError as e:
             raise TrainConfigError(f"batch_size={config.batch_size}: {e}") from e
         self.conditioner = Conditioner(self.model_config)
-        self.text_dim = self.model_config.text_dim
-        self.image_dim = getattr(self.model_config, "image_dim", None)
 
     def _dataset(self):
         d = self.config.data
@@ -104,22 +100,8 @@ class Trainer:
             roles.generator.load_state_dict(self._load("generator_checkpoint").state_dict())
 
     def _build(self, name: str, teacher: torch.nn.Module, previous: Roles | None) -> tuple[Roles, Phase]:
-        cfg = self.config
-        seed = cfg.seed + 1000 * PHASES.index(name)
-        if name == "teacher":
-            roles = Roles(teacher, with_fake=False)
-            return roles, TeacherPhase(roles, self.conditioner, cfg.teacher, seed, self.device)
-        if name == "phase1":
-            roles = Roles(teacher, cfg.phase1.lora_rank, cfg.phase1.lora_alpha)
-            self._initial_generator(roles)
-            return roles, Phase1(roles, self.conditioner, cfg.phase1, seed, self.device)
-        if previous is None:  # the roles Phase I would have handed over (same weights are restored on resume)
-            primed = "phase1" in cfg.phases
-            previous = Roles(teacher, cfg.phase1.lora_rank, cfg.phase1.lora_alpha, with_fake=primed)
-            self._initial_generator(previous)
-        roles = previous
-        phase = Phase2(roles, self.conditioner, cfg.phase2, seed, self.device, self.text_dim, self.image_dim)
-        return roles, phase
+        return build_phase(name, self.config, teacher, self.conditioner, self.device, previous,
+                           self._initial_generator)
 
     def _bf16(self) -> bool:
         precision = self.config.precision

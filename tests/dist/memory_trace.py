@@ -1,6 +1,7 @@
-"""Run in a fresh process (no process group yet): the memory model's fake-tensor trace of a DiT step against
-the same step on real CPU tensors measured by the same tracker, and the depth extrapolation against a full
-trace; saves the numbers for tests/test_memory_model.py."""
+"""Run in a fresh process (no process group yet): the memory model's fake-tensor traces of a DiT step and
+of every phase's step (the trainer's own code) against the same steps on real CPU tensors measured by the
+same counter, and the depth extrapolation against full traces; saves the numbers for
+tests/test_memory_model.py."""
 
 from __future__ import annotations
 
@@ -11,13 +12,19 @@ from pathlib import Path
 import torch
 
 from pose_mcore.config.base import RECOMPUTE_EVERY_BLOCK
-from pose_mcore.config.hunyuan import hunyuan_config
+from pose_mcore.config.train import load_train_config
 from pose_mcore.config.wan import wan_config
-from pose_mcore.evaluation.memory_model import _build, fake_world, model_inputs, step_memory, trace
+from pose_mcore.evaluation.memory_model import _build, fake_world, model_inputs, phase_step_memory, step_memory, trace
 
-CASES = {"wan_i2v": wan_config("tiny-i2v", num_layers=3),
-         "hunyuan_t2v": hunyuan_config("tiny-hunyuan-t2v", num_layers=3, num_single_layers=2)}
-SHAPE = (2, 3, 4, 6)  # batch, latent frames, height, width
+SHAPE = (3, 4, 6)  # latent frames, height, width
+PHASE_CASES = {  # name -> (preset, phase, overrides)
+    "wan_i2v/teacher": ("tiny-i2v", "teacher", []),
+    "wan_i2v/phase1": ("tiny-i2v", "phase1", []),
+    "wan_i2v/phase2-ema": ("tiny-i2v", "phase2", ["phase2.backbone=ema"]),
+    "wan_i2v/phase2-full": ("tiny-i2v", "phase2", ["phase2.backbone=full"]),
+    "wan_i2v/phase2-frozen": ("tiny-i2v", "phase2", ["phase2.backbone=frozen"]),
+    "hunyuan_t2v/phase2-ema-conv": ("tiny-hunyuan-t2v", "phase2", ["phase2.head=conv"]),
+}
 
 
 def main() -> None:
@@ -26,18 +33,23 @@ def main() -> None:
     args = parser.parse_args()
     results = {}
     with fake_world(1):
-        for name, cfg in CASES.items():
-            for recompute in (False, True):
-                c = dataclasses.replace(cfg, **(RECOMPUTE_EVERY_BLOCK if recompute else {}))
-                real = trace(_build(c, torch.float32), lambda c=c: model_inputs(c, *SHAPE), fake=False)
-                results[f"{name}/recompute={recompute}"] = {
-                    "real": real,
-                    "traced": step_memory(cfg, *SHAPE, recompute=recompute, dtype=torch.float32, extrapolate=False),
-                    "extrapolated": step_memory(cfg, *SHAPE, recompute=recompute, dtype=torch.float32),
-                    "param_bytes": sum(p.numel() * p.element_size() for p in _build(c, torch.float32)().parameters()),
-                }
-    torch.save({k: {n: (dataclasses.asdict(v) if not isinstance(v, int) else v) for n, v in d.items()}
-                for k, d in results.items()}, args.out)
+        cfg = wan_config("tiny-i2v", num_layers=3)
+        for recompute in (False, True):
+            c = dataclasses.replace(cfg, **(RECOMPUTE_EVERY_BLOCK if recompute else {}))
+            results[f"model/recompute={recompute}"] = {
+                "real": trace(_build(c, torch.float32), lambda c=c: model_inputs(c, 2, *SHAPE), fake=False),
+                "traced": step_memory(cfg, 2, *SHAPE, recompute=recompute, dtype=torch.float32, extrapolate=False),
+                "extrapolated": step_memory(cfg, 2, *SHAPE, recompute=recompute, dtype=torch.float32)}
+        for name, (preset, phase, overrides) in PHASE_CASES.items():
+            run = load_train_config(None, [f"preset={preset}", "batch_size=2", "model.num_layers=3", *overrides])
+            results[name] = {
+                "real": phase_step_memory(run, phase, *SHAPE, text_len=7, bf16=False, fake=False),
+                "traced": phase_step_memory(run, phase, *SHAPE, text_len=7, bf16=False)}
+        run = load_train_config(None, ["preset=tiny-i2v", "batch_size=2", "model.num_layers=4"])
+        results["wan_i2v/phase1-extrapolated"] = {
+            "traced": phase_step_memory(run, "phase1", *SHAPE, text_len=7, bf16=False),
+            "extrapolated": phase_step_memory(run, "phase1", *SHAPE, text_len=7, bf16=False, extrapolate=True)}
+    torch.save({k: {n: dataclasses.asdict(v) for n, v in d.items()} for k, d in results.items()}, args.out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,41 @@
+"""The roles and the phase object of one named phase, from a run's config: what the trainer runs and
+what the memory model traces."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from pose_mcore.config.train import TrainConfig
+from pose_mcore.config.validate import PHASES
+from pose_mcore.pose.conditioning import Conditioner
+from pose_mcore.pose.phase import Phase
+from pose_mcore.pose.phase1 import Phase1
+from pose_mcore.pose.phase2 import Phase2
+from pose_mcore.pose.roles import Roles
+from pose_mcore.pose.teacher import TeacherPhase
+
+
+def build_phase(name: str, config: TrainConfig, teacher: torch.nn.Module, conditioner: Conditioner,
+                device: torch.device, previous: Roles | None = None,
+                init_generator: Callable[[Roles], None] | None = None) -> tuple[Roles, Phase]:
+    """Roles and phase for ``name`` (one of :data:`PHASES`). Phase II takes over ``previous`` (Phase I's
+    roles) or, without them, builds the roles Phase I would have handed over. ``init_generator`` sets a
+    new generator's weights (e.g. from ``generator_checkpoint``)."""
+    seed = config.seed + 1000 * PHASES.index(name)
+    init = init_generator or (lambda roles: None)
+    if name == "teacher":
+        roles = Roles(teacher, with_fake=False)
+        return roles, TeacherPhase(roles, conditioner, config.teacher, seed, device)
+    if name == "phase1":
+        roles = Roles(teacher, config.phase1.lora_rank, config.phase1.lora_alpha)
+        init(roles)
+        return roles, Phase1(roles, conditioner, config.phase1, seed, device)
+    if previous is None:
+        primed = "phase1" in config.phases
+        previous = Roles(teacher, config.phase1.lora_rank, config.phase1.lora_alpha, with_fake=primed)
+        init(previous)
+    model = conditioner.config
+    return previous, Phase2(previous, conditioner, config.phase2, seed, device, model.text_dim,
+                            getattr(model, "image_dim", None))
