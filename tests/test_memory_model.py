@@ -1,7 +1,8 @@
 """The memory model: its fake-tensor traces of a DiT step and of every phase's step (the trainer's own roles,
 optimisers and phase code; all three backbone modes) equal the same steps measured on real CPU tensors with
 the same accounting (bytes of distinct live storages) to within 0.1 %; extrapolating traced depths to the
-model's is within 3 % of the full trace; the tool refuses bad input with exit status 2."""
+model's is within 3 % of the full trace; its FLOP count of a block equals a hand count; the tool refuses
+bad input with exit status 2."""
 
 from __future__ import annotations
 
@@ -52,10 +53,22 @@ def test_depth_extrapolation(results):
         assert abs(got - want) <= 0.03 * want, f"{case}: extrapolated {got} vs traced {want}"
 
 
+def test_model_flops_match_the_hand_count(results):
+    """One Wan I2V block's forward, counted by hand: every linear 2 m n k, attention 4 s_q s_k d (QK^T and
+    AV) over the video tokens, the text tokens and CLIP's 257 image tokens."""
+    b, (f, h, w), d, ffn, text, image = 2, (3, 4, 6), 48, 96, 7, 257  # as tests/dist/memory_trace.py; tiny-i2v
+    s = f * (h // 2) * (w // 2)
+    linear = 2 * b * (4 * s * d * d + 2 * s * d * d + 2 * text * d * d + 2 * image * d * d + 2 * s * d * ffn)
+    attention = 4 * b * d * (s * s + s * text + s * image)
+    assert results["flops"]["per_module"]["WanModel.blocks.0"] == linear + attention
+    assert results["flops"]["forward_backward"] > 2.9 * results["flops"]["forward"]
+
+
 @pytest.mark.parametrize(("args", "message"), [
-    (["--preset", "wan9-huge"], "unknown"),
-    (["--preset", "wan2.1-i2v-14b", "--tp", "3"], "tensor_model_parallel_size"),
-    (["--preset", "wan2.1-i2v-14b", "--video", "80x480x832"], "4k+1"),
+    (["--config", "wan9-huge"], "no shipped config of that name"),
+    (["--config", "wan2.1-i2v-14b", "tensor_parallel=3"], "tensor_model_parallel_size"),
+    (["--config", "wan2.1-i2v-14b", "--world", "12"], "not a multiple of tensor_parallel=8"),
+    (["--config", "wan2.1-i2v-14b", "--video", "80x480x832"], "4k+1"),
 ])
 def test_tool_refuses_bad_input(args, message):
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "memory_model.py"), *args], capture_output=True,

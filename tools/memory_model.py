@@ -1,13 +1,17 @@
 #!/usr/bin/env python
-"""Per-rank memory of one DiT forward + backward at full size, traced on fake tensors (no GPU needed).
+"""Per-rank memory of every phase step of a training config at full size, traced on fake tensors (no GPU).
 
-Traces rank 0 of a tensor-parallel layout of a preset's real architecture (megatron-core layers on a
-fake process group), with every parameter trainable, weights and activations in bf16, and prints the
-peak by kind (parameters, gradients, activations, temporaries). See
-``pose_mcore.evaluation.memory_model`` for how and what is not counted.
+Traces rank 0 of the config's layout (megatron-core layers on a fake process group of ``--world`` ranks):
+the trainer's own roles, optimisers and phase code on fake tensors, fp32 weights with forward passes under
+bf16 autocast (the engine as it trains on a GPU today), a batch of latent videos of the given pixel size,
+and prints per phase the states (weights of every role, optimiser states, the batch), what the step
+allocates at its peak, and the total, against 80 and 96 GB cards. Blocks are traced at depths one and two
+and extended linearly (``--full-depth`` traces every block: minutes). See
+``pose_mcore.evaluation.memory_model`` for how, and what is not counted (allocator fragmentation, NCCL
+buffers, the CUDA context): "fits" keeps 10 % + 2 GiB of the card for those.
 
-    python tools/memory_model.py --preset wan2.1-i2v-14b --video 81x480x832 --tp 8
-    python tools/memory_model.py --preset hunyuan-i2v-13b --video 129x720x1280 --tp 8 --no-recompute
+    python tools/memory_model.py --config wan2.1-i2v-14b --video 81x480x832
+    python tools/memory_model.py --config hunyuan-i2v-13b --video 129x720x1280 phase2.backbone=full
 """
 
 from __future__ import annotations
@@ -16,13 +20,15 @@ import argparse
 import sys
 import time
 
-import torch
-
-from pose_mcore.config.hunyuan import HUNYUAN_PRESETS, hunyuan_config
-from pose_mcore.config.wan import WAN_PRESETS, wan_config
-from pose_mcore.evaluation.memory_model import KINDS, fake_world, step_memory
+from pose_mcore.cli import resolve_config
+from pose_mcore.config.base import ConfigError
+from pose_mcore.config.train import TrainConfigError, load_train_config
+from pose_mcore.config.validate import PHASES
+from pose_mcore.evaluation.memory_model import fake_world, phase_step_memory
+from pose_mcore.models.registry import family_of_preset
 
 VAE_STRIDE = (4, 8, 8)  # Wan's and HunyuanVideo's causal 3-D VAEs: frames 4x (plus the first), pixels 8x
+CARDS_GB = (80, 96)
 
 
 def latent_shape(video: str) -> tuple[int, int, int]:
@@ -36,37 +42,45 @@ def latent_shape(video: str) -> tuple[int, int, int]:
     return (f - 1) // VAE_STRIDE[0] + 1, h // VAE_STRIDE[1], w // VAE_STRIDE[2]
 
 
+def fits(total_bytes: int, card_gb: int) -> bool:
+    return total_bytes * 1.1 + 2 * 2**30 <= card_gb * 1e9
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", required=True, help=f"one of {sorted({**WAN_PRESETS, **HUNYUAN_PRESETS})}")
+    parser.add_argument("--config", required=True, help="a training YAML file or the name of a shipped config")
     parser.add_argument("--video", default="81x480x832", help="FRAMESxHEIGHTxWIDTH in pixels")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--tp", type=int, default=8, help="tensor-parallel size (sequence parallel when > 1)")
-    parser.add_argument("--extrapolate", action="store_true",
-                        help="trace one and two blocks and extend linearly (seconds, an estimate) instead of tracing "
-                             "every block (minutes)")
-    parser.add_argument("--no-recompute", dest="recompute", action="store_false",
-                        help="keep every block's activations (default: every block recomputed in backward)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--world", type=int, default=None, help="ranks (default: the config's tensor_parallel)")
+    parser.add_argument("--phase", choices=PHASES, action="append", default=None,
+                        help="phases to trace (default: the config's)")
+    parser.add_argument("--full-depth", action="store_true", help="trace every block instead of extrapolating")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+    args = parser.parse_intermixed_args(argv)
     try:
         frames, height, width = latent_shape(args.video)
-        make = wan_config if args.preset in WAN_PRESETS else hunyuan_config
-        if args.preset not in {**WAN_PRESETS, **HUNYUAN_PRESETS}:
-            raise ValueError(f"--preset {args.preset!r}: unknown; known: {sorted({**WAN_PRESETS, **HUNYUAN_PRESETS})}")
-        cfg = make(args.preset, tensor_model_parallel_size=args.tp, sequence_parallel=args.tp > 1)
-    except ValueError as e:  # ConfigError is a ValueError: heads not divisible by TP and the like
+        config = load_train_config(resolve_config(args.config), args.overrides)
+        tp = config.tensor_parallel or 1
+        world = args.world or tp
+        if world % tp:
+            raise ValueError(f"--world {world} is not a multiple of tensor_parallel={tp}")
+        # no checkpoint or data is read: the trace uses random weights of the config's architecture
+        model_cfg = family_of_preset(config.preset).make_config(config.preset, tensor_model_parallel_size=tp,
+                                                                sequence_parallel=tp > 1, **config.model)
+    except (ValueError, KeyError, TrainConfigError, ConfigError) as e:
         parser.error(str(e))
-    start = time.perf_counter()
-    with fake_world(args.tp):
-        mem = step_memory(cfg, args.batch, frames, height, width, recompute=args.recompute, dtype=torch.bfloat16,
-                          extrapolate=args.extrapolate)
-    gib = mem.gib()
-    how = "extrapolated" if args.extrapolate else "traced"
-    print(f"{args.preset}, video {args.video} (latents {frames}x{height}x{width}), batch {args.batch}, TP={args.tp}"
-          f"{' + SP' if args.tp > 1 else ''}, recompute {'every block' if args.recompute else 'off'}, bf16; "
-          f"rank 0 at the peak of one forward + backward ({how} in {time.perf_counter() - start:.0f} s):")
-    for kind in (*KINDS, "total"):
-        print(f"  {kind:<12} {gib[kind]:8.2f} GiB")
+    print(f"{config.preset}: video {args.video} (latents {frames}x{height}x{width}), {world} ranks, TP={tp}"
+          f"{' + SP' if model_cfg.sequence_parallel else ''}, batch {config.batch_size} per data-parallel rank, "
+          f"recompute {model_cfg.recompute_granularity or 'off'}; rank 0, GiB")
+    print(f"{'phase':<22} {'states':>8} {'step':>8} {'total':>8}  " + "  ".join(f"{c} GB" for c in CARDS_GB))
+    with fake_world(tp, world):
+        for phase in args.phase or config.phases:
+            start = time.perf_counter()
+            mem = phase_step_memory(config, phase, frames, height, width, extrapolate=not args.full_depth)
+            name = phase if phase != "phase2" else f"phase2 ({config.phase2.backbone})"
+            gib = mem.gib()
+            verdict = "  ".join(f"{'fits' if fits(mem.total, c) else 'OOM':>5}" for c in CARDS_GB)
+            print(f"{name:<22} {gib['states']:8.1f} {gib['step']:8.1f} {gib['total']:8.1f}  {verdict}"
+                  f"   ({time.perf_counter() - start:.0f} s)", flush=True)
     return 0
 
 

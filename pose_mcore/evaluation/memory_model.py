@@ -354,3 +354,43 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
 
     cfg = family.make_config(config.preset, tensor_model_parallel_size=tp, sequence_parallel=tp > 1, **config.model)
     return _over_depth(cfg, at, extrapolate)
+
+
+def _count_cpu_attention() -> None:
+    """torch's FLOP counter knows the CUDA attention kernels; give it the CPU one, with the same formulas."""
+    from torch.utils import flop_counter
+
+    def forward(q: tuple[int, ...], k: tuple[int, ...], v: tuple[int, ...], *_: object, **__: object) -> int:
+        return flop_counter.sdpa_flop_count(q, k, v)
+
+    def backward(grad: tuple[int, ...], q: tuple[int, ...], k: tuple[int, ...], v: tuple[int, ...], *_: object,
+                 **__: object) -> int:
+        return flop_counter.sdpa_backward_flop_count(grad, q, k, v)
+
+    aten = torch.ops.aten
+    for op, formula in ((aten._scaled_dot_product_flash_attention_for_cpu, forward),
+                        (aten._scaled_dot_product_flash_attention_for_cpu_backward, backward)):
+        if op not in flop_counter.flop_registry:
+            flop_counter.register_flop_formula(op)(formula)
+
+
+def model_flops(cfg: VideoDiTConfig, batch: int, frames: int, height: int, width: int, text_len: int = 512
+                ) -> dict[str, int]:
+    """Model FLOPs of one forward and of one forward + backward of the model of ``cfg`` on rank 0 of its
+    layout (matmuls and attention, counted by torch's FLOP counter on fake tensors; recomputation is not
+    model work and is left out), and per module (``per_module``: forward FLOPs by module name)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _count_cpu_attention()
+    with FakeTensorMode(), _host_scalars():
+        c = dataclasses.replace(cfg, recompute_granularity=None, recompute_method=None, recompute_num_layers=None)
+        model = _build(c, torch.float32)()
+        inputs = model_inputs(c, batch, frames, height, width, text_len)
+        with FlopCounterMode(display=False) as forward:
+            out = model(**inputs).sample
+        with FlopCounterMode(display=False) as backward:
+            out.float().sum().backward()
+    per_module = {name: sum(ops.values()) for name, ops in forward.get_flop_counts().items()}
+    return {"forward": forward.get_total_flops(), "forward_backward": forward.get_total_flops()
+            + backward.get_total_flops(), "per_module": per_module}

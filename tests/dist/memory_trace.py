@@ -14,7 +14,15 @@ import torch
 from pose_mcore.config.base import RECOMPUTE_EVERY_BLOCK
 from pose_mcore.config.train import load_train_config
 from pose_mcore.config.wan import wan_config
-from pose_mcore.evaluation.memory_model import _build, fake_world, model_inputs, phase_step_memory, step_memory, trace
+from pose_mcore.evaluation.memory_model import (
+    _build,
+    fake_world,
+    model_flops,
+    model_inputs,
+    phase_step_memory,
+    step_memory,
+    trace,
+)
 
 SHAPE = (3, 4, 6)  # latent frames, height, width
 PHASE_CASES = {  # name -> (preset, phase, overrides)
@@ -49,7 +57,10 @@ def main() -> None:
         results["wan_i2v/phase1-extrapolated"] = {
             "traced": phase_step_memory(run, "phase1", *SHAPE, text_len=7, bf16=False),
             "extrapolated": phase_step_memory(run, "phase1", *SHAPE, text_len=7, bf16=False, extrapolate=True)}
-    torch.save({k: {n: dataclasses.asdict(v) for n, v in d.items()} for k, d in results.items()}, args.out)
+        flops = model_flops(wan_config("tiny-i2v", num_layers=2), 2, *SHAPE, text_len=7)
+    out = {k: {n: dataclasses.asdict(v) for n, v in d.items()} for k, d in results.items()}
+    out["flops"] = flops
+    torch.save(out, args.out)
 
 
 if __name__ == "__main__":
