@@ -55,7 +55,7 @@ def test_resume_continues_exactly(tp1, tmp_path):
 
 
 def test_interrupted_checkpoint_leaves_the_previous_one(tp1, tmp_path, monkeypatch):
-    real_save = checkpointing.save_file
+    real_save = checkpointing.stream_full_state_dict
     calls = {"n": 0}
 
     def failing(*args, **kwargs):
@@ -64,13 +64,13 @@ def test_interrupted_checkpoint_leaves_the_previous_one(tp1, tmp_path, monkeypat
             raise KeyboardInterrupt("killed")
         return real_save(*args, **kwargs)
 
-    monkeypatch.setattr(checkpointing, "save_file", failing)
+    monkeypatch.setattr(checkpointing, "stream_full_state_dict", failing)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path)
     latest = latest_checkpoint(tmp_path / "checkpoints")
     assert latest.name == "step-00000002"
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".") and "tmp" in p.name]
-    monkeypatch.setattr(checkpointing, "save_file", real_save)
+    monkeypatch.setattr(checkpointing, "stream_full_state_dict", real_save)
     _run(tmp_path, resume=True)
     assert (tmp_path / "generator" / "config.json").is_file()
 

@@ -22,7 +22,6 @@ from pose_mcore.checkpoint import configs, fp8
 from pose_mcore.checkpoint.fp8 import Fp8Dequantized
 from pose_mcore.checkpoint.io import (
     CheckpointError,
-    MemorySource,
     PrefixStripped,
     SafetensorsStreamWriter,
     TensorSource,
@@ -268,13 +267,13 @@ def _write_pose(tmp: Path, groups: Sequence[_Group], source: TensorSource, cfg: 
     _write_pose_config(tmp, family, cfg, converted_from)
 
 
-def write_pose_checkpoint(dst: Path, state: dict[str, torch.Tensor], cfg: VideoDiTConfig, converted_from: str,
-                          shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
-    """Write whole tensors under pose_mcore's names (e.g. a trained model) as a pose_mcore checkpoint."""
-    source = MemorySource(Path(dst), state)
-    groups = _groups(_identity_rules(sorted(state)), source, cfg, None)
-    with atomic_destination(Path(dst), overwrite=True) as tmp:
-        _write_pose(tmp, groups, source, cfg, None, shard_bytes, family_of_config(cfg).name, converted_from, "save")
+def finish_pose_checkpoint(folder: Path, shard: str, cfg: VideoDiTConfig, converted_from: str) -> None:
+    """Write the index and ``config.json`` of a pose_mcore checkpoint whose tensors are all in ``folder/shard``
+    (written already, e.g. streamed by the trainer)."""
+    source = open_source(folder / shard)
+    (folder / POSE_INDEX).write_text(json.dumps({"metadata": {"total_size": source.nbytes()},
+                                                 "weight_map": {k: shard for k in source.keys()}}, indent=2))
+    _write_pose_config(folder, family_of_config(cfg).name, cfg, converted_from)
 
 
 def import_checkpoint(src: Path, dst: Path, family: str | None = None, dtype: str = "keep",

@@ -10,7 +10,7 @@ from megatron.core import parallel_state
 
 from pose_mcore.checkpoint.configs import make_config
 from pose_mcore.checkpoint.convert import FORMAT, detect
-from pose_mcore.checkpoint.io import CheckpointError
+from pose_mcore.checkpoint.io import CheckpointError, TensorSource
 from pose_mcore.models.registry import build_empty
 from pose_mcore.parallel.sharding import local_ranges
 from pose_mcore.parallel.state import initialize_parallel, run_device
@@ -34,23 +34,32 @@ def load_model(path: str | Path, **config: Any) -> torch.nn.Module:
     cfg = make_config(found.family, found.config.architecture(), tensor_model_parallel_size=tp, **config)
     # Built on the meta device (no memory, no random init), then given storage that the checkpoint fills.
     model = build_empty(cfg, run_device())
-    source = found.source
+    load_slices(model, found.source, what=type(cfg).__name__)
+    return model.eval()
+
+
+def load_slices(model: torch.nn.Module, source: TensorSource, partial: bool = False, what: str | None = None) -> None:
+    """Copy this rank's slice of each of ``model``'s tensors from ``source`` (whole, TP-independent tensors
+    under the model's names), reading only that slice. ``partial``: the source may hold a subset (the
+    other tensors keep their values); otherwise every tensor must be there. Nothing else may be."""
     wanted = {k: v for k, v in model.state_dict(keep_vars=True).items() if not k.endswith("_extra_state")}
-    missing, unexpected = sorted(set(wanted) - set(source.keys())), sorted(set(source.keys()) - set(wanted))
+    have = set(source.keys())
+    missing = [] if partial else sorted(set(wanted) - have)
+    unexpected = sorted(have - set(wanted))
     if missing or unexpected:
-        raise CheckpointError(f"{path}: does not fit {type(cfg).__name__}: missing {missing[:20]}; "
+        raise CheckpointError(f"{source.path}: does not fit {what or type(model).__name__}: missing {missing[:20]}; "
                               f"unexpected {unexpected[:20]}")
     with torch.no_grad():
         for name, param in wanted.items():
+            if name not in have:
+                continue
             full_shape = source.shape(name)
             try:
                 where = local_ranges(param, full_shape, name)
             except ValueError as e:
-                raise CheckpointError(f"{path}: {e}") from e
+                raise CheckpointError(f"{source.path}: {e}") from e
             local = source.get(name) if where is None else source.get_ranges(name, *where)
             if tuple(local.shape) != tuple(param.shape):
-                raise CheckpointError(f"{path}: tensor {name!r} has shape {full_shape}; the model needs "
+                raise CheckpointError(f"{source.path}: tensor {name!r} has shape {full_shape}; the model needs "
                                       f"{tuple(param.shape)} on this rank")
             param.copy_(local.to(param.dtype))
-    return model.eval()
-

@@ -78,7 +78,7 @@ class LiveBytes(TorchDispatchMode):
 
     def _add(self, t: torch.Tensor, kind: str) -> None:
         storage = t.untyped_storage()
-        key = id(storage)
+        key = storage._cdata  # the storage itself (Python wrappers of one storage may differ)
         if key in self._live:
             return
         n = storage.nbytes()
@@ -91,8 +91,10 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: object, types: object, args: tuple = (), kwargs: dict | None = None) -> object:
         out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
+            # a view or an in-place result shares an input's storage: not an allocation
+            if isinstance(t, torch.Tensor) and t.untyped_storage()._cdata not in inputs:
                 self._add(t, "step")
         total = self.current["states"] + self.current["step"]
         if total > self.peak.total:
@@ -321,9 +323,9 @@ def _autocast_backward(enabled: bool) -> Iterator[None]:
 def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int, width: int, text_len: int = 512,
                       bf16: bool = True, fake: bool = True, extrapolate: bool = False) -> StepMemory:
     """Rank 0's peak bytes during one optimiser step of ``phase`` (teacher, phase1, phase2) of the run
-    ``config`` describes: the trainer's own roles, optimisers and phase code (:func:`build_phase`), the
-    teacher kept alive beside the roles as the trainer keeps it, Adam states allocated (the step traced
-    is the second), weights in fp32 and forward passes under bf16 autocast when ``bf16`` (the GPU engine),
+    ``config`` describes: the trainer's own roles, optimisers and phase code (:func:`build_phase`; the
+    teacher the roles were cloned from is dropped, as the trainer drops it), Adam states allocated (the
+    step traced is the second), weights in fp32 and forward passes under bf16 autocast when ``bf16`` (the GPU engine),
     the per-rank batch ``config.batch_size / DP`` of latent videos ``frames x height x width``. The
     process group must exist (:func:`fake_world`, or a real one with ``fake=False``). ``extrapolate``: as
     in :func:`step_memory`."""
@@ -350,7 +352,7 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
         data = train_batch(model_cfg, max(run.batch_size // dp, 1), frames, height, width, text_len)
         step.step(data)  # the first step allocates the optimiser states
         optimizers = [o.adam for o in step.optimizers().values()]
-        return [teacher, roles, data, *optimizers], lambda: step.step(data)
+        return [roles, data, *optimizers], lambda: step.step(data)
 
     cfg = family.make_config(config.preset, tensor_model_parallel_size=tp, sequence_parallel=tp > 1, **config.model)
     return _over_depth(cfg, at, extrapolate)

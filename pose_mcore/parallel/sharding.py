@@ -87,6 +87,14 @@ def load_full_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tenso
             target.copy_(piece)
 
 
+def full_shape(param: torch.Tensor, name: str = "?") -> tuple[int, ...]:
+    """The whole tensor's shape of this rank's (local) ``param``."""
+    shape = list(param.shape)
+    if _is_sharded(param):
+        shape[_partition_dim(param, name)] *= parallel_state.get_tensor_model_parallel_world_size()
+    return tuple(shape)
+
+
 def gather_full(param: torch.Tensor, local: torch.Tensor | None = None, name: str = "?") -> torch.Tensor:
     """All-gather the whole tensor from the TP slices of ``local`` (default: ``param`` itself)."""
     local = param.detach() if local is None else local.detach()

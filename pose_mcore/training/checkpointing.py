@@ -11,6 +11,7 @@ newest complete one. A run killed while writing leaves the previous checkpoint i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -20,12 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pose_mcore.checkpoint.io import atomic_destination
+from pose_mcore.checkpoint.convert import finish_pose_checkpoint
+from pose_mcore.checkpoint.io import SafetensorsStreamWriter, atomic_destination, open_source
+from pose_mcore.checkpoint.load import load_slices
 from pose_mcore.faults import fault_point
-from pose_mcore.parallel.sharding import full_state_dict, load_full_state_dict
+from pose_mcore.parallel.sharding import full_shape, gather_full
 
 
 def rng_state() -> dict[str, Any]:
@@ -40,12 +42,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(folder: Path, meta: dict[str, Any], roles: dict[str, nn.Module], rank_state: dict[str, Any]
                     ) -> Path:
-    """Write a checkpoint (all ranks call this: whole tensors are gathered across TP ranks)."""
-    weights = {}
-    for name, module in roles.items():
-        keep = _trainable_names(module) if name in FROZEN_BASE_ROLES else None
-        weights[name] = {k: v.contiguous().cpu() for k, v in full_state_dict(module).items()
-                         if keep is None or k in keep}
+    """Write a checkpoint (all ranks call this). Whole tensors are gathered over the TP ranks one at a time
+    and streamed into the role's file by rank 0: no rank ever holds more than one whole tensor beside its
+    own slices (a 14B role is ~65 GB in fp32; gathering it per rank would not fit)."""
     rank = dist.get_rank()
     final = folder / f"step-{meta['global_step']:08d}"
     tmp = folder / f".staging-{meta['global_step']:08d}"
@@ -54,11 +53,13 @@ def save_checkpoint(folder: Path, meta: dict[str, Any], roles: dict[str, nn.Modu
         for stale in folder.glob(".staging-*"):  # checkpoints whose writer was killed
             shutil.rmtree(stale)
     dist.barrier()
-    if rank == 0:
-        with atomic_destination(tmp, overwrite=True) as staging:
+    with atomic_destination(tmp, overwrite=True) if rank == 0 else contextlib.nullcontext() as staging:
+        if staging is not None:
             staging.mkdir()
-            for name, state in weights.items():
-                save_file(state, staging / f"{name}.safetensors")
+        for name, module in roles.items():
+            keep = _trainable_names(module) if name in FROZEN_BASE_ROLES else None
+            stream_full_state_dict(module, None if staging is None else staging / f"{name}.safetensors", keep)
+        if staging is not None:
             (staging / "meta.json").write_text(json.dumps(meta, indent=2))
     dist.barrier()
     torch.save(rank_state, tmp / f"rank-{rank}.pt")
@@ -72,6 +73,40 @@ def save_checkpoint(folder: Path, meta: dict[str, Any], roles: dict[str, nn.Modu
         (folder / "latest.tmp").replace(folder / "latest")
     dist.barrier()
     return final
+
+
+def export_pose_checkpoint(model: nn.Module, dst: Path, converted_from: str = "training") -> Path:
+    """Write ``model`` as a pose_mcore checkpoint (all ranks call this): whole tensors gathered one at a
+    time and streamed by rank 0 into one shard, then its index and config; atomic."""
+    rank = dist.get_rank()
+    with atomic_destination(dst, overwrite=True) if rank == 0 else contextlib.nullcontext() as tmp:
+        if tmp is not None:
+            tmp.mkdir()
+        stream_full_state_dict(model, None if tmp is None else tmp / EXPORT_SHARD)
+        if tmp is not None:
+            finish_pose_checkpoint(tmp, EXPORT_SHARD, model.config, converted_from)
+    dist.barrier()
+    return dst
+
+
+EXPORT_SHARD = "model-00001-of-00001.safetensors"
+
+
+def stream_full_state_dict(module: nn.Module, path: Path | None, names: set[str] | None = None) -> None:
+    """Gather ``module``'s whole tensors (those in ``names``, default all) one at a time over the TP ranks
+    (every TP rank calls this) and, where ``path`` is given, write them into that safetensors file as they
+    come: memory beyond the module's own slices is one whole tensor."""
+    tensors = [(n, t) for n, t in module.state_dict(keep_vars=True).items()
+               if not n.endswith("_extra_state") and (names is None or n in names)]
+    writer = None if path is None else SafetensorsStreamWriter(
+        path, [(n, t.dtype, full_shape(t, n)) for n, t in tensors])
+    for n, t in tensors:
+        whole = gather_full(t, name=n)
+        if writer is not None:
+            writer.write(n, whole)
+        del whole
+    if writer is not None:
+        writer.close()
 
 
 FROZEN_BASE_ROLES = ("base",)
@@ -91,12 +126,10 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, roles: dict[str, nn.Module]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restore the roles' weights; return (meta, this rank's state)."""
+    """Restore the roles' weights, each rank reading only its own slices; return (meta, this rank's state)."""
     meta = json.loads((path / "meta.json").read_text())
     for name, module in roles.items():
-        state = load_file(path / f"{name}.safetensors")
-        if name in FROZEN_BASE_ROLES:  # trainable tensors only: the rest of the state is the teacher's
-            state = {**full_state_dict(module), **state}
-        load_full_state_dict(module, state)
+        # the frozen base's file holds its trainable tensors only: the rest is the teacher's, already there
+        load_slices(module, open_source(path / f"{name}.safetensors"), partial=name in FROZEN_BASE_ROLES)
     state = torch.load(path / f"rank-{dist.get_rank()}.pt", weights_only=False)
     return meta, state

@@ -13,7 +13,6 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import default_collate
 
-from pose_mcore.checkpoint.convert import write_pose_checkpoint
 from pose_mcore.checkpoint.io import CheckpointError
 from pose_mcore.checkpoint.load import load_model
 from pose_mcore.config.train import TrainConfig, TrainConfigError, to_dict
@@ -23,13 +22,13 @@ from pose_mcore.data.procedural import ProceduralConfig, ProceduralVideos
 from pose_mcore.data.sampler import BatchStream
 from pose_mcore.faults import fault_point
 from pose_mcore.models.registry import family_of_preset
-from pose_mcore.parallel.sharding import full_state_dict
 from pose_mcore.parallel.state import ParallelInfo, deterministic_mode, initialize_parallel
 from pose_mcore.pose.build import build_phase
 from pose_mcore.pose.conditioning import Conditioner
 from pose_mcore.pose.phase import Phase
 from pose_mcore.pose.roles import Roles
 from pose_mcore.training.checkpointing import (
+    export_pose_checkpoint,
     latest_checkpoint,
     load_checkpoint,
     rng_state,
@@ -165,6 +164,7 @@ class Trainer:
             if p_index > 0:
                 fault_point("phase_start", global_step)
             roles, phase = self._build(name, teacher, roles)
+            teacher = None  # the roles hold their own copies: a whole model less per rank while training
             phase.bf16 = self._bf16()
             step = 0
             if meta is not None and p_index == start_phase:
@@ -233,9 +233,5 @@ class Trainer:
             save_video_grid(torch.cat([batch["latents"][:4], video[:4]]), path)
 
     def export_model(self, model: torch.nn.Module, dst: Path) -> Path:
-        """Write a model (the trained teacher, the final generator) as a pose_mcore checkpoint."""
-        state = full_state_dict(model)
-        if self.info.rank == 0:
-            write_pose_checkpoint(dst, state, self.model_config, converted_from="training")
-        dist.barrier()
-        return dst
+        """Write a model (the trained teacher, the final generator) as a pose_mcore checkpoint, streamed."""
+        return export_pose_checkpoint(model, dst)
