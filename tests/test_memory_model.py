@@ -38,6 +38,14 @@ def test_traces_equal_the_measured_steps(results):
         assert real["states"] == traced["states"], case
         assert abs(traced["total"] - real["total"]) <= 1e-3 * real["total"], (case, traced, real)
         assert real["step"] > 0, case
+        # by role: at the start of the step; a stale gradient (the head's, from the generator's backward) is
+        # freed during it, so the states at the peak can be lower by at most the gradients
+        listed = sum(n for _, n in traced["by_role"])
+        assert 0 <= listed - traced["states"] <= traced["trainable"], (case, listed, traced["states"])
+    roles = dict(measured["wan_i2v/phase2-ema"]["traced"]["by_role"])
+    assert set(roles) == {"generator", "base", "ema", "head", "adam generator", "adam discriminator", "batch"}
+    # exp_avg and exp_avg_sq, fp32 like the weights, and a 4-byte step count per parameter
+    assert 0 < roles["adam generator"] - 2 * roles["generator"] < 1e-2 * roles["generator"]
 
 
 def test_the_papers_ordering_of_backbone_modes(results):

@@ -4,8 +4,8 @@
 Traces rank 0 of the config's layout (megatron-core layers on a fake process group of ``--world`` ranks):
 the trainer's own roles, optimisers and phase code on fake tensors, fp32 weights with forward passes under
 bf16 autocast (the engine as it trains on a GPU today), a batch of latent videos of the given pixel size,
-and prints per phase the states (weights of every role, optimiser states, the batch), what the step
-allocates at its peak, and the total, against 80 and 96 GB cards. Blocks are traced at depths one and two
+and prints per phase the states (weights of every role, optimiser states, the batch; each listed), what
+the step allocates at its peak, and the total, against 80 and 96 GB cards. Blocks are traced at depths one and two
 and extended linearly (``--full-depth`` traces every block: minutes). See
 ``pose_mcore.evaluation.memory_model`` for how, and what is not counted (allocator fragmentation, NCCL
 buffers, the CUDA context): "fits" keeps 10 % + 2 GiB of the card for those.
@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "  ".join(f"{'fits' if fits(mem.total, c) else 'OOM':>5}" for c in CARDS_GB)
             print(f"{name:<22} {gib['states']:8.1f} {gib['step']:8.1f} {gib['total']:8.1f}  {verdict}"
                   f"   ({time.perf_counter() - start:.0f} s)", flush=True)
+            print("    states: " + ", ".join(f"{role} {n / 2**30:.1f}" for role, n in mem.by_role), flush=True)
     return 0
 
 

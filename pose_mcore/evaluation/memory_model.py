@@ -58,6 +58,9 @@ class StepMemory:
     trainable: int = 0
     """Bytes of the gradients the step holds at once at the end of a backward (a lower bound of its peak
     beside the states)."""
+    by_role: tuple[tuple[str, int], ...] = ()
+    """The states by what holds them (a role's weights and gradients, an optimiser's Adam states, the batch),
+    at the start of the step (a gradient left from the previous step may be freed before the peak)."""
 
     def gib(self) -> dict[str, float]:
         return {k: getattr(self, k) / 2**30 for k in (*KINDS, "total")}
@@ -159,9 +162,24 @@ def model_inputs(cfg: VideoDiTConfig, batch: int, frames: int, height: int, widt
     return out
 
 
-def _tracked(setup: Callable[[], tuple[list[object], Callable[[], object]]], fake: bool) -> StepMemory:
+def _by_role(named: dict[str, object]) -> tuple[tuple[str, int], ...]:
+    """Bytes of the distinct storages of each named object (a storage shared by two counts for the first)."""
+    seen: set[int] = set()
+    out = []
+    for name, obj in named.items():
+        total = 0
+        for t in _tensors_of([obj]):
+            storage = t.untyped_storage()
+            if storage._cdata not in seen:
+                seen.add(storage._cdata)
+                total += storage.nbytes()
+        out.append((name, total))
+    return tuple(out)
+
+
+def _tracked(setup: Callable[[], tuple[dict[str, object], Callable[[], object]]], fake: bool) -> StepMemory:
     """Peak live bytes while running the work that ``setup`` returns; ``setup`` builds what exists before
-    (models, optimisers, the batch: returned, counted as states) on fake or real tensors."""
+    (models, optimisers, the batch: returned by name, counted as states) on fake or real tensors."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     # megatron-core keeps the sequence-parallel all-gather buffer between calls: a fresh one per trace, so
@@ -169,10 +187,12 @@ def _tracked(setup: Callable[[], tuple[list[object], Callable[[], object]]], fak
     parallel_state.destroy_global_memory_buffer()
     parallel_state._set_global_memory_buffer()
     with FakeTensorMode() if fake else contextlib.nullcontext(), _host_scalars(), _unchanged_to_is_noop():
-        existing, work = setup()
+        named, work = setup()
+        existing = list(named.values())
+        by_role = _by_role(named)  # before the work: its gradients are not states
         with LiveBytes(_tensors_of(existing)) as live:
             work()
-    return dataclasses.replace(live.peak, trainable=_gradient_floor(existing))
+    return dataclasses.replace(live.peak, trainable=_gradient_floor(existing), by_role=by_role)
 
 
 def _gradient_floor(existing: list[object]) -> int:
@@ -235,10 +255,10 @@ def trace(build: Callable[[], torch.nn.Module], make_inputs: Callable[[], dict[s
           fake: bool = True) -> StepMemory:
     """Peak live bytes of one forward and backward (loss: mean square of the output) of the model that
     ``build`` makes, every parameter trainable: on fake tensors (``fake=True``) or real ones."""
-    def setup() -> tuple[list[object], Callable[[], object]]:
+    def setup() -> tuple[dict[str, object], Callable[[], object]]:
         model = build()
         inputs = make_inputs()
-        return [model, inputs], lambda: model(**inputs).sample.float().square().mean().backward()
+        return {"model": model, "inputs": inputs}, lambda: model(**inputs).sample.float().square().mean().backward()
 
     return _tracked(setup, fake)
 
@@ -277,18 +297,21 @@ def _over_depth(cfg: VideoDiTConfig, at: Callable[[dict[str, int]], StepMemory],
     depth_fields = [f for f in ("num_layers", "num_single_layers") if hasattr(cfg, f)]
     ones = {f: 1 for f in depth_fields}
     base = at(ones)
+    deeper = {f: at({**ones, f: 2}) for f in depth_fields}
+
+    def extend(value: Callable[[StepMemory], float]) -> float:
+        return value(base) + sum((getattr(cfg, f) - 1) * (value(m) - value(base)) for f, m in deeper.items())
+
     fields = ("states", "step", "total", "trainable")
-    values = {k: float(getattr(base, k)) for k in fields}
-    for f in depth_fields:
-        more = at({**ones, f: 2})
-        for k in values:
-            values[k] += (getattr(cfg, f) - 1) * (getattr(more, k) - getattr(base, k))
+    values = {k: extend(lambda m, k=k: getattr(m, k)) for k in fields}
     # The peak of a shallow trace can sit in the forward while the deep model's sits at the end of backward
     # (the moment differs, so the extrapolated sum can fall short): the end of a backward holds the states and
     # the gradients of one optimiser's parameters, a lower bound of the peak.
     values["total"] = max(values["total"], values["states"] + values["trainable"])
     values["step"] = values["total"] - values["states"]
-    return StepMemory(*(math.ceil(values[k]) for k in fields))
+    roles = tuple((name, math.ceil(extend(lambda m, name=name: dict(m.by_role).get(name, 0))))
+                  for name, _ in base.by_role)
+    return StepMemory(*(math.ceil(values[k]) for k in fields), by_role=roles)
 
 
 def train_batch(cfg: VideoDiTConfig, batch: int, frames: int, height: int, width: int,
@@ -345,14 +368,17 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
         with _autocast_backward(bf16):
             return _tracked(lambda: setup(run, model_cfg), fake)
 
-    def setup(run: TrainConfig, model_cfg: VideoDiTConfig) -> tuple[list[object], Callable[[], object]]:
+    def setup(run: TrainConfig, model_cfg: VideoDiTConfig) -> tuple[dict[str, object], Callable[[], object]]:
         teacher = family.model_class(model_cfg)
         roles, step = build_phase(phase, run, teacher, Conditioner(model_cfg), torch.device("cpu"))
         step.bf16 = bf16
         data = train_batch(model_cfg, max(run.batch_size // dp, 1), frames, height, width, text_len)
         step.step(data)  # the first step allocates the optimiser states
-        optimizers = [o.adam for o in step.optimizers().values()]
-        return [roles, data, *optimizers], lambda: step.step(data)
+        named = {role: getattr(roles, role) for role in ("generator", "base", "ema", "disc_backbone", "head")
+                 if getattr(roles, role) is not None}
+        named.update({f"adam {name}": o.adam for name, o in step.optimizers().items()})
+        named["batch"] = data
+        return named, lambda: step.step(data)
 
     cfg = family.make_config(config.preset, tensor_model_parallel_size=tp, sequence_parallel=tp > 1, **config.model)
     return _over_depth(cfg, at, extrapolate)
