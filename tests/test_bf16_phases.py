@@ -10,22 +10,15 @@ import math
 
 import pytest
 import torch
-from megatron.core.tensor_parallel import layers as mcore_layers
 from phase_fixtures import batch_for, phase1_setup, phase2_setup
+
+from pose_mcore.parallel.cpu_compat import cpu_autocast_backward
 
 
 @pytest.fixture
-def autocast_backward(monkeypatch):
-    if torch.cuda.is_available():
-        return
-    for cls in (mcore_layers.LinearWithGradAccumulationAndAsyncCommunication, mcore_layers.LinearWithFrozenWeight):
-        backward = cls.backward
-
-        def in_autocast(ctx, *grads, _backward=backward):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return _backward(ctx, *grads)
-
-        monkeypatch.setattr(cls, "backward", staticmethod(in_autocast))
+def autocast_backward():
+    with cpu_autocast_backward():
+        yield
 
 
 @pytest.mark.parametrize("preset", ["tiny-t2v", "tiny-i2v"])

@@ -34,11 +34,11 @@ def load_model(path: str | Path, **config: Any) -> torch.nn.Module:
     cfg = make_config(found.family, found.config.architecture(), tensor_model_parallel_size=tp, **config)
     # Built on the meta device (no memory, no random init), then given storage that the checkpoint fills.
     model = build_empty(cfg, run_device())
-    load_slices(model, found.source, what=type(cfg).__name__)
+    load_slices(model, found.source)
     return model.eval()
 
 
-def load_slices(model: torch.nn.Module, source: TensorSource, partial: bool = False, what: str | None = None) -> None:
+def load_slices(model: torch.nn.Module, source: TensorSource, partial: bool = False) -> None:
     """Copy this rank's slice of each of ``model``'s tensors from ``source`` (whole, TP-independent tensors
     under the model's names), reading only that slice. ``partial``: the source may hold a subset (the
     other tensors keep their values); otherwise every tensor must be there. Nothing else may be."""
@@ -47,7 +47,8 @@ def load_slices(model: torch.nn.Module, source: TensorSource, partial: bool = Fa
     missing = [] if partial else sorted(set(wanted) - have)
     unexpected = sorted(have - set(wanted))
     if missing or unexpected:
-        raise CheckpointError(f"{source.path}: does not fit {what or type(model).__name__}: missing {missing[:20]}; "
+        what = type(getattr(model, "config", model)).__name__  # a pose_mcore model: its config class
+        raise CheckpointError(f"{source.path}: does not fit {what}: missing {missing[:20]}; "
                               f"unexpected {unexpected[:20]}")
     with torch.no_grad():
         for name, param in wanted.items():

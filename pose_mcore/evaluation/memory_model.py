@@ -41,7 +41,7 @@ from torch.utils._pytree import tree_flatten
 from pose_mcore.config.base import RECOMPUTE_EVERY_BLOCK, VideoDiTConfig
 from pose_mcore.config.train import TrainConfig
 from pose_mcore.models.registry import family_of_config
-from pose_mcore.parallel.state import apply_cpu_compat
+from pose_mcore.parallel.cpu_compat import apply_cpu_compat, cpu_autocast_backward
 
 KINDS = ("states", "step")
 
@@ -322,27 +322,6 @@ def train_batch(cfg: VideoDiTConfig, batch: int, frames: int, height: int, width
             "first_frame": latents[:, :, :1].clone()}
 
 
-@contextlib.contextmanager
-def _autocast_backward(enabled: bool) -> Iterator[None]:
-    """megatron-core's linear backward re-enters autocast through ``custom_bwd`` on CUDA only; a bf16
-    trace on the CPU makes it do the same, so that its gradients have the dtypes they have on a GPU."""
-    from megatron.core.tensor_parallel import layers
-
-    classes = (layers.LinearWithGradAccumulationAndAsyncCommunication, layers.LinearWithFrozenWeight)
-    originals = {cls: cls.__dict__["backward"] for cls in classes}
-    if enabled and not torch.cuda.is_available():
-        for cls in classes:
-            def backward(ctx: object, *grads: torch.Tensor, _orig: object = originals[cls]) -> object:
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    return _orig.__func__(ctx, *grads)
-            cls.backward = staticmethod(backward)
-    try:
-        yield
-    finally:
-        for cls, f in originals.items():
-            cls.backward = f
-
-
 def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int, width: int, text_len: int = 512,
                       bf16: bool = True, fake: bool = True, extrapolate: bool = False) -> StepMemory:
     """Rank 0's peak bytes during one optimiser step of ``phase`` (teacher, phase1, phase2) of the run
@@ -365,7 +344,7 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
             run = dataclasses.replace(run, phase2=dataclasses.replace(run.phase2, feature_layers=None))
         model_cfg = family.make_config(config.preset, tensor_model_parallel_size=tp, sequence_parallel=tp > 1,
                                        **run.model)
-        with _autocast_backward(bf16):
+        with cpu_autocast_backward(bf16):
             return _tracked(lambda: setup(run, model_cfg), fake)
 
     def setup(run: TrainConfig, model_cfg: VideoDiTConfig) -> tuple[dict[str, object], Callable[[], object]]:

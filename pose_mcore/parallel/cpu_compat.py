@@ -72,3 +72,25 @@ def apply_cpu_compat() -> bool:
         mcore_random.initialize_rng_tracker(force_reset=True)
         _APPLIED = True
     return True
+
+
+@contextlib.contextmanager
+def cpu_autocast_backward(enabled: bool = True) -> Iterator[None]:
+    """megatron-core's linear backward re-enters autocast through ``custom_bwd`` on CUDA only; on the CPU
+    (bf16 tests, the memory model's bf16 traces) this makes it do the same, so that its gradients have the
+    dtypes they have on a GPU. Does nothing with CUDA or when not ``enabled``."""
+    from megatron.core.tensor_parallel import layers
+
+    classes = (layers.LinearWithGradAccumulationAndAsyncCommunication, layers.LinearWithFrozenWeight)
+    originals = {cls: cls.__dict__["backward"] for cls in classes}
+    if enabled and not torch.cuda.is_available():
+        for cls in classes:
+            def backward(ctx: object, *grads: torch.Tensor, _orig: object = originals[cls]) -> object:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return _orig.__func__(ctx, *grads)
+            cls.backward = staticmethod(backward)
+    try:
+        yield
+    finally:
+        for cls, f in originals.items():
+            cls.backward = f

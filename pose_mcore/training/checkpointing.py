@@ -15,6 +15,7 @@ import contextlib
 import json
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,7 @@ def save_checkpoint(folder: Path, meta: dict[str, Any], roles: dict[str, nn.Modu
         for stale in folder.glob(".staging-*"):  # checkpoints whose writer was killed
             shutil.rmtree(stale)
     dist.barrier()
-    with atomic_destination(tmp, overwrite=True) if rank == 0 else contextlib.nullcontext() as staging:
-        if staging is not None:
-            staging.mkdir()
+    with _rank0_folder(tmp) as staging:
         for name, module in roles.items():
             keep = _trainable_names(module) if name in FROZEN_BASE_ROLES else None
             stream_full_state_dict(module, None if staging is None else staging / f"{name}.safetensors", keep)
@@ -78,10 +77,7 @@ def save_checkpoint(folder: Path, meta: dict[str, Any], roles: dict[str, nn.Modu
 def export_pose_checkpoint(model: nn.Module, dst: Path, converted_from: str = "training") -> Path:
     """Write ``model`` as a pose_mcore checkpoint (all ranks call this): whole tensors gathered one at a
     time and streamed by rank 0 into one shard, then its index and config; atomic."""
-    rank = dist.get_rank()
-    with atomic_destination(dst, overwrite=True) if rank == 0 else contextlib.nullcontext() as tmp:
-        if tmp is not None:
-            tmp.mkdir()
+    with _rank0_folder(dst) as tmp:
         stream_full_state_dict(model, None if tmp is None else tmp / EXPORT_SHARD)
         if tmp is not None:
             finish_pose_checkpoint(tmp, EXPORT_SHARD, model.config, converted_from)
@@ -90,6 +86,18 @@ def export_pose_checkpoint(model: nn.Module, dst: Path, converted_from: str = "t
 
 
 EXPORT_SHARD = "model-00001-of-00001.safetensors"
+
+
+@contextlib.contextmanager
+def _rank0_folder(dst: Path) -> Iterator[Path | None]:
+    """On rank 0 a new temporary folder that replaces ``dst`` when the body succeeds (nothing half-written);
+    on the other ranks None (they take part in the gathers only)."""
+    if dist.get_rank() != 0:
+        yield None
+        return
+    with atomic_destination(dst, overwrite=True) as tmp:
+        tmp.mkdir()
+        yield tmp
 
 
 def stream_full_state_dict(module: nn.Module, path: Path | None, names: set[str] | None = None) -> None:
