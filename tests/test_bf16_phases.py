@@ -27,10 +27,10 @@ def test_phase_steps_under_bf16_autocast(tp1, autocast_backward, preset, head):
     roles, phase1, cfg = phase1_setup(preset)
     phase1.bf16 = True
     batch = batch_for(cfg)
-    out1 = phase1.step(batch)
+    out1 = phase1.step([batch])
     phase2 = phase2_setup(roles, cfg, head=head)
     phase2.bf16 = True
-    out2 = phase2.step(batch)
+    out2 = phase2.step([batch])
     for name, value in {**out1, **out2}.items():
         assert math.isfinite(value), name
     assert out1["stepped"] == out2["stepped"] == 1.0

@@ -23,7 +23,8 @@ TINY = ["preset=tiny-t2v", "data.frames=3", "data.height=8", "data.width=8"]
 # Every numeric field of TrainConfig with values that break its rule ("x" is the wrong type everywhere).
 BAD_VALUES: dict[str, list] = {
     "tensor_parallel": [0, -1, 3],  # 3 does not divide the world size of 1
-    "batch_size": [0, -2, 2.5],
+    "micro_batch_size": [0, -2, 2.5],
+    "global_batch_size": [0, -8, 12],  # 12 is not a multiple of micro_batch_size 8 x 1 data-parallel rank
     "seed": [-1],
     "checkpoint_every": [-1],
     "sample_every": [-3],
@@ -107,9 +108,9 @@ def test_bad_numeric_value_is_refused_in_one_line(capsys, tmp_path, key, value):
 
 
 def test_all_problems_at_once(capsys, tmp_path):
-    lines = _refused(capsys, tmp_path, "batch_size=0", "phase2.ema_decay=1", "precision=fp16")
+    lines = _refused(capsys, tmp_path, "micro_batch_size=0", "phase2.ema_decay=1", "precision=fp16")
     assert len(lines) == 3
-    assert [line.split(": ")[2].split("=")[0] for line in lines] == ["batch_size", "phase2.ema_decay", "precision"]
+    assert [line.split(": ")[2].split("=")[0] for line in lines] == ["micro_batch_size", "phase2.ema_decay", "precision"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -121,7 +122,7 @@ def test_all_problems_at_once(capsys, tmp_path):
     (["data.kind=latents", "data.path=/no/manifest.jsonl"], "data.path='/no/manifest.jsonl': no such manifest"),
     (["precision=fp16"], "precision='fp16': must be one of auto, bf16, fp32"),
     (["teacher.steps=-5"], "teacher.steps=-5: must be >= 1"),
-    (["batch_size=0"], "batch_size=0: must be >= 1"),
+    (["micro_batch_size=0"], "micro_batch_size=0: must be >= 1"),
     (["tensor_parallel=3"], "tensor_parallel=3: must divide the world size 1"),
     (["phase2.feature_layers=[0,7]"], "phase2.feature_layers=[0, 7]: must be a non-empty list of block indices in [0, 2)"),
 ])
@@ -142,31 +143,35 @@ def test_broken_config_file_and_unreadable_teacher(capsys, tmp_path):
 
 
 def test_dataset_smaller_than_a_batch(capsys, tmp_path):
-    lines = _refused(capsys, tmp_path, "data.size=4", "batch_size=8")
-    assert any("batch_size=8: dataset of 4 samples" in line for line in lines), lines
+    lines = _refused(capsys, tmp_path, "data.size=4", "micro_batch_size=8")
+    assert any("global_batch_size=8: dataset of 4 samples" in line for line in lines), lines
 
 
 def test_batch_divisible_by_data_parallel_size():
-    config = load_train_config(None, [*TINY, "batch_size=3", "tensor_parallel=1"])
-    with pytest.raises(ValueError, match=r"batch_size=3: must be divisible by the data-parallel size 2"):
+    config = load_train_config(None, [*TINY, "micro_batch_size=1", "global_batch_size=3", "tensor_parallel=1"])
+    with pytest.raises(ValueError, match=r"global_batch_size=3: must be a multiple of micro_batch_size 1 x the "
+                                         r"data-parallel size 2 \(world size 2 / tensor_parallel 1\)"):
         validate_train_config(config, world_size=2)
+    accumulate = load_train_config(None, [*TINY, "micro_batch_size=2", "global_batch_size=8", "tensor_parallel=1",
+                                                 "teacher.steps=1"])
+    validate_train_config(accumulate, world_size=2)  # 2 accumulation steps of 2 samples on each of 2 ranks
     with pytest.raises(ValueError, match=r"num_attention_heads=4 must be divisible by tensor_model_parallel_size=8"):
-        validate_train_config(load_train_config(None, [*TINY, "batch_size=8"]), world_size=8)
+        validate_train_config(load_train_config(None, [*TINY, "micro_batch_size=8"]), world_size=8)
 
 
 def test_options_and_overrides_in_any_order():
-    args = parse_args(["batch_size=4", "--exit-after", "1", "seed=3", "--resume", "phase2.steps=2"])
-    assert args.exit_after == 1 and args.resume and args.overrides == ["batch_size=4", "seed=3", "phase2.steps=2"]
+    args = parse_args(["micro_batch_size=4", "--exit-after", "1", "seed=3", "--resume", "phase2.steps=2"])
+    assert args.exit_after == 1 and args.resume and args.overrides == ["micro_batch_size=4", "seed=3", "phase2.steps=2"]
 
 
 def test_command_line_error_is_one_line_without_warnings(tmp_path):
     env = dict(os.environ)
     for key in ("WORLD_SIZE", "RANK", "PYTHONWARNINGS"):
         env.pop(key, None)
-    proc = subprocess.run([sys.executable, "-m", "pose_mcore.cli", "batch_size=0", "--exit-after", "1",
+    proc = subprocess.run([sys.executable, "-m", "pose_mcore.cli", "micro_batch_size=0", "--exit-after", "1",
                            f"output_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["pose-train: error: batch_size=0: must be >= 1"], proc.stderr
+    assert proc.stderr.strip().splitlines() == ["pose-train: error: micro_batch_size=0: must be >= 1"], proc.stderr
     assert not (tmp_path / "out").exists()
 
 

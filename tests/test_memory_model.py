@@ -38,14 +38,16 @@ def test_traces_equal_the_measured_steps(results):
         assert real["states"] == traced["states"], case
         assert abs(traced["total"] - real["total"]) <= 1e-3 * real["total"], (case, traced, real)
         assert real["step"] > 0, case
-        # by role: at the start of the step; a stale gradient (the head's, from the generator's backward) is
-        # freed during it, so the states at the peak can be lower by at most the gradients
-        listed = sum(n for _, n in traced["by_role"])
-        assert 0 <= listed - traced["states"] <= traced["trainable"], (case, listed, traced["states"])
+        # by role: at the start of the step, and the same at its peak (gradients live in DDP's buffers)
+        assert sum(n for _, n in traced["by_role"]) == traced["states"], case
     roles = dict(measured["wan_i2v/phase2-ema"]["traced"]["by_role"])
-    assert set(roles) == {"generator", "base", "ema", "head", "adam generator", "adam discriminator", "batch"}
-    # exp_avg and exp_avg_sq, fp32 like the weights, and a 4-byte step count per parameter
-    assert 0 < roles["adam generator"] - 2 * roles["generator"] < 1e-2 * roles["generator"]
+    assert set(roles) == {"generator", "base", "ema", "head", "grads generator", "grads discriminator",
+                          "adam generator", "adam discriminator", "batch"}
+    # one fp32 gradient per trained weight, and Adam's exp_avg and exp_avg_sq per weight (plus a step count per
+    # tensor); DDP's buffer pads each parameter to 64 elements for the distributed optimizer, a few percent of
+    # these toy sizes (the role's own bytes include non-trained buffers such as rotary tables)
+    assert abs(roles["grads generator"] - roles["generator"]) < 5e-2 * roles["generator"]
+    assert 0.95 * 2 * roles["grads generator"] < roles["adam generator"] < 2 * roles["grads generator"]
 
 
 def test_the_papers_ordering_of_backbone_modes(results):

@@ -17,7 +17,7 @@ from conftest import rank_env
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ["preset=tiny-t2v", "batch_size=2", "data.size=16", "data.frames=3", "data.height=8", "data.width=8",
+CONFIG = ["preset=tiny-t2v", "micro_batch_size=2", "data.size=16", "data.frames=3", "data.height=8", "data.width=8",
           "teacher.steps=2", "phase1.steps=2", "phase2.steps=2", "phase1.fake_updates=1", "checkpoint_every=1",
           "log_every=1", "phase2.head_dim=16", "phase2.head_queries=2", "phase2.head_heads=2", "phase1.lora_rank=4",
           "teacher.optim.lr=1e-3", "phase1.optim_g.lr=1e-4", "phase1.optim_fake.lr=1e-3", "phase2.optim_g.lr=1e-4",

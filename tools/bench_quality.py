@@ -50,7 +50,7 @@ from pose_mcore.training.trainer import Trainer  # noqa: E402
 
 FULL = dict(teacher=1500, phase1=300, phase2=300, eval_size=128, frames=5, size=16, guidance=3.0)
 QUICK = dict(teacher=30, phase1=6, phase2=6, eval_size=16, frames=3, size=8, guidance=3.0)
-BASE = ["preset=tiny-i2v", "batch_size=8", "deterministic=true",  # the same numbers twice on a GPU too
+BASE = ["preset=tiny-i2v", "micro_batch_size=8", "deterministic=true",  # the same numbers twice on a GPU too
         "log_every=50", "teacher.optim.lr=2e-3", "teacher.optim.warmup_steps=50",
         "phase1.optim_g.lr=1e-4", "phase1.optim_fake.lr=1e-3", "phase1.fake_updates=2", "phase1.real_guidance=3.0",
         "phase1.shift=1.0", "phase1.lora_rank=8", "phase1.lora_alpha=8", "phase2.optim_g.lr=5e-5",

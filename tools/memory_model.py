@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, TrainConfigError, ConfigError) as e:
         parser.error(str(e))
     print(f"{config.preset}: video {args.video} (latents {frames}x{height}x{width}), {world} ranks, TP={tp}"
-          f"{' + SP' if model_cfg.sequence_parallel else ''}, batch {config.batch_size} per data-parallel rank, "
+          f"{' + SP' if model_cfg.sequence_parallel else ''}, micro-batch {config.micro_batch_size}, "
           f"recompute {model_cfg.recompute_granularity or 'off'}; rank 0, GiB")
     print(f"{'phase':<22} {'states':>8} {'step':>8} {'total':>8}  " + "  ".join(f"{c} GB" for c in CARDS_GB))
     with fake_world(tp, world):

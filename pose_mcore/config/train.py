@@ -104,7 +104,16 @@ class TrainConfig:
     """Model config overrides (architecture or runtime fields)."""
     tensor_parallel: int | None = None
     """TP size (default: all ranks); sequence parallelism is on when TP > 1."""
-    batch_size: int = 8
+    micro_batch_size: int = 8
+    """Samples per rank per forward/backward (as Megatron's ``--micro-batch-size``)."""
+    global_batch_size: int | None = None
+    """Samples per optimiser step over all data-parallel ranks (default: micro_batch_size x data-parallel
+    size); a multiple of that product, the quotient being the gradient-accumulation steps."""
+    distributed_optimizer: bool = True
+    """Shard Adam states and fp32 main weights over the data-parallel ranks (ZeRO-1, as megatron-core's
+    ``--use-distributed-optimizer``); no effect with one data-parallel rank."""
+    overlap_grad_reduce: bool = True
+    """Reduce gradient buckets while backward still runs (megatron-core DDP's ``overlap_grad_reduce``)."""
     seed: int = 1234
     phases: list[str] = field(default_factory=lambda: ["teacher", "phase1", "phase2"])
     teacher_checkpoint: str | None = None

@@ -96,9 +96,12 @@ def _layout(p: Problems, c: TrainConfig, world_size: int) -> tuple[int, int] | N
         p.add("tensor_parallel", tp, f"must divide the world size {world_size} (ranks started by torchrun)")
         return None
     dp = world_size // tp
-    if p.check("batch_size", c.batch_size, AT_LEAST_1) and c.batch_size % dp:
-        p.add("batch_size", c.batch_size, f"must be divisible by the data-parallel size {dp} "
-                                          f"(world size {world_size} / tensor_parallel {tp})")
+    micro_ok = p.check("micro_batch_size", c.micro_batch_size, AT_LEAST_1)
+    if c.global_batch_size is not None and p.check("global_batch_size", c.global_batch_size, AT_LEAST_1) \
+            and micro_ok and c.global_batch_size % (c.micro_batch_size * dp):
+        p.add("global_batch_size", c.global_batch_size,
+              f"must be a multiple of micro_batch_size {c.micro_batch_size} x the data-parallel size {dp} "
+              f"(world size {world_size} / tensor_parallel {tp})")
     return tp, dp
 
 

@@ -118,6 +118,8 @@ def _tensors_of(objects: list[object]) -> list[torch.Tensor]:
             out.append(obj)
         elif isinstance(obj, dict):
             out += _tensors_of(list(obj.values()))
+        elif isinstance(obj, list | tuple):
+            out += _tensors_of(list(obj))
     return out
 
 
@@ -196,15 +198,11 @@ def _tracked(setup: Callable[[], tuple[dict[str, object], Callable[[], object]]]
 
 
 def _gradient_floor(existing: list[object]) -> int:
-    """Bytes of the gradients a step must hold at once: per optimiser, all of its parameters' (optimisers
-    step one after the other, each dropping its gradients); without optimisers, every trainable parameter's."""
-    def nbytes(params: list[torch.Tensor]) -> int:
-        return sum(p.numel() * p.element_size() for p in {id(p): p for p in params}.values())
-
-    optimizers = [o for o in existing if isinstance(o, torch.optim.Optimizer)]
-    if optimizers:
-        return max(nbytes([p for g in o.param_groups for p in g["params"]]) for o in optimizers)
-    return nbytes([p for m in existing if isinstance(m, torch.nn.Module) for p in m.parameters() if p.requires_grad])
+    """Bytes of the gradients that the end of a backward holds beside the states: every trainable parameter's,
+    except those whose gradients accumulate in DDP's buffers (``main_grad``), which are states already."""
+    params = {id(p): p for m in existing if isinstance(m, torch.nn.Module) for p in m.parameters()
+              if p.requires_grad and not hasattr(p, "main_grad")}
+    return sum(p.numel() * p.element_size() for p in params.values())
 
 
 @contextlib.contextmanager
@@ -328,7 +326,8 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
     ``config`` describes: the trainer's own roles, optimisers and phase code (:func:`build_phase`; the
     teacher the roles were cloned from is dropped, as the trainer drops it), Adam states allocated (the
     step traced is the second), weights in fp32 and forward passes under bf16 autocast when ``bf16`` (the GPU engine),
-    the per-rank batch ``config.batch_size / DP`` of latent videos ``frames x height x width``. The
+    one micro-batch of ``config.micro_batch_size`` latent videos ``frames x height x width`` (accumulation
+    steps add no memory: gradients accumulate in DDP's buffers, counted as states). The
     process group must exist (:func:`fake_world`, or a real one with ``fake=False``). ``extrapolate``: as
     in :func:`step_memory`."""
     from pose_mcore.models.registry import family_of_preset
@@ -336,7 +335,6 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
     from pose_mcore.pose.conditioning import Conditioner
 
     tp = parallel_state.get_tensor_model_parallel_world_size()
-    dp = parallel_state.get_data_parallel_world_size()
     family = family_of_preset(config.preset)
     def at(depths: dict[str, int]) -> StepMemory:
         run = dataclasses.replace(config, model={**config.model, **depths})
@@ -351,13 +349,16 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
         teacher = family.model_class(model_cfg)
         roles, step = build_phase(phase, run, teacher, Conditioner(model_cfg), torch.device("cpu"))
         step.bf16 = bf16
-        data = train_batch(model_cfg, max(run.batch_size // dp, 1), frames, height, width, text_len)
-        step.step(data)  # the first step allocates the optimiser states
+        data = train_batch(model_cfg, run.micro_batch_size, frames, height, width, text_len)
+        data["sample_index"] = torch.arange(run.micro_batch_size)
+        step.step([data])  # the first step allocates the optimiser states
         named = {role: getattr(roles, role) for role in ("generator", "base", "ema", "disc_backbone", "head")
                  if getattr(roles, role) is not None}
-        named.update({f"adam {name}": o.adam for name, o in step.optimizers().items()})
+        for name, o in step.optimizers().items():
+            named[f"grads {name}"] = [buffer.grad_data for ddp in o.ddps for buffer in ddp.buffers]
+            named[f"adam {name}"] = o.adam
         named["batch"] = data
-        return named, lambda: step.step(data)
+        return named, lambda: step.step([data])
 
     cfg = family.make_config(config.preset, tensor_model_parallel_size=tp, sequence_parallel=tp > 1, **config.model)
     return _over_depth(cfg, at, extrapolate)

@@ -72,13 +72,15 @@ def finalize_tensor_parallel_grads(model: torch.nn.Module) -> None:
 
     These are replicated parameters tagged ``sequence_parallel`` (applied to this rank's token shard:
     norms, modulation tables, row-parallel biases, the output head; megatron's own tag) and those
-    tagged ``tp_partial_grad`` (applied to this rank's heads only: per-head q/k norms). Megatron's
-    DDP does the former in ``finalize_model_grads``; call this after ``backward()`` without it.
+    tagged ``tp_partial_grad`` (applied to this rank's heads only: per-head q/k norms). Acts on DDP's
+    ``main_grad`` where the parameter has one (after its data-parallel reduction, as megatron-core's
+    ``finalize_model_grads`` does), else on ``grad``.
     """
     if parallel_state.get_tensor_model_parallel_world_size() == 1:
         return
-    grads = [p.grad for p in model.parameters() if p.grad is not None and (
+    grads = [getattr(p, "main_grad", p.grad) for p in model.parameters() if p.requires_grad and (
         getattr(p, "sequence_parallel", False) or getattr(p, "tp_partial_grad", False))]
+    grads = [g for g in grads if g is not None]
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])

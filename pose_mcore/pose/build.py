@@ -9,6 +9,7 @@ import torch
 
 from pose_mcore.config.train import TrainConfig
 from pose_mcore.config.validate import PHASES
+from pose_mcore.engine.optimizer import Engine
 from pose_mcore.pose.conditioning import Conditioner
 from pose_mcore.pose.phase import Phase
 from pose_mcore.pose.phase1 import Phase1
@@ -25,17 +26,18 @@ def build_phase(name: str, config: TrainConfig, teacher: torch.nn.Module, condit
     new generator's weights (e.g. from ``generator_checkpoint``)."""
     seed = config.seed + 1000 * PHASES.index(name)
     init = init_generator or (lambda roles: None)
+    engine = Engine(config.distributed_optimizer, config.overlap_grad_reduce)
     if name == "teacher":
         roles = Roles(teacher, with_fake=False)
-        return roles, TeacherPhase(roles, conditioner, config.teacher, seed, device)
+        return roles, TeacherPhase(roles, conditioner, config.teacher, seed, device, engine)
     if name == "phase1":
         roles = Roles(teacher, config.phase1.lora_rank, config.phase1.lora_alpha)
         init(roles)
-        return roles, Phase1(roles, conditioner, config.phase1, seed, device)
+        return roles, Phase1(roles, conditioner, config.phase1, seed, device, engine)
     if previous is None:
         primed = "phase1" in config.phases
         previous = Roles(teacher, config.phase1.lora_rank, config.phase1.lora_alpha, with_fake=primed)
         init(previous)
     model = conditioner.config
     return previous, Phase2(previous, conditioner, config.phase2, seed, device, model.text_dim,
-                            getattr(model, "image_dim", None))
+                            getattr(model, "image_dim", None), engine)

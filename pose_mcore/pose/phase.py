@@ -1,45 +1,65 @@
-"""What every training phase shares: the step interface the trainer calls, seeded noise, and the
-model calls in flow-matching terms."""
+"""What every training phase shares: the step interface the trainer calls, the optimisers of its roles,
+per-sample random draws, and the model calls in flow-matching terms."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from pose_mcore.diffusion.flow import model_timestep, sample_t
+from pose_mcore.config.train import OptimConfig
+from pose_mcore.diffusion.flow import model_timestep
+from pose_mcore.engine.optimizer import Engine, Optimizer
 from pose_mcore.pose.conditioning import Conditioner, Conditions
+from pose_mcore.pose.draws import SampleDraws
 from pose_mcore.pose.roles import Roles
+
+MicroBatches = Sequence[dict[str, torch.Tensor]]
+"""This rank's share of one global batch, as micro-batches (each with its ``sample_index``)."""
 
 
 class Phase:
-    """One training phase: ``step(batch)`` does one update of its roles and returns its metrics.
+    """One training phase: ``step(micro_batches)`` does one update of its roles from one global batch and
+    returns its metrics.
 
-    Randomness (timesteps, noise) comes from the phase's own generator, which is checkpointed, so a
-    resumed run draws the same numbers as an uninterrupted one.
+    Random draws come from :class:`SampleDraws` keyed by the phase's seed, its step count (checkpointed)
+    and each sample's place in the global batch, so a resumed run, and any TP x DP x accumulation layout
+    of the same global batch, draws the same numbers.
     """
 
     name = "phase"
 
-    def __init__(self, roles: Roles, conditioner: Conditioner, seed: int, device: torch.device) -> None:
+    def __init__(self, roles: Roles, conditioner: Conditioner, seed: int, device: torch.device,
+                 engine: Engine | None = None) -> None:
         self.roles, self.conditioner, self.device = roles, conditioner, device
-        self.rng = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.engine = engine or Engine()
+        self.steps_done = 0
         self.skipped = 0
         self.bf16 = False
         """Run forward passes under bf16 autocast (set by the trainer from ``precision``)."""
 
-    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def step(self, micro_batches: MicroBatches) -> dict[str, float]:
+        metrics = self.update(micro_batches)
+        self.steps_done += 1
+        self.skipped += not metrics["stepped"]
+        return metrics
+
+    def update(self, micro_batches: MicroBatches) -> dict[str, float]:
         raise NotImplementedError
 
-    def optimizers(self) -> dict[str, Any]:
+    def optimizer(self, modules: Sequence[nn.Module], cfg: OptimConfig) -> Optimizer:
+        """An optimiser over the trained parameters of ``modules``, with the run's engine settings."""
+        return Optimizer(modules, self.roles.generator.config, cfg, self.engine)
+
+    def optimizers(self) -> dict[str, Optimizer]:
         return {}
 
-    def noise(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.randn(like.shape, generator=self.rng).to(like)
-
-    def times(self, batch: int, t_min: float, t_max: float, shift: float) -> torch.Tensor:
-        return sample_t(batch, t_min, t_max, shift, self.rng, self.device)
+    def draws(self, batch: dict[str, torch.Tensor], tag: str) -> SampleDraws:
+        """The random draws of sub-step ``tag`` of this step for ``batch``'s samples."""
+        return SampleDraws(self.seed, self.steps_done, tag, batch["sample_index"], self.device)
 
     def amp(self) -> torch.autocast:
         """Autocast for forward passes: bf16 when enabled (losses are computed in fp32)."""
@@ -57,11 +77,11 @@ class Phase:
         return x_T - self.velocity(self.roles.generator, x_T, t, conds, conds.cond)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.get_state(), "skipped": self.skipped,
+        return {"steps_done": self.steps_done, "skipped": self.skipped,
                 "optimizers": {k: v.state_dict() for k, v in self.optimizers().items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.set_state(state["rng"])
+        self.steps_done = state["steps_done"]
         self.skipped = state["skipped"]
         for k, v in self.optimizers().items():
             v.load_state_dict(state["optimizers"][k])

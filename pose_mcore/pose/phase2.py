@@ -11,13 +11,13 @@ from pose_kernels import st_r1_perturb
 from pose_mcore.config.base import VideoDiTConfig
 from pose_mcore.config.train import Phase2Config
 from pose_mcore.diffusion.flow import add_noise, x0_from_velocity
+from pose_mcore.engine.optimizer import Engine, Optimizer
 from pose_mcore.models.features import capture_features, default_layers
 from pose_mcore.pose.conditioning import Conditioner, Conditions
 from pose_mcore.pose.heads import ConvHead, SemanticHead
 from pose_mcore.pose.losses import adversarial_d_loss, adversarial_g_loss, consistency_loss, st_r1_loss
-from pose_mcore.pose.phase import Phase
-from pose_mcore.pose.roles import Roles
-from pose_mcore.training.optim import Optimizer
+from pose_mcore.pose.phase import MicroBatches, Phase
+from pose_mcore.pose.roles import Roles, without_grads
 
 
 def build_head(cfg: Phase2Config, model_config: VideoDiTConfig, layers: list[int], text_dim: int,
@@ -34,21 +34,17 @@ class Phase2(Phase):
     name = "phase2"
 
     def __init__(self, roles: Roles, conditioner: Conditioner, cfg: Phase2Config, seed: int, device: torch.device,
-                 text_dim: int, image_dim: int | None) -> None:
-        super().__init__(roles, conditioner, seed, device)
+                 text_dim: int, image_dim: int | None, engine: Engine | None = None) -> None:
+        super().__init__(roles, conditioner, seed, device, engine)
         self.cfg = cfg
         model_cfg = roles.generator.config
         self.layers = cfg.feature_layers or default_layers(roles.generator)
         head = build_head(cfg, model_cfg, self.layers, text_dim, image_dim).to(device)
         roles.attach_discriminator(head, cfg.backbone)
         self.i2v = model_cfg.in_channels > model_cfg.out_channels
-        self.opt_g = Optimizer(list(roles.generator.parameters()), [roles.generator], cfg.optim_g)
-        d_params = list(head.parameters())
-        d_modules = [head]
-        if cfg.backbone == "full":
-            d_params += list(roles.disc_backbone.parameters())
-            d_modules.append(roles.disc_backbone)
-        self.opt_d = Optimizer(d_params, d_modules, cfg.optim_d)
+        self.opt_g = self.optimizer([roles.generator], cfg.optim_g)
+        self.d_modules = [head] + ([roles.disc_backbone] if cfg.backbone == "full" else [])
+        self.opt_d = self.optimizer(self.d_modules, cfg.optim_d)
 
     def optimizers(self) -> dict[str, Optimizer]:
         return {"generator": self.opt_g, "discriminator": self.opt_d}
@@ -62,50 +58,51 @@ class Phase2(Phase):
         with self.amp():
             return self.roles.head(feats, t, conds.text, conds.image).float()
 
-    def _t_adv(self, b: int) -> torch.Tensor:
-        return self.times(b, self.cfg.t_adv_min, 1.0, 1.0)
-
-    def discriminator_step(self, batch: dict[str, torch.Tensor], conds: Conditions) -> dict[str, float]:
+    def discriminator_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Hinge (or non-saturating) loss on a real and a generated sample at the same noise level, plus the
+        spatio-temporal R1 on the real one."""
+        conds, draws = self.conditioner(batch), self.draws(batch, "discriminator")
         real = batch["latents"]
         with torch.no_grad():
-            fake = self.generate(conds, self.noise(real))
-        t = self._t_adv(real.shape[0])  # the same t for the real and the fake sample of a pair
-        x_real = add_noise(real, self.noise(real), t)
-        x_fake = add_noise(fake, self.noise(fake), t)
+            fake = self.generate(conds, draws.noise(real))
+        t = draws.times(self.cfg.t_adv_min, 1.0, 1.0)  # the same t for the real and the fake sample of a pair
+        x_real = add_noise(real, draws.noise(real), t)
+        x_fake = add_noise(fake, draws.noise(fake), t)
         d_real, d_fake = self.discriminate(x_real, t, conds), self.discriminate(x_fake, t, conds)
         loss = adversarial_d_loss(d_real, d_fake, self.cfg.adv_loss)
-        r1 = torch.zeros(())
-        if self.cfg.r1_weight > 0:
-            seed = int(torch.randint(2**31 - 1, (1,), generator=self.rng))
-            x_pert, eps_ms = st_r1_perturb(x_real, self.cfg.sigma_s, self.cfg.sigma_t, seed)
+        r1 = torch.zeros((), device=loss.device)
+        if self.cfg.r1_weight > 0:  # each sample perturbed from its own seed: the same on any rank
+            pert = [st_r1_perturb(x_real[i:i + 1], self.cfg.sigma_s, self.cfg.sigma_t, seed)
+                    for i, seed in enumerate(draws.seeds())]
+            x_pert, eps_ms = torch.cat([x for x, _ in pert]), torch.cat([e for _, e in pert])
             r1 = st_r1_loss(self.discriminate(x_pert, t, conds), d_real, eps_ms)
             loss = loss + self.cfg.r1_weight * r1
-        stepped, norm = self.opt_d.step(loss)
-        return {"loss_d": loss.item(), "r1": r1.item(), "d_real": d_real.mean().item(),
-                "d_fake": d_fake.mean().item(), "grad_norm_d": norm, "stepped_d": float(stepped)}
+        return loss, {"r1": r1, "d_real": d_real.mean(), "d_fake": d_fake.mean()}
 
-    def generator_step(self, batch: dict[str, torch.Tensor], conds: Conditions) -> dict[str, float]:
-        x0 = self.generate(conds, self.noise(batch["latents"]))
-        t = self._t_adv(x0.shape[0])
-        loss = adversarial_g_loss(self.discriminate(add_noise(x0, self.noise(x0), t), t, conds), self.cfg.adv_loss)
-        consist = torch.zeros(())
+    def generator_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The adversarial loss through the (not updated) discriminator, plus the frame consistency loss (I2V)."""
+        conds, draws = self.conditioner(batch), self.draws(batch, "generator")
+        x0 = self.generate(conds, draws.noise(batch["latents"]))
+        t = draws.times(self.cfg.t_adv_min, 1.0, 1.0)
+        with without_grads(*self.d_modules):  # no discriminator gradients (nor their reduction) in this step
+            loss = adversarial_g_loss(self.discriminate(add_noise(x0, draws.noise(x0), t), t, conds),
+                                      self.cfg.adv_loss)
+        consist = torch.zeros((), device=loss.device)
         if self.i2v and self.cfg.consistency_weight > 0:
-            tc = self.times(x0.shape[0], self.cfg.t_min, self.cfg.t_max, self.cfg.shift)
-            x_t = add_noise(x0.detach(), self.noise(x0), tc)
+            tc = draws.times(self.cfg.t_min, self.cfg.t_max, self.cfg.shift)
+            x_t = add_noise(x0.detach(), draws.noise(x0), tc)
             with torch.no_grad(), self.roles.real() as teacher:
                 x0_teacher = x0_from_velocity(x_t, tc, self.velocity(teacher, x_t, tc, conds, conds.cond))
             consist = consistency_loss(x0, x0_teacher)
             loss = loss + self.cfg.consistency_weight * consist
-        stepped, norm = self.opt_g.step(loss)
-        if stepped:
-            self.roles.update_ema(self.cfg.ema_decay)
-        return {"loss_g": loss.item(), "consistency": consist.item(), "grad_norm_g": norm,
-                "stepped_g": float(stepped)}
+        return loss, {"consistency": consist}
 
-    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        conds = self.conditioner(batch)
-        out = self.discriminator_step(batch, conds)
-        out.update(self.generator_step(batch, conds))
-        self.skipped += not (out["stepped_d"] and out["stepped_g"])
-        out["stepped"] = float(out["stepped_d"] and out["stepped_g"])
-        return out
+    def update(self, micro_batches: MicroBatches) -> dict[str, float]:
+        d = self.opt_d.step(self.discriminator_loss, micro_batches)
+        g = self.opt_g.step(self.generator_loss, micro_batches)
+        if g.stepped:
+            self.roles.update_ema(self.cfg.ema_decay)
+        return {"loss_d": d.metrics["loss"], "r1": d.metrics["r1"], "d_real": d.metrics["d_real"],
+                "d_fake": d.metrics["d_fake"], "grad_norm_d": d.grad_norm, "stepped_d": float(d.stepped),
+                "loss_g": g.metrics["loss"], "consistency": g.metrics["consistency"], "grad_norm_g": g.grad_norm,
+                "stepped_g": float(g.stepped), "stepped": float(d.stepped and g.stepped)}

@@ -7,37 +7,37 @@ import torch
 
 from pose_mcore.config.train import TeacherConfig
 from pose_mcore.diffusion.flow import add_noise
+from pose_mcore.engine.optimizer import Engine, Optimizer
 from pose_mcore.pose.conditioning import Conditioner
 from pose_mcore.pose.losses import flow_matching_loss
-from pose_mcore.pose.phase import Phase
+from pose_mcore.pose.phase import MicroBatches, Phase
 from pose_mcore.pose.roles import Roles
-from pose_mcore.training.optim import Optimizer
 
 
 class TeacherPhase(Phase):
     name = "teacher"
 
     def __init__(self, roles: Roles, conditioner: Conditioner, cfg: TeacherConfig, seed: int,
-                 device: torch.device) -> None:
-        super().__init__(roles, conditioner, seed, device)
+                 device: torch.device, engine: Engine | None = None) -> None:
+        super().__init__(roles, conditioner, seed, device, engine)
         self.cfg = cfg
-        model = roles.generator
-        self.opt = Optimizer(list(model.parameters()), [model], cfg.optim)
+        self.opt = self.optimizer([roles.generator], cfg.optim)
 
     def optimizers(self) -> dict[str, Optimizer]:
         return {"teacher": self.opt}
 
-    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         conds = self.conditioner(batch)
         x0 = batch["latents"]
-        b = x0.shape[0]
-        drop = (torch.rand(b, generator=self.rng) < self.cfg.uncond_prob).to(self.device)
+        draws = self.draws(batch, "teacher")
+        drop = (draws.uniform() < self.cfg.uncond_prob).to(self.device)
         kwargs = {k: torch.where(drop.view(-1, *[1] * (v.dim() - 1)), conds.uncond[k], v) if v.is_floating_point()
                   else v for k, v in conds.cond.items()}
-        t = self.times(b, 0.0, 1.0, self.cfg.shift)
-        eps = self.noise(x0)
+        t = draws.times(0.0, 1.0, self.cfg.shift)
+        eps = draws.noise(x0)
         v = self.velocity(self.roles.generator, add_noise(x0, eps, t), t, conds, kwargs)
-        loss = flow_matching_loss(v, x0, eps)
-        stepped, norm = self.opt.step(loss)
-        self.skipped += not stepped
-        return {"loss": loss.item(), "grad_norm": norm, "stepped": float(stepped)}
+        return flow_matching_loss(v, x0, eps), {}
+
+    def update(self, micro_batches: MicroBatches) -> dict[str, float]:
+        out = self.opt.step(self.loss, micro_batches)
+        return {"loss": out.metrics["loss"], "grad_norm": out.grad_norm, "stepped": float(out.stepped)}

@@ -58,11 +58,13 @@ class Trainer:
         self.output = Path(config.output_dir)
         self.logger: RunLogger | None = None
         """Created when the run starts (a finished run run again writes nothing)."""
+        global_batch = config.global_batch_size or config.micro_batch_size * self.info.dp_size
+        accumulation = global_batch // (config.micro_batch_size * self.info.dp_size)
         try:
-            self.data = BatchStream(self._dataset(), config.batch_size, config.seed, self.info.dp_rank,
-                                    self.info.dp_size)
+            self.data = BatchStream(self._dataset(), config.micro_batch_size, accumulation, config.seed,
+                                    self.info.dp_rank, self.info.dp_size)
         except ValueError as e:
-            raise TrainConfigError(f"batch_size={config.batch_size}: {e}") from e
+            raise TrainConfigError(f"global_batch_size={global_batch}: {e}") from e
         self.conditioner = Conditioner(self.model_config)
 
     def _dataset(self):
@@ -180,8 +182,8 @@ class Trainer:
             consecutive = 0
             t_last = time.perf_counter()
             while step < total:
-                batch = {k: v.to(self.device) for k, v in self.data.next().items()}
-                metrics = phase.step(batch)
+                micro_batches = [{k: v.to(self.device) for k, v in b.items()} for b in self.data.next()]
+                metrics = phase.step(micro_batches)
                 step += 1
                 global_step += 1
                 steps_this_run += 1

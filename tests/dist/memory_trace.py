@@ -49,11 +49,11 @@ def main() -> None:
                 "traced": step_memory(cfg, 2, *SHAPE, recompute=recompute, dtype=torch.float32, extrapolate=False),
                 "extrapolated": step_memory(cfg, 2, *SHAPE, recompute=recompute, dtype=torch.float32)}
         for name, (preset, phase, overrides) in PHASE_CASES.items():
-            run = load_train_config(None, [f"preset={preset}", "batch_size=2", "model.num_layers=3", *overrides])
+            run = load_train_config(None, [f"preset={preset}", "micro_batch_size=2", "model.num_layers=3", *overrides])
             results[name] = {
                 "real": phase_step_memory(run, phase, *SHAPE, text_len=7, bf16=False, fake=False),
                 "traced": phase_step_memory(run, phase, *SHAPE, text_len=7, bf16=False)}
-        run = load_train_config(None, ["preset=tiny-i2v", "batch_size=2", "model.num_layers=4"])
+        run = load_train_config(None, ["preset=tiny-i2v", "micro_batch_size=2", "model.num_layers=4"])
         results["wan_i2v/phase1-extrapolated"] = {
             "traced": phase_step_memory(run, "phase1", *SHAPE, text_len=7, bf16=False),
             "extrapolated": phase_step_memory(run, "phase1", *SHAPE, text_len=7, bf16=False, extrapolate=True)}

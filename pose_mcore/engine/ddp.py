@@ -1,0 +1,40 @@
+"""Data parallelism with megatron-core's ``DistributedDataParallel``: the trained parameters of a role
+get one contiguous fp32 gradient buffer (``param.main_grad``), cut into buckets that are reduced over the
+data-parallel (x context-parallel) ranks as soon as backward has filled them, overlapped with the rest
+of backward; with the distributed optimizer a bucket is reduce-scattered instead, and each rank keeps
+only its shard of the reduced gradient.
+
+A role is wrapped once and keeps its wrapper for life (Phase II trains the generator Phase I trained):
+wrapping twice would register its gradient hooks twice.
+"""
+
+from __future__ import annotations
+
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.transformer.transformer_config import TransformerConfig
+from torch import nn
+
+_ATTR = "_pose_ddp"
+
+
+def data_parallel(module: nn.Module, config: TransformerConfig, distributed_optimizer: bool,
+                  overlap_grad_reduce: bool = True, bucket_size: int | None = None) -> DistributedDataParallel:
+    """``module``'s megatron-core DDP wrapper (created on the first call; later calls must ask for the same
+    settings). Only parameters that require gradients are bucketed, so a frozen base with a LoRA gets
+    buffers for the LoRA only."""
+    if parallel_state.get_data_parallel_world_size(with_context_parallel=True) == 1:
+        overlap_grad_reduce = False  # nothing to reduce: no hooks that would start a reduction
+    ddp = module.__dict__.get(_ATTR)
+    if ddp is not None:
+        same = (ddp.ddp_config.use_distributed_optimizer == distributed_optimizer
+                and ddp.ddp_config.overlap_grad_reduce == overlap_grad_reduce)
+        if not same:
+            raise ValueError(f"{type(module).__name__} is already wrapped for data parallelism with other settings")
+        return ddp
+    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=overlap_grad_reduce,
+                                               use_distributed_optimizer=distributed_optimizer,
+                                               bucket_size=bucket_size)
+    ddp = DistributedDataParallel(config, ddp_config, module)
+    module.__dict__[_ATTR] = ddp  # a plain attribute, not a submodule: the role's state_dict stays its own
+    return ddp

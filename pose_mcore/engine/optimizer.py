@@ -1,0 +1,138 @@
+"""The one optimiser step every phase takes, the way megatron-core takes it: the loss of each
+micro-batch backward into DDP's fp32 gradient buffers (reduction over the data-parallel ranks
+overlapped with the last micro-batch's backward), the gradients of sequence-parallel replicated
+parameters summed over the tensor-parallel ranks, a global gradient norm, a skipped step when
+anything is not finite, clipping, Adam with a linear warm-up on the main parameters (sharded over the
+data-parallel ranks with the distributed optimizer), and the parameter all-gather."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.transformer.transformer_config import TransformerConfig
+from torch import nn
+
+from pose_mcore.config.train import OptimConfig
+from pose_mcore.engine.ddp import data_parallel
+from pose_mcore.engine.main_params import main_params
+from pose_mcore.parallel.sequence import finalize_tensor_parallel_grads
+
+LossFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+"""A micro-batch -> (its mean loss, metrics to report as their mean over the global batch)."""
+
+
+@dataclass
+class Engine:
+    """How an optimiser trains (the run's ``distributed_optimizer`` and ``overlap_grad_reduce``)."""
+
+    distributed_optimizer: bool = False
+    overlap_grad_reduce: bool = True
+
+
+@dataclass
+class StepResult:
+    stepped: bool
+    grad_norm: float
+    """The global gradient norm before clipping."""
+    metrics: dict[str, float]
+    """``loss`` and the loss function's metrics, averaged over the micro-batches and data-parallel ranks."""
+
+
+class Optimizer:
+    """Adam with a linear warm-up over the trained parameters of ``modules`` (each wrapped in megatron-core
+    DDP built from the model ``config``); the distributed optimizer shards its states over the
+    data-parallel ranks."""
+
+    def __init__(self, modules: Sequence[nn.Module], config: TransformerConfig, cfg: OptimConfig,
+                 engine: Engine | None = None) -> None:
+        engine = engine or Engine()
+        distributed = engine.distributed_optimizer
+        self.modules = list(modules)
+        self.ddps = [data_parallel(m, config, distributed, engine.overlap_grad_reduce) for m in self.modules]
+        if not any(ddp.params_with_grad for ddp in self.ddps):
+            raise ValueError("an optimiser needs trainable parameters")
+        self.cfg, self.distributed = cfg, distributed
+        self.params = main_params(self.ddps, distributed)
+        mains = [p.main for p in self.params] or [torch.zeros(0)]  # a rank whose shards hold only padding
+        self.adam = torch.optim.Adam(mains, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                     weight_decay=cfg.weight_decay, foreach=False)
+        self.steps = 0
+        """Steps taken (the warm-up position)."""
+
+    def lr(self) -> float:
+        """The learning rate of the next step: linear warm-up over ``warmup_steps`` steps."""
+        warmup = max(self.cfg.warmup_steps, 0)
+        return self.cfg.lr * (min(1.0, (self.steps + 1) / warmup) if warmup else 1.0)
+
+    def step(self, loss_fn: LossFn, micro_batches: Sequence[dict[str, torch.Tensor]]) -> StepResult:
+        """One update from the global batch whose share on this rank is ``micro_batches``: each micro-batch's
+        loss, divided by their number, backward; skipped (nothing changes) if the loss or the gradients are
+        not finite on any rank."""
+        for ddp in self.ddps:
+            ddp.zero_grad_buffer()
+        n = len(micro_batches)
+        sums: dict[str, torch.Tensor] = {}
+        for i, batch in enumerate(micro_batches):
+            with contextlib.ExitStack() as stack:
+                if i < n - 1:  # reduce once, overlapped with the last micro-batch's backward
+                    for ddp in self.ddps:
+                        stack.enter_context(ddp.no_sync())
+                loss, metrics = loss_fn(batch)
+                (loss / n).backward()
+            for k, v in {"loss": loss, **metrics}.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float().reshape(())
+        for ddp in self.ddps:
+            if ddp.dp_cp_group.size() > 1:  # one data-parallel rank: nothing to reduce
+                ddp.finish_grad_sync()
+        for m in self.modules:
+            finalize_tensor_parallel_grads(m)
+        names = list(sums)
+        stats = torch.stack([sums[k] for k in names]).cpu().double()
+        if parallel_state.get_data_parallel_world_size() > 1:
+            dist.all_reduce(stats, group=parallel_state.get_data_parallel_group())
+        stats /= n * parallel_state.get_data_parallel_world_size()
+        metrics = dict(zip(names, stats.tolist(), strict=True))
+        norm = self.grad_norm()
+        if not (torch.isfinite(stats).all() and torch.isfinite(norm)):
+            return StepResult(False, float(norm), metrics)
+        if self.cfg.clip_grad > 0:
+            torch.nn.utils.clip_grads_with_norm_([p.main for p in self.params], self.cfg.clip_grad, norm)
+        for group in self.adam.param_groups:
+            group["lr"] = self.lr()
+        self.adam.step()
+        self.steps += 1
+        with torch.no_grad():
+            for p in self.params:
+                if p.main is not p.model:
+                    p.model.copy_(p.main)
+        for ddp in self.ddps:
+            if self.distributed and ddp.dp_cp_group.size() > 1:
+                ddp.start_param_sync(force_sync=True)
+        return StepResult(True, float(norm), metrics)
+
+    def grad_norm(self) -> torch.Tensor:
+        """The global L2 norm of the gradients: slices of tensor-parallel parameters summed over the TP
+        ranks, replicated parameters counted once, shards of the distributed optimizer summed over the
+        data-parallel ranks (as megatron-core's gradient clipping does). Equal on every rank."""
+        device = self.params[0].main.device if self.params else torch.device("cpu")
+        sq = torch.zeros(2, dtype=torch.float64, device=device)  # [tensor-parallel slices, replicated]
+        for p in self.params:
+            sq[0 if p.tensor_parallel else 1] += p.grad.double().pow(2).sum()
+        if self.distributed and self.ddps[0].dp_cp_group.size() > 1:
+            dist.all_reduce(sq, group=self.ddps[0].dp_cp_group)
+        if parallel_state.get_tensor_model_parallel_world_size() > 1:
+            dist.all_reduce(sq[0:1], group=parallel_state.get_tensor_model_parallel_group())
+        return sq.sum().sqrt().float()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"adam": self.adam.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.adam.load_state_dict(state["adam"])
+        self.steps = state["steps"]
