@@ -93,7 +93,7 @@ class Optimizer:
         for m in self.modules:
             finalize_tensor_parallel_grads(m)
         names = list(sums)
-        stats = torch.stack([sums[k] for k in names]).cpu().double()
+        stats = torch.stack([sums[k] for k in names]).double()  # on the device: NCCL reduces device tensors
         if parallel_state.get_data_parallel_world_size() > 1:
             dist.all_reduce(stats, group=parallel_state.get_data_parallel_group())
         stats /= n * parallel_state.get_data_parallel_world_size()
@@ -120,12 +120,14 @@ class Optimizer:
         """The global L2 norm of the gradients: slices of tensor-parallel parameters summed over the TP
         ranks, replicated parameters counted once, shards of the distributed optimizer summed over the
         data-parallel ranks (as megatron-core's gradient clipping does). Equal on every rank."""
-        device = self.params[0].main.device if self.params else torch.device("cpu")
+        # the buffers' device, also where this rank's shards hold only padding
+        device = next(ddp.buffers[0].grad_data.device for ddp in self.ddps if ddp.buffers)
         sq = torch.zeros(2, dtype=torch.float64, device=device)  # [tensor-parallel slices, replicated]
         for p in self.params:
             sq[0 if p.tensor_parallel else 1] += p.grad.double().pow(2).sum()
-        if self.distributed and self.ddps[0].dp_cp_group.size() > 1:
-            dist.all_reduce(sq, group=self.ddps[0].dp_cp_group)
+        group = self.ddps[0].dp_cp_group
+        if self.distributed and group.size() > 1:
+            dist.all_reduce(sq, group=group)
         if parallel_state.get_tensor_model_parallel_world_size() > 1:
             dist.all_reduce(sq[0:1], group=parallel_state.get_tensor_model_parallel_group())
         return sq.sum().sqrt().float()
