@@ -31,6 +31,7 @@ import math
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -42,6 +43,12 @@ from pose_mcore.config.base import RECOMPUTE_EVERY_BLOCK, VideoDiTConfig
 from pose_mcore.config.train import TrainConfig
 from pose_mcore.models.registry import family_of_config
 from pose_mcore.parallel.cpu_compat import apply_cpu_compat, cpu_autocast_backward
+
+if TYPE_CHECKING:
+    from pose_mcore.pose.phase import Phase
+    from pose_mcore.pose.roles import Roles
+
+ROLES = ("generator", "base", "ema", "disc_backbone", "head")
 
 KINDS = ("states", "step")
 
@@ -164,7 +171,7 @@ def model_inputs(cfg: VideoDiTConfig, batch: int, frames: int, height: int, widt
     return out
 
 
-def _by_role(named: dict[str, object]) -> tuple[tuple[str, int], ...]:
+def bytes_by_name(named: dict[str, object]) -> tuple[tuple[str, int], ...]:
     """Bytes of the distinct storages of each named object (a storage shared by two counts for the first)."""
     seen: set[int] = set()
     out = []
@@ -188,10 +195,11 @@ def _tracked(setup: Callable[[], tuple[dict[str, object], Callable[[], object]]]
     # that it is allocated (and counted) inside this trace and never belongs to another trace's fake mode.
     parallel_state.destroy_global_memory_buffer()
     parallel_state._set_global_memory_buffer()
-    with FakeTensorMode() if fake else contextlib.nullcontext(), _host_scalars(), _unchanged_to_is_noop():
+    with (FakeTensorMode() if fake else contextlib.nullcontext(), _host_scalars(), _unchanged_to_is_noop(),
+          _in_place_data_parallel() if fake else contextlib.nullcontext()):
         named, work = setup()
         existing = list(named.values())
-        by_role = _by_role(named)  # before the work: its gradients are not states
+        by_role = bytes_by_name(named)  # before the work: its gradients are not states
         with LiveBytes(_tensors_of(existing)) as live:
             work()
     return dataclasses.replace(live.peak, trainable=_gradient_floor(existing), by_role=by_role)
@@ -203,6 +211,23 @@ def _gradient_floor(existing: list[object]) -> int:
     params = {id(p): p for m in existing if isinstance(m, torch.nn.Module) for p in m.parameters()
               if p.requires_grad and not hasattr(p, "main_grad")}
     return sum(p.numel() * p.element_size() for p in params.values())
+
+
+@contextlib.contextmanager
+def _in_place_data_parallel() -> Iterator[None]:
+    """Inside a fake trace, DDP's gradient reduce-scatter / all-reduce and the distributed optimizer's parameter
+    all-gather do nothing (fake tensors have no collective kernels). They work in place on DDP's buffers, which
+    are counted as states, so they allocate nothing the trace would count; NCCL's own buffers are headroom."""
+    from megatron.core.distributed import DistributedDataParallel
+
+    originals = {n: getattr(DistributedDataParallel, n) for n in ("finish_grad_sync", "start_param_sync")}
+    for n in originals:
+        setattr(DistributedDataParallel, n, lambda self, *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        for n, f in originals.items():
+            setattr(DistributedDataParallel, n, f)
 
 
 @contextlib.contextmanager
@@ -320,6 +345,16 @@ def train_batch(cfg: VideoDiTConfig, batch: int, frames: int, height: int, width
             "first_frame": latents[:, :, :1].clone()}
 
 
+def phase_states(roles: Roles, phase: Phase) -> dict[str, object]:
+    """What a phase holds between its steps, by name: each role, and each optimiser's gradient buffers and
+    Adam states (for :func:`bytes_by_name`)."""
+    named: dict[str, object] = {role: getattr(roles, role) for role in ROLES if getattr(roles, role) is not None}
+    for name, o in phase.optimizers().items():
+        named[f"grads {name}"] = [buffer.grad_data for ddp in o.ddps for buffer in ddp.buffers]
+        named[f"adam {name}"] = o.adam
+    return named
+
+
 def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int, width: int, text_len: int = 512,
                       bf16: bool = True, fake: bool = True, extrapolate: bool = False) -> StepMemory:
     """Rank 0's peak bytes during one optimiser step of ``phase`` (teacher, phase1, phase2) of the run
@@ -352,11 +387,7 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
         data = train_batch(model_cfg, run.micro_batch_size, frames, height, width, text_len)
         data["sample_index"] = torch.arange(run.micro_batch_size)
         step.step([data])  # the first step allocates the optimiser states
-        named = {role: getattr(roles, role) for role in ("generator", "base", "ema", "disc_backbone", "head")
-                 if getattr(roles, role) is not None}
-        for name, o in step.optimizers().items():
-            named[f"grads {name}"] = [buffer.grad_data for ddp in o.ddps for buffer in ddp.buffers]
-            named[f"adam {name}"] = o.adam
+        named = phase_states(roles, step)
         named["batch"] = data
         return named, lambda: step.step([data])
 
@@ -364,7 +395,7 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
     return _over_depth(cfg, at, extrapolate)
 
 
-def _count_cpu_attention() -> None:
+def count_cpu_attention() -> None:
     """torch's FLOP counter knows the CUDA attention kernels; give it the CPU one, with the same formulas."""
     from torch.utils import flop_counter
 
@@ -390,7 +421,7 @@ def model_flops(cfg: VideoDiTConfig, batch: int, frames: int, height: int, width
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
-    _count_cpu_attention()
+    count_cpu_attention()
     with FakeTensorMode(), _host_scalars():
         c = dataclasses.replace(cfg, recompute_granularity=None, recompute_method=None, recompute_num_layers=None)
         model = _build(c, torch.float32)()
