@@ -8,6 +8,8 @@ import pytest
 import torch
 from phase_fixtures import batch_for, phase1_setup, phase2_setup
 
+from pose_mcore.config.base import RECOMPUTE_EVERY_BLOCK
+
 
 def _snapshot(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items() if not k.endswith("_extra_state")}
@@ -60,7 +62,7 @@ def test_phase2_roles(tp1, head):
     assert _changed(head_w, roles.head)
     assert d.stepped and d.metrics["r1"] > 0
     gen_before, head_before = _snapshot(roles.generator), _snapshot(roles.head)
-    g = phase.opt_g.step(phase.generator_loss, [batch])
+    g = phase.opt_g.step(phase.generator_loss, [batch], frozen=phase.d_modules)
     assert g.stepped and g.grad_norm > 0  # the generator learns through D (T2V: no consistency)
     assert not _changed(head_before, roles.head)
     assert all(p.requires_grad for p in roles.head.parameters())  # trainable again after the generator step
@@ -92,5 +94,16 @@ def test_consistency_loss_in_i2v(tp1):
     roles, _, cfg = phase1_setup("tiny-i2v")
     phase = phase2_setup(roles, cfg)
     batch = batch_for(cfg)
-    out = phase.opt_g.step(phase.generator_loss, [batch])
+    out = phase.opt_g.step(phase.generator_loss, [batch], frozen=phase.d_modules)
     assert out.metrics["consistency"] > 0
+
+
+def test_full_backbone_with_activation_checkpointing(tp1):
+    """The generator step runs through a trained discriminator backbone that it must not train: its
+    parameters stay frozen through backward too, so recomputed blocks save what the forward saved."""
+    roles, _, cfg = phase1_setup(**RECOMPUTE_EVERY_BLOCK)
+    phase = phase2_setup(roles, cfg, backbone="full")
+    backbone = _snapshot(roles.disc_backbone)
+    out = phase.step([batch_for(cfg)])
+    assert out["stepped"] == 1.0 and _changed(backbone, roles.disc_backbone)
+    assert all(p.requires_grad for p in roles.disc_backbone.parameters())

@@ -8,7 +8,7 @@ data-parallel ranks with the distributed optimizer), and the parameter all-gathe
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,20 @@ from pose_mcore.parallel.sequence import finalize_tensor_parallel_grads
 
 LossFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 """A micro-batch -> (its mean loss, metrics to report as their mean over the global batch)."""
+
+
+@contextlib.contextmanager
+def without_grads(*modules: nn.Module) -> Iterator[None]:
+    """Compute no gradients for the trained parameters of ``modules`` in the body (a frozen view of a role
+    that another role's loss runs through)."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 @dataclass
@@ -70,10 +84,13 @@ class Optimizer:
         warmup = max(self.cfg.warmup_steps, 0)
         return self.cfg.lr * (min(1.0, (self.steps + 1) / warmup) if warmup else 1.0)
 
-    def step(self, loss_fn: LossFn, micro_batches: Sequence[dict[str, torch.Tensor]]) -> StepResult:
+    def step(self, loss_fn: LossFn, micro_batches: Sequence[dict[str, torch.Tensor]],
+             frozen: Sequence[nn.Module] = ()) -> StepResult:
         """One update from the global batch whose share on this rank is ``micro_batches``: each micro-batch's
         loss, divided by their number, backward; skipped (nothing changes) if the loss or the gradients are
-        not finite on any rank."""
+        not finite on any rank. ``frozen``: modules the loss runs through whose trained parameters get no
+        gradients in this step (another optimiser's), during forward and backward alike (a recomputed
+        forward must see what the first one saw)."""
         for ddp in self.ddps:
             ddp.zero_grad_buffer()
         n = len(micro_batches)
@@ -83,6 +100,7 @@ class Optimizer:
                 if i < n - 1:  # reduce once, overlapped with the last micro-batch's backward
                     for ddp in self.ddps:
                         stack.enter_context(ddp.no_sync())
+                stack.enter_context(without_grads(*frozen))
                 loss, metrics = loss_fn(batch)
                 (loss / n).backward()
             for k, v in {"loss": loss, **metrics}.items():

@@ -17,7 +17,7 @@ from pose_mcore.pose.conditioning import Conditioner, Conditions
 from pose_mcore.pose.heads import ConvHead, SemanticHead
 from pose_mcore.pose.losses import adversarial_d_loss, adversarial_g_loss, consistency_loss, st_r1_loss
 from pose_mcore.pose.phase import MicroBatches, Phase
-from pose_mcore.pose.roles import Roles, without_grads
+from pose_mcore.pose.roles import Roles
 
 
 def build_head(cfg: Phase2Config, model_config: VideoDiTConfig, layers: list[int], text_dim: int,
@@ -84,9 +84,7 @@ class Phase2(Phase):
         conds, draws = self.conditioner(batch), self.draws(batch, "generator")
         x0 = self.generate(conds, draws.noise(batch["latents"]))
         t = draws.times(self.cfg.t_adv_min, 1.0, 1.0)
-        with without_grads(*self.d_modules):  # no discriminator gradients (nor their reduction) in this step
-            loss = adversarial_g_loss(self.discriminate(add_noise(x0, draws.noise(x0), t), t, conds),
-                                      self.cfg.adv_loss)
+        loss = adversarial_g_loss(self.discriminate(add_noise(x0, draws.noise(x0), t), t, conds), self.cfg.adv_loss)
         consist = torch.zeros((), device=loss.device)
         if self.i2v and self.cfg.consistency_weight > 0:
             tc = draws.times(self.cfg.t_min, self.cfg.t_max, self.cfg.shift)
@@ -99,7 +97,7 @@ class Phase2(Phase):
 
     def update(self, micro_batches: MicroBatches) -> dict[str, float]:
         d = self.opt_d.step(self.discriminator_loss, micro_batches)
-        g = self.opt_g.step(self.generator_loss, micro_batches)
+        g = self.opt_g.step(self.generator_loss, micro_batches, frozen=self.d_modules)  # no discriminator grads
         if g.stepped:
             self.roles.update_ema(self.cfg.ema_decay)
         return {"loss_d": d.metrics["loss"], "r1": d.metrics["r1"], "d_real": d.metrics["d_real"],

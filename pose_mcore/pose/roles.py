@@ -25,20 +25,6 @@ from pose_mcore.pose.lora import add_lora, lora_enabled
 BACKBONE_MODES = ("ema", "frozen", "full")
 
 
-@contextmanager
-def without_grads(*modules: nn.Module) -> Iterator[None]:
-    """Compute no gradients for the trained parameters of ``modules`` in the body (a frozen view of a role
-    that another role's loss runs through)."""
-    params = [p for m in modules for p in m.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-
-
 def frozen(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)
