@@ -36,13 +36,13 @@ def batch_for(cfg, size: int = 2, frames: int = 3, height: int = 4, width: int =
     return to_device(batch)
 
 
-def phase1_setup(preset: str = "tiny-t2v", teacher_state=None, engine=None, **overrides):
+def phase1_setup(preset: str = "tiny-t2v", teacher_state=None, engine=None, dtype=torch.float32, **overrides):
     cfg = wan_config(preset, **overrides)
     torch.manual_seed(0)
     teacher = WanModel(cfg).to(run_device())
     if teacher_state is not None:
         load_full_state_dict(teacher, teacher_state)
-    roles = Roles(teacher, lora_rank=4, lora_alpha=4)
+    roles = Roles(teacher, lora_rank=4, lora_alpha=4, dtype=dtype)
     return roles, Phase1(roles, Conditioner(cfg), PHASE1, seed=3, device=run_device(), engine=engine), cfg
 
 

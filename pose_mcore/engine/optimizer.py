@@ -151,8 +151,17 @@ class Optimizer:
         return sq.sum().sqrt().float()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"adam": self.adam.state_dict(), "steps": self.steps}
+        """Adam's states, the step count and the fp32 main weights of non-fp32 parameters (a resumed run
+        continues from them, not from their bf16 rounding)."""
+        return {"adam": self.adam.state_dict(), "steps": self.steps,
+                "main": [p.main for p in self.params if p.main is not p.model]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.adam.load_state_dict(state["adam"])
         self.steps = state["steps"]
+        copies = [p.main for p in self.params if p.main is not p.model]
+        if len(copies) != len(state["main"]):
+            raise ValueError(f"optimiser state holds {len(state['main'])} main weights, this layout {len(copies)}")
+        with torch.no_grad():
+            for main, saved in zip(copies, state["main"], strict=True):
+                main.copy_(saved)

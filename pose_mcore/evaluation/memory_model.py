@@ -360,9 +360,10 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
     """Rank 0's peak bytes during one optimiser step of ``phase`` (teacher, phase1, phase2) of the run
     ``config`` describes: the trainer's own roles, optimisers and phase code (:func:`build_phase`; the
     teacher the roles were cloned from is dropped, as the trainer drops it), Adam states allocated (the
-    step traced is the second), weights in fp32 and forward passes under bf16 autocast when ``bf16`` (the GPU engine),
-    one micro-batch of ``config.micro_batch_size`` latent videos ``frames x height x width`` (accumulation
-    steps add no memory: gradients accumulate in DDP's buffers, counted as states). The
+    step traced is the second), with ``bf16`` (the GPU engine) the roles' bf16 weights (:class:`Roles`) and
+    forward passes under bf16 autocast, one micro-batch of ``config.micro_batch_size`` latent videos
+    ``frames x height x width`` (accumulation steps add no memory: gradients accumulate in DDP's buffers,
+    counted as states). The
     process group must exist (:func:`fake_world`, or a real one with ``fake=False``). ``extrapolate``: as
     in :func:`step_memory`."""
     from pose_mcore.models.registry import family_of_preset
@@ -382,8 +383,7 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
 
     def setup(run: TrainConfig, model_cfg: VideoDiTConfig) -> tuple[dict[str, object], Callable[[], object]]:
         teacher = family.model_class(model_cfg)
-        roles, step = build_phase(phase, run, teacher, Conditioner(model_cfg), torch.device("cpu"))
-        step.bf16 = bf16
+        roles, step = build_phase(phase, run, teacher, Conditioner(model_cfg), torch.device("cpu"), bf16=bf16)
         data = train_batch(model_cfg, run.micro_batch_size, frames, height, width, text_len)
         data["sample_index"] = torch.arange(run.micro_batch_size)
         step.step([data])  # the first step allocates the optimiser states

@@ -20,23 +20,33 @@ from pose_mcore.pose.teacher import TeacherPhase
 
 def build_phase(name: str, config: TrainConfig, teacher: torch.nn.Module, conditioner: Conditioner,
                 device: torch.device, previous: Roles | None = None,
-                init_generator: Callable[[Roles], None] | None = None) -> tuple[Roles, Phase]:
+                init_generator: Callable[[Roles], None] | None = None, bf16: bool = False) -> tuple[Roles, Phase]:
     """Roles and phase for ``name`` (one of :data:`PHASES`). Phase II takes over ``previous`` (Phase I's
     roles) or, without them, builds the roles Phase I would have handed over. ``init_generator`` sets a
-    new generator's weights (e.g. from ``generator_checkpoint``)."""
+    new generator's weights (e.g. from ``generator_checkpoint``). ``bf16``: bf16 weights for the roles that
+    allow it (:class:`Roles`) and bf16 autocast of the forward passes."""
     seed = config.seed + 1000 * PHASES.index(name)
     init = init_generator or (lambda roles: None)
     engine = Engine(config.distributed_optimizer, config.overlap_grad_reduce)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    roles, phase = _build(name, config, teacher, conditioner, device, previous, init, engine, dtype, seed)
+    phase.bf16 = bf16
+    return roles, phase
+
+
+def _build(name: str, config: TrainConfig, teacher: torch.nn.Module, conditioner: Conditioner,
+           device: torch.device, previous: Roles | None, init: Callable[[Roles], None], engine: Engine,
+           dtype: torch.dtype, seed: int) -> tuple[Roles, Phase]:
     if name == "teacher":
-        roles = Roles(teacher, with_fake=False)
+        roles = Roles(teacher, with_fake=False, dtype=dtype)
         return roles, TeacherPhase(roles, conditioner, config.teacher, seed, device, engine)
     if name == "phase1":
-        roles = Roles(teacher, config.phase1.lora_rank, config.phase1.lora_alpha)
+        roles = Roles(teacher, config.phase1.lora_rank, config.phase1.lora_alpha, dtype=dtype)
         init(roles)
         return roles, Phase1(roles, conditioner, config.phase1, seed, device, engine)
     if previous is None:
         primed = "phase1" in config.phases
-        previous = Roles(teacher, config.phase1.lora_rank, config.phase1.lora_alpha, with_fake=primed)
+        previous = Roles(teacher, config.phase1.lora_rank, config.phase1.lora_alpha, with_fake=primed, dtype=dtype)
         init(previous)
     model = conditioner.config
     return previous, Phase2(previous, conditioner, config.phase2, seed, device, model.text_dim,

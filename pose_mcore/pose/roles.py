@@ -32,17 +32,23 @@ def frozen(module: nn.Module) -> nn.Module:
 
 
 class Roles(nn.Module):
-    """Holds the roles as submodules, so one ``state_dict`` covers all of them."""
+    """Holds the roles as submodules, so one ``state_dict`` covers all of them.
+
+    Weights: the generator, the base (its LoRA included) and a trained discriminator backbone in ``dtype``
+    (bf16 on a GPU, as megatron trains: the optimiser keeps fp32 main weights of what trains, so the frozen
+    base costs 2 bytes per weight); the EMA always in fp32, so that a decay of 0.995 moves it by 0.005 of the
+    difference each step, far below bf16's resolution (2**-8 of the weight); the head in fp32 (small)."""
 
     def __init__(self, teacher: nn.Module, lora_rank: int = 8, lora_alpha: float = 8.0, with_fake: bool = True,
-                 with_ema: bool = False) -> None:
+                 with_ema: bool = False, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.generator = clone_model(teacher)
+        self.dtype = dtype
+        self.generator = clone_model(teacher).to(dtype)
         for p in self.generator.parameters():
             p.requires_grad_(True)
-        self.base = frozen(clone_model(teacher))
+        self.base = frozen(clone_model(teacher)).to(dtype)
         self.fake_params: list[nn.Parameter] = add_lora(self.base, lora_rank, lora_alpha) if with_fake else []
-        self.ema = frozen(clone_model(self.generator)).eval() if with_ema else None
+        self.ema = frozen(clone_model(self.generator)).float().eval() if with_ema else None
         self.head: nn.Module | None = None
         self.disc_backbone: nn.Module | None = None
 
@@ -65,9 +71,9 @@ class Roles(nn.Module):
         self.head = head
         self.backbone_mode = mode
         if mode == "full":
-            self.disc_backbone = clone_model(self.generator)
+            self.disc_backbone = clone_model(self.generator).to(self.dtype)
         if mode == "ema" and self.ema is None:
-            self.ema = frozen(clone_model(self.generator)).eval()
+            self.ema = frozen(clone_model(self.generator)).float().eval()
 
     @contextmanager
     def backbone(self) -> Iterator[nn.Module]:
@@ -86,4 +92,4 @@ class Roles(nn.Module):
         if self.ema is None:
             return
         for e, g in zip(self.ema.parameters(), self.generator.parameters(), strict=True):
-            e.lerp_(g.detach(), 1 - decay)
+            e.lerp_(g.detach().to(e.dtype), 1 - decay)

@@ -102,9 +102,10 @@ class Trainer:
 
     def _build(self, name: str, teacher: torch.nn.Module, previous: Roles | None) -> tuple[Roles, Phase]:
         return build_phase(name, self.config, teacher, self.conditioner, self.device, previous,
-                           self._initial_generator)
+                           self._initial_generator, self._bf16())
 
     def _bf16(self) -> bool:
+        """bf16 weights and autocast (:class:`Roles`): ``precision=bf16``, or ``auto`` on CUDA."""
         precision = self.config.precision
         return precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
 
@@ -167,7 +168,6 @@ class Trainer:
                 fault_point("phase_start", global_step)
             roles, phase = self._build(name, teacher, roles)
             teacher = None  # the roles hold their own copies: a whole model less per rank while training
-            phase.bf16 = self._bf16()
             step = 0
             if meta is not None and p_index == start_phase:
                 _, state = load_checkpoint(restore, self._modules(roles))
