@@ -86,8 +86,20 @@ def build_empty(config: VideoDiTConfig, device: torch.device | str) -> torch.nn.
     return model
 
 
+def cast_weights(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``module`` with its floating-point parameters in ``dtype`` (in place; buffers such as rotary tables keep
+    their precision). Sets ``data`` rather than using ``module.to``, which cannot swap fake tensors (the
+    memory model traces on them)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+    return module
+
+
 def clone_model(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of a DiT with the same weights and TP layout (``deepcopy`` cannot copy process groups)."""
+    """A copy of a DiT with the same weights and TP layout (``deepcopy`` cannot copy process groups), in the
+    dtype of its config's parameters (fp32 unless the config says otherwise)."""
     device = next(model.parameters()).device
     copy = build_empty(model.config, device)
     copy.load_state_dict(model.state_dict())

@@ -20,6 +20,7 @@ import torch
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from torch import nn
 
+from pose_mcore.models.registry import cast_weights
 from pose_mcore.parallel.sequence import mark_sequence_parallel
 
 DEFAULT_TARGETS = ("linear_q", "linear_k", "linear_v", "linear_proj", "linear_fc1", "linear_fc2")
@@ -58,8 +59,9 @@ class LoRAParallelLinear(nn.Module):
         # megatron-core builds its half of the adapter where its config says and torch's nn.Linear on the
         # CPU: both follow the base layer, wherever the model was moved.
         for half in (self.lora_A, self.lora_B):
-            if (half.weight.device, half.weight.dtype) != (base.weight.device, base.weight.dtype):
-                half.to(device=base.weight.device, dtype=base.weight.dtype)
+            if half.weight.device != base.weight.device:
+                half.to(device=base.weight.device)
+            cast_weights(half, base.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         out, bias = self.base(x)

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from pose_mcore.models.registry import clone_model
+from pose_mcore.models.registry import cast_weights, clone_model
 from pose_mcore.pose.lora import add_lora, lora_enabled
 
 BACKBONE_MODES = ("ema", "frozen", "full")
@@ -43,12 +43,12 @@ class Roles(nn.Module):
                  with_ema: bool = False, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.dtype = dtype
-        self.generator = clone_model(teacher).to(dtype)
+        self.generator = cast_weights(clone_model(teacher), dtype)
         for p in self.generator.parameters():
             p.requires_grad_(True)
-        self.base = frozen(clone_model(teacher)).to(dtype)
+        self.base = cast_weights(frozen(clone_model(teacher)), dtype)
         self.fake_params: list[nn.Parameter] = add_lora(self.base, lora_rank, lora_alpha) if with_fake else []
-        self.ema = frozen(clone_model(self.generator)).float().eval() if with_ema else None
+        self.ema = frozen(clone_model(self.generator)).eval() if with_ema else None  # fp32: clone_model's
         self.head: nn.Module | None = None
         self.disc_backbone: nn.Module | None = None
 
@@ -71,9 +71,9 @@ class Roles(nn.Module):
         self.head = head
         self.backbone_mode = mode
         if mode == "full":
-            self.disc_backbone = clone_model(self.generator).to(self.dtype)
+            self.disc_backbone = cast_weights(clone_model(self.generator), self.dtype)
         if mode == "ema" and self.ema is None:
-            self.ema = frozen(clone_model(self.generator)).float().eval()
+            self.ema = frozen(clone_model(self.generator)).eval()
 
     @contextmanager
     def backbone(self) -> Iterator[nn.Module]:
