@@ -40,13 +40,6 @@ def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * t / (1 + (shift - 1) * t)
 
 
-def sample_t(batch: int, t_min: float = 0.0, t_max: float = 1.0, shift: float = 1.0,
-             generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``t ~ U[t_min, t_max]``, then shifted."""
-    u = torch.rand(batch, generator=generator)
-    return shift_time(t_min + (t_max - t_min) * u, shift).to(device)
-
-
 def model_timestep(t: torch.Tensor) -> torch.Tensor:
     """The DiT's time input for ``t``: ``1000 * t``."""
     return 1000 * t
