@@ -218,16 +218,17 @@ def _in_place_data_parallel() -> Iterator[None]:
     """Inside a fake trace, DDP's gradient reduce-scatter / all-reduce and the distributed optimizer's parameter
     all-gather do nothing (fake tensors have no collective kernels). They work in place on DDP's buffers, which
     are counted as states, so they allocate nothing the trace would count; NCCL's own buffers are headroom."""
-    from megatron.core.distributed import DistributedDataParallel
+    from megatron.core.distributed.param_and_grad_buffer import _ParamAndGradBucketGroup as BucketGroup
 
-    originals = {n: getattr(DistributedDataParallel, n) for n in ("finish_grad_sync", "start_param_sync")}
-    for n in originals:
-        setattr(DistributedDataParallel, n, lambda self, *args, **kwargs: None)
+    names = ("start_grad_sync", "finish_grad_sync", "start_param_sync", "finish_param_sync")
+    originals = {n: getattr(BucketGroup, n) for n in names}
+    for n in names:
+        setattr(BucketGroup, n, lambda self, *args, **kwargs: None)
     try:
         yield
     finally:
         for n, f in originals.items():
-            setattr(DistributedDataParallel, n, f)
+            setattr(BucketGroup, n, f)
 
 
 @contextlib.contextmanager
