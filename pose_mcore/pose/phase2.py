@@ -5,6 +5,8 @@ frame consistency loss for image-to-video."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from pose_kernels import st_r1_perturb
 
@@ -44,7 +46,12 @@ class Phase2(Phase):
         self.i2v = model_cfg.in_channels > model_cfg.out_channels
         self.opt_g = self.optimizer([roles.generator], cfg.optim_g)
         self.d_modules = [head] + ([roles.disc_backbone] if cfg.backbone == "full" else [])
-        self.opt_d = self.optimizer(self.d_modules, cfg.optim_d)
+        engine = self.engine
+        if cfg.backbone == "full":
+            # the trained backbone's output layer gets no gradient from the head (it reads block features), and
+            # megatron-core's overlapped reduction starts a bucket only once every parameter in it has one
+            engine = dataclasses.replace(engine, overlap_grad_reduce=False)
+        self.opt_d = Optimizer(self.d_modules, model_cfg, cfg.optim_d, engine)
 
     def optimizers(self) -> dict[str, Optimizer]:
         return {"generator": self.opt_g, "discriminator": self.opt_d}
