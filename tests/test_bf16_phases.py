@@ -32,6 +32,8 @@ def test_phase_steps_under_bf16_autocast(tp1, autocast_backward, preset, head):
     generator = {k: v.detach().clone() for k, v in roles.generator.named_parameters()}
     out1 = phase1.step([batch])
     phase2 = phase2_setup(roles, cfg, head=head)
+    # Phase II's generator optimiser continues from Phase I's fp32 main weights, not their bf16 rounding
+    assert all(a.main is b.main for a, b in zip(phase1.opt_g.params, phase2.opt_g.params, strict=True))
     phase2.bf16 = True
     out2 = phase2.step([batch])
     for name, value in {**out1, **out2}.items():
@@ -39,7 +41,7 @@ def test_phase_steps_under_bf16_autocast(tp1, autocast_backward, preset, head):
     assert out1["stepped"] == out2["stepped"] == 1.0
     assert all(p.dtype == torch.bfloat16 for p in [*roles.generator.parameters(), *roles.base.parameters()])
     assert all(p.dtype == torch.float32 for p in [*roles.ema.parameters(), *roles.head.parameters()])
-    for optimizer in (phase1.opt_fake, phase2.opt_g):  # fp32 main weights beside the bf16 ones, as last stepped
+    for optimizer in (phase1.opt_fake, phase2.opt_g):  # fp32 main weights beside the bf16 ones
         assert all(p.main.dtype == torch.float32 and p.main is not p.model for p in optimizer.params)
         assert all(torch.equal(p.main.to(p.model.dtype), p.model) for p in optimizer.params)
     after = dict(roles.generator.named_parameters())

@@ -8,7 +8,9 @@ DDP's parameter all-gather brings the other shards back after the step. Adam is 
 shard's update equals the same elements of the unsharded update.
 
 Main weights are views of the model's own weights when those are fp32 (no copy) and fp32 copies when
-they are not (bf16 weights train through fp32 main weights, as megatron-core does).
+they are not (bf16 weights train through fp32 main weights, as megatron-core does). The copies belong
+to the role, kept with its DDP wrapper: a later optimiser of the same role (Phase II's generator after
+Phase I's) continues from them, not from their bf16 rounding.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def main_params(ddps: Sequence[DistributedDataParallel], distributed: bool) -> l
     bucket with the distributed optimizer)."""
     out = []
     for ddp in ddps:
+        kept: dict[tuple[int, int, int], torch.Tensor] = ddp.__dict__.setdefault("_pose_main_weights", {})
         group = ddp.dp_cp_group
         rank, size = (group.rank(), group.size()) if distributed else (0, 1)
         for buffer in ddp.buffers:
@@ -54,7 +57,10 @@ def main_params(ddps: Sequence[DistributedDataParallel], distributed: bool) -> l
                     if a >= b:
                         continue
                     model = param.detach().view(-1)[a:b]
-                    main = model if model.dtype == torch.float32 else model.float()
+                    if model.dtype == torch.float32:
+                        main = model
+                    else:
+                        main = kept.setdefault((id(param), a, b), model.float())
                     main.grad = param.main_grad.view(-1)[a:b]
                     out.append(MainParam(main, model, bool(getattr(param, "tensor_model_parallel", False))))
     return out
