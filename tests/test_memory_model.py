@@ -84,3 +84,15 @@ def test_tool_refuses_bad_input(args, message):
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "memory_model.py"), *args], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_traced_flops_are_the_executed_ones(results):
+    """The fake trace runs the same matmuls and attention as the real step (FLOPs equal per phase), recomputing
+    blocks adds their forward, and FLOPs extrapolated over depth are exact (they are linear in it)."""
+    for case, r in results.items():
+        if isinstance(r, dict) and "real" in r and case.startswith(("wan_i2v/", "hunyuan")):
+            assert r["traced"]["flops"] == r["real"]["flops"] > 0, case
+    plain, recomputed = (results[f"model/recompute={x}"]["traced"]["flops"] for x in (False, True))
+    assert plain < recomputed < 1.5 * plain  # one more forward of the blocks: forward ~ 1/3 of forward + backward
+    extrapolated = results["wan_i2v/phase1-extrapolated"]
+    assert abs(extrapolated["extrapolated"]["flops"] - extrapolated["traced"]["flops"]) <= 1

@@ -2,10 +2,12 @@
 """Per-rank memory of every phase step of a training config at full size, traced on fake tensors (no GPU).
 
 Traces rank 0 of the config's layout (megatron-core layers on a fake process group of ``--world`` ranks):
-the trainer's own roles, optimisers and phase code on fake tensors, fp32 weights with forward passes under
-bf16 autocast (the engine as it trains on a GPU today), a batch of latent videos of the given pixel size,
-and prints per phase the states (weights of every role, optimiser states, the batch; each listed), what
-the step allocates at its peak, and the total, against 80 and 96 GB cards. Blocks are traced at depths one and two
+the trainer's own roles, optimisers and phase code on fake tensors, bf16 weights, fp32 main weights and
+gradient buffers and forward passes under bf16 autocast (the engine as it trains on a GPU), a micro-batch
+of latent videos of the given pixel size, and prints per phase the states (weights of every role, gradient
+buffers, main weights and Adam states, the batch; each listed), what the step allocates at its peak, the
+total against 80 and 96 GB cards, and the step's matmul and attention TFLOP on rank 0 (recomputation
+included). Blocks are traced at depths one and two
 and extended linearly (``--full-depth`` traces every block: minutes). See
 ``pose_mcore.evaluation.memory_model`` for how, and what is not counted (allocator fragmentation, NCCL
 buffers, the CUDA context): "fits" keeps 10 % + 2 GiB of the card for those.
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{config.preset}: video {args.video} (latents {frames}x{height}x{width}), {world} ranks, TP={tp}"
           f"{' + SP' if model_cfg.sequence_parallel else ''}, micro-batch {config.micro_batch_size}, "
           f"recompute {model_cfg.recompute_granularity or 'off'}; rank 0, GiB")
-    print(f"{'phase':<22} {'states':>8} {'step':>8} {'total':>8}  " + "  ".join(f"{c} GB" for c in CARDS_GB))
+    print(f"{'phase':<22} {'states':>8} {'step':>8} {'total':>8}  " + "  ".join(f"{c} GB" for c in CARDS_GB)
+          + "  TFLOP/step")
     with fake_world(tp, world):
         for phase in args.phase or config.phases:
             start = time.perf_counter()
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             gib = mem.gib()
             verdict = "  ".join(f"{'fits' if fits(mem.total, c) else 'OOM':>5}" for c in CARDS_GB)
             print(f"{name:<22} {gib['states']:8.1f} {gib['step']:8.1f} {gib['total']:8.1f}  {verdict}"
-                  f"   ({time.perf_counter() - start:.0f} s)", flush=True)
+                  f"  {mem.flops / 1e12:10.1f}   ({time.perf_counter() - start:.0f} s)", flush=True)
             print("    states: " + ", ".join(f"{role} {n / 2**30:.1f}" for role, n in mem.by_role), flush=True)
     return 0
 

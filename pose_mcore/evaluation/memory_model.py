@@ -65,9 +65,12 @@ class StepMemory:
     trainable: int = 0
     """Bytes of the gradients the step holds at once at the end of a backward (a lower bound of its peak
     beside the states)."""
+    flops: int = 0
+    """Matmul and attention FLOPs of the step on this rank (torch's FLOP counter; recomputed forwards
+    included: what the hardware executes)."""
     by_role: tuple[tuple[str, int], ...] = ()
-    """The states by what holds them (a role's weights and gradients, an optimiser's Adam states, the batch),
-    at the start of the step (a gradient left from the previous step may be freed before the peak)."""
+    """The states by what holds them (a role's weights, gradient buffers, main weights, Adam states, the
+    batch), at the start of the step."""
 
     def gib(self) -> dict[str, float]:
         return {k: getattr(self, k) / 2**30 for k in (*KINDS, "total")}
@@ -190,7 +193,9 @@ def _tracked(setup: Callable[[], tuple[dict[str, object], Callable[[], object]]]
     """Peak live bytes while running the work that ``setup`` returns; ``setup`` builds what exists before
     (models, optimisers, the batch: returned by name, counted as states) on fake or real tensors."""
     from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils.flop_counter import FlopCounterMode
 
+    count_cpu_attention()
     # megatron-core keeps the sequence-parallel all-gather buffer between calls: a fresh one per trace, so
     # that it is allocated (and counted) inside this trace and never belongs to another trace's fake mode.
     parallel_state.destroy_global_memory_buffer()
@@ -202,7 +207,10 @@ def _tracked(setup: Callable[[], tuple[dict[str, object], Callable[[], object]]]
         by_role = bytes_by_name(named)  # before the work: its gradients are not states
         with LiveBytes(_tensors_of(existing)) as live:
             work()
-    return dataclasses.replace(live.peak, trainable=_gradient_floor(existing), by_role=by_role)
+        with FlopCounterMode(display=False) as flops:  # the work once more: the counter must not touch the bytes
+            work()
+    return dataclasses.replace(live.peak, trainable=_gradient_floor(existing), flops=flops.get_total_flops(),
+                               by_role=by_role)
 
 
 def _gradient_floor(existing: list[object]) -> int:
@@ -326,7 +334,7 @@ def _over_depth(cfg: VideoDiTConfig, at: Callable[[dict[str, int]], StepMemory],
     def extend(value: Callable[[StepMemory], float]) -> float:
         return value(base) + sum((getattr(cfg, f) - 1) * (value(m) - value(base)) for f, m in deeper.items())
 
-    fields = ("states", "step", "total", "trainable")
+    fields = ("states", "step", "total", "trainable", "flops")
     values = {k: extend(lambda m, k=k: getattr(m, k)) for k in fields}
     # The peak of a shallow trace can sit in the forward while the deep model's sits at the end of backward
     # (the moment differs, so the extrapolated sum can fall short): the end of a backward holds the states and
