@@ -53,8 +53,8 @@ def counted_flops(phase: Phase, batches: list[dict[str, torch.Tensor]]) -> int:
 
 def build(trainer: Trainer, config: TrainConfig, name: str) -> Phase:
     teacher = family_of_preset(config.preset).model_class(trainer.model_config).to(trainer.device)
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and trainer.device.type == "cuda")
-    return build_phase(name, config, teacher, trainer.conditioner, trainer.device, bf16=bf16)[1]
+    return build_phase(name, config, teacher, trainer.conditioner, trainer.device,
+                       bf16=config.bf16(trainer.device.type))[1]
 
 
 def gathered_max(value: float) -> float:

@@ -132,12 +132,17 @@ class TrainConfig:
     log_every: int = 10
     tensorboard: bool = False
     precision: str = "auto"
-    """'auto' (bf16 autocast of the forward passes on CUDA, fp32 on the CPU), 'bf16' or 'fp32'."""
+    """'auto' (bf16 weights and autocast on CUDA, fp32 on the CPU), 'bf16' or 'fp32'."""
     max_nonfinite: int = 5
     """Consecutive non-finite steps (skipped) before the run stops."""
     deterministic: bool = False
     """Bit-reproducible runs on a GPU (as megatron's --deterministic-mode): deterministic algorithms and the
     math attention backend, whose backward has no atomics. Slower; CPU runs are deterministic anyway."""
+
+    def bf16(self, device_type: str) -> bool:
+        """Whether the run trains with bf16 weights and autocast (:class:`pose_mcore.pose.roles.Roles`) on a
+        device of ``device_type``: ``precision=bf16``, or ``auto`` on CUDA."""
+        return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
 
 
 def _convert(value: Any, hint: Any, path: str) -> Any:

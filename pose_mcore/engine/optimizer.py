@@ -127,7 +127,7 @@ class Optimizer:
         self.steps += 1
         with torch.no_grad():
             for p in self.params:
-                if p.main is not p.model:
+                if p.main is not p.model:  # an fp32 copy: back into the model's bf16 weights
                     p.model.copy_(p.main)
         for ddp in self.ddps:
             if self.distributed and ddp.dp_cp_group.size() > 1:
@@ -150,16 +150,19 @@ class Optimizer:
             dist.all_reduce(sq[0:1], group=parallel_state.get_tensor_model_parallel_group())
         return sq.sum().sqrt().float()
 
+    def main_copies(self) -> list[torch.Tensor]:
+        """The fp32 main weights that are copies (of non-fp32 model weights), not views of the model."""
+        return [p.main for p in self.params if p.main is not p.model]
+
     def state_dict(self) -> dict[str, Any]:
         """Adam's states, the step count and the fp32 main weights of non-fp32 parameters (a resumed run
         continues from them, not from their bf16 rounding)."""
-        return {"adam": self.adam.state_dict(), "steps": self.steps,
-                "main": [p.main for p in self.params if p.main is not p.model]}
+        return {"adam": self.adam.state_dict(), "steps": self.steps, "main": self.main_copies()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.adam.load_state_dict(state["adam"])
         self.steps = state["steps"]
-        copies = [p.main for p in self.params if p.main is not p.model]
+        copies = self.main_copies()
         if len(copies) != len(state["main"]):
             raise ValueError(f"optimiser state holds {len(state['main'])} main weights, this layout {len(copies)}")
         with torch.no_grad():

@@ -48,8 +48,6 @@ if TYPE_CHECKING:
     from pose_mcore.pose.phase import Phase
     from pose_mcore.pose.roles import Roles
 
-ROLES = ("generator", "base", "ema", "disc_backbone", "head")
-
 KINDS = ("states", "step")
 
 
@@ -357,10 +355,10 @@ def train_batch(cfg: VideoDiTConfig, batch: int, frames: int, height: int, width
 def phase_states(roles: Roles, phase: Phase) -> dict[str, object]:
     """What a phase holds between its steps, by name: each role, and each optimiser's gradient buffers, fp32
     main weights (where the model's are not fp32) and Adam states (for :func:`bytes_by_name`)."""
-    named: dict[str, object] = {role: getattr(roles, role) for role in ROLES if getattr(roles, role) is not None}
+    named: dict[str, object] = dict(roles.named_roles())
     for name, o in phase.optimizers().items():
         named[f"grads {name}"] = [buffer.grad_data for ddp in o.ddps for buffer in ddp.buffers]
-        mains = [p.main for p in o.params if p.main is not p.model]
+        mains = o.main_copies()
         if mains:
             named[f"main {name}"] = mains
         named[f"adam {name}"] = o.adam

@@ -39,7 +39,7 @@ class Phase:
         self.steps_done = 0
         self.skipped = 0
         self.bf16 = False
-        """Run forward passes under bf16 autocast (set by the trainer from ``precision``)."""
+        """Run forward passes under bf16 autocast (set by :func:`pose_mcore.pose.build.build_phase`)."""
 
     def step(self, micro_batches: MicroBatches) -> dict[str, float]:
         metrics = self.update(micro_batches)

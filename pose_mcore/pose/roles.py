@@ -47,10 +47,17 @@ class Roles(nn.Module):
         for p in self.generator.parameters():
             p.requires_grad_(True)
         self.base = cast_weights(frozen(clone_model(teacher)), dtype)
-        self.fake_params: list[nn.Parameter] = add_lora(self.base, lora_rank, lora_alpha) if with_fake else []
+        if with_fake:
+            add_lora(self.base, lora_rank, lora_alpha)
         self.ema = frozen(clone_model(self.generator)).eval() if with_ema else None  # fp32: clone_model's
         self.head: nn.Module | None = None
         self.disc_backbone: nn.Module | None = None
+
+    def named_roles(self) -> dict[str, nn.Module]:
+        """The roles that exist, by name (what a checkpoint holds and the memory model lists)."""
+        named = {"generator": self.generator, "base": self.base, "ema": self.ema, "head": self.head,
+                 "disc_backbone": self.disc_backbone}
+        return {k: v for k, v in named.items() if v is not None}
 
     @contextmanager
     def real(self) -> Iterator[nn.Module]:

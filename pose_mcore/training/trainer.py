@@ -102,18 +102,7 @@ class Trainer:
 
     def _build(self, name: str, teacher: torch.nn.Module, previous: Roles | None) -> tuple[Roles, Phase]:
         return build_phase(name, self.config, teacher, self.conditioner, self.device, previous,
-                           self._initial_generator, self._bf16())
-
-    def _bf16(self) -> bool:
-        """bf16 weights and autocast (:class:`Roles`): ``precision=bf16``, or ``auto`` on CUDA."""
-        precision = self.config.precision
-        return precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
-
-    @staticmethod
-    def _modules(roles: Roles) -> dict[str, torch.nn.Module]:
-        named = {"generator": roles.generator, "base": roles.base, "ema": roles.ema, "head": roles.head,
-                 "disc_backbone": roles.disc_backbone}
-        return {k: v for k, v in named.items() if v is not None}
+                           self._initial_generator, self.config.bf16(self.device.type))
 
     def _steps(self, name: str) -> int:
         return getattr(self.config, name).steps
@@ -170,7 +159,7 @@ class Trainer:
             teacher = None  # the roles hold their own copies: a whole model less per rank while training
             step = 0
             if meta is not None and p_index == start_phase:
-                _, state = load_checkpoint(restore, self._modules(roles))
+                _, state = load_checkpoint(restore, roles.named_roles())
                 phase.load_state_dict(state["phase"])
                 set_rng_state(state["rng"])
                 self.data.position = meta["data_position"]
@@ -214,7 +203,7 @@ class Trainer:
 
     def _checkpoint(self, name: str, step: int, global_step: int, roles: Roles, phase: Phase) -> None:
         meta = {"phase": name, "step": step, "global_step": global_step, "data_position": self.data.position}
-        save_checkpoint(self.output / "checkpoints", meta, self._modules(roles),
+        save_checkpoint(self.output / "checkpoints", meta, roles.named_roles(),
                         {"phase": phase.state_dict(), "rng": rng_state()})
 
     def sample_batch(self) -> dict[str, torch.Tensor]:
