@@ -7,14 +7,15 @@ precision=bf16 on the CPU)."""
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
 from phase_fixtures import batch_for, phase1_setup, phase2_setup
 
+from pose_mcore.checkpoint.sharded import ShardedReader
 from pose_mcore.parallel.cpu_compat import cpu_autocast_backward
+from pose_mcore.training.checkpointing import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture
@@ -69,9 +70,9 @@ def test_fp32_ema_of_a_bf16_generator_keeps_small_decays(tp1):
     assert bf16_ema.item() == 1.0  # what a bf16 EMA would do: nothing
 
 
-def test_resume_continues_from_the_fp32_main_weights(tp1, autocast_backward):
-    """A phase restored from its roles' (bf16) weights and its state takes the same next step as the one that
-    kept running: the optimiser state carries the fp32 main weights, not their bf16 rounding."""
+def test_resume_continues_from_the_fp32_main_weights(tp1, autocast_backward, tmp_path):
+    """A phase restored from a checkpoint of its roles' (bf16) weights and its state takes the same next step
+    as the one that kept running: the checkpoint carries the fp32 main weights, not their bf16 rounding."""
     def setup():
         roles, phase, cfg = phase1_setup(dtype=torch.bfloat16)
         phase.bf16 = True
@@ -79,11 +80,12 @@ def test_resume_continues_from_the_fp32_main_weights(tp1, autocast_backward):
 
     roles, phase, batch = setup()
     phase.step([batch])
-    weights = {k: v.clone() for k, v in roles.state_dict().items() if isinstance(v, torch.Tensor)}
-    state = copy.deepcopy(phase.state_dict())  # as a checkpoint holds it: no tensor shared with the live phase
+    ckpt = save_checkpoint(tmp_path, {"global_step": 1, "phase_state": phase.state_dict()}, roles.named_roles(),
+                           phase.pieces())
+    assert any(k.endswith("/main") for k in ShardedReader(ckpt).keys("optimizer/"))
     resumed_roles, resumed, _ = setup()
-    resumed_roles.load_state_dict(weights, strict=False)
-    resumed.load_state_dict(state)
+    meta, reader = load_checkpoint(ckpt, resumed_roles.named_roles())
+    resumed.load_state_dict(meta["phase_state"], reader)
     phase.step([batch])
     resumed.step([batch])
     for (name, a), b in zip(roles.named_parameters(), resumed_roles.parameters(), strict=True):

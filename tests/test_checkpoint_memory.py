@@ -1,6 +1,7 @@
-"""Saving a training checkpoint or exporting a model never gathers a whole role: whole tensors are gathered
-one at a time and streamed into the file by rank 0 (a 14B role is ~65 GB in fp32; the old way held every
-role whole on every rank). Loading reads each rank's slices only, and gives the same weights back."""
+"""Saving a training checkpoint or exporting a model never gathers a whole role (a 14B role is ~65 GB in
+fp32): a checkpoint is written by every rank from the tensors it holds, an export gathers whole tensors one at
+a time and streams them into the file by rank 0. Loading reads each rank's slices only, and gives the same
+weights back."""
 
 from __future__ import annotations
 
@@ -28,15 +29,15 @@ def test_save_and_export_hold_one_whole_tensor_at_a_time(tp1, tmp_path):
     assert role > 10 * biggest  # a role is many tensors: holding it whole would show
     with LiveBytes([]) as live:
         save_checkpoint(tmp_path / "checkpoints", {"global_step": 3, "phase": "phase2", "step": 3},
-                        {"generator": model, "ema": model}, {"note": "rank state"})
-    assert 0 < live.peak.step <= 2 * biggest, (live.peak.step, biggest, role)
+                        {"generator": model, "ema": model}, [])
+    assert live.peak.step <= biggest, (live.peak.step, biggest, role)  # at most a copy of one tensor
     with LiveBytes([]) as live:
         export_pose_checkpoint(model, tmp_path / "generator")
     assert 0 < live.peak.step <= 2 * biggest, (live.peak.step, biggest, role)
 
     other = _model(1)
-    meta, rank_state = load_checkpoint(tmp_path / "checkpoints" / "step-00000003", {"generator": other})
-    assert meta["phase"] == "phase2" and rank_state == {"note": "rank state"}
+    meta, _ = load_checkpoint(tmp_path / "checkpoints" / "step-00000003", {"generator": other})
+    assert meta["phase"] == "phase2"
     exported = load_model(tmp_path / "generator")
     for name, want in state.items():
         assert torch.equal(other.state_dict()[name], want), name

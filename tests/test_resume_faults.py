@@ -66,7 +66,8 @@ def _assert_complete(out: Path) -> None:
     assert not leftovers, leftovers
     for ckpt in (out / "checkpoints").glob("step-*"):
         names = {p.name for p in ckpt.iterdir()}
-        assert {"meta.json", "generator.safetensors", "rank-0.pt", "rank-1.pt"} <= names, (ckpt, names)
+        assert {"meta.json", "index.json", "pieces-00000.safetensors", "pieces-00001.safetensors", "rank-0.pt",
+                 "rank-1.pt"} <= names, (ckpt, names)
     for export in ("teacher", "generator"):
         assert (out / export / "config.json").is_file() and (out / export / "model.safetensors.index.json").is_file()
 

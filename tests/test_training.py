@@ -55,22 +55,22 @@ def test_resume_continues_exactly(tp1, tmp_path):
 
 
 def test_interrupted_checkpoint_leaves_the_previous_one(tp1, tmp_path, monkeypatch):
-    real_save = checkpointing.stream_full_state_dict
+    real_save = checkpointing.save_pieces
     calls = {"n": 0}
 
     def failing(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 3:  # the second checkpoint (teacher step 4), while its files are written
+        if calls["n"] == 2:  # the second checkpoint (teacher step 4), while its files are written
             raise KeyboardInterrupt("killed")
         return real_save(*args, **kwargs)
 
-    monkeypatch.setattr(checkpointing, "stream_full_state_dict", failing)
+    monkeypatch.setattr(checkpointing, "save_pieces", failing)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path)
     latest = latest_checkpoint(tmp_path / "checkpoints")
     assert latest.name == "step-00000002"
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".") and "tmp" in p.name]
-    monkeypatch.setattr(checkpointing, "stream_full_state_dict", real_save)
+    monkeypatch.setattr(checkpointing, "save_pieces", real_save)
     _run(tmp_path, resume=True)
     assert (tmp_path / "generator" / "config.json").is_file()
 

@@ -32,6 +32,12 @@ class MainParam:
     """The model weights (a flat slice of the parameter) that ``main`` is copied to after a step."""
     tensor_parallel: bool
     """A slice of a tensor-parallel weight: its squares are summed over the TP ranks in the norm."""
+    param: torch.Tensor
+    """The parameter (this rank's TP slice) it is part of."""
+    name: str
+    """``<index of the role in the optimiser>.<parameter name>``: the same in every layout."""
+    span: tuple[int, int]
+    """The range of the flattened parameter it covers (all of it without the distributed optimizer)."""
 
     @property
     def grad(self) -> torch.Tensor:
@@ -42,7 +48,8 @@ def main_params(ddps: Sequence[DistributedDataParallel], distributed: bool) -> l
     """This rank's main parameters for the roles wrapped in ``ddps`` (all of them, or its shard of each
     bucket with the distributed optimizer)."""
     out = []
-    for ddp in ddps:
+    for index, ddp in enumerate(ddps):
+        names = {p: n for n, p in ddp.module.named_parameters()}
         kept: dict[tuple[int, int, int], torch.Tensor] = ddp.__dict__.setdefault("_pose_main_weights", {})
         group = ddp.dp_cp_group
         rank, size = (group.rank(), group.size()) if distributed else (0, 1)
@@ -62,5 +69,6 @@ def main_params(ddps: Sequence[DistributedDataParallel], distributed: bool) -> l
                     else:
                         main = kept.setdefault((id(param), a, b), model.float())
                     main.grad = param.main_grad.view(-1)[a:b]
-                    out.append(MainParam(main, model, bool(getattr(param, "tensor_model_parallel", False))))
+                    out.append(MainParam(main, model, bool(getattr(param, "tensor_model_parallel", False)), param,
+                                         f"{index}.{names[param]}", (a, b)))
     return out

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -18,6 +17,7 @@ from megatron.core import parallel_state
 from megatron.core.transformer.transformer_config import TransformerConfig
 from torch import nn
 
+from pose_mcore.checkpoint.sharded import Piece, ShardedReader
 from pose_mcore.config.train import OptimConfig
 from pose_mcore.engine.ddp import data_parallel
 from pose_mcore.engine.main_params import main_params
@@ -154,17 +154,35 @@ class Optimizer:
         """The fp32 main weights that are copies (of non-fp32 model weights), not views of the model."""
         return [p.main for p in self.params if p.main is not p.model]
 
-    def state_dict(self) -> dict[str, Any]:
-        """Adam's states, the step count and the fp32 main weights of non-fp32 parameters (a resumed run
-        continues from them, not from their bf16 rounding)."""
-        return {"adam": self.adam.state_dict(), "steps": self.steps, "main": self.main_copies()}
+    def pieces(self, prefix: str) -> list[Piece]:
+        """This rank's part of the optimiser state for a sharded checkpoint, keyed ``<prefix>/<name>/<state>``:
+        Adam's two moments and, for non-fp32 weights, the fp32 main weights (a resumed run continues from
+        them, not from their bf16 rounding). With the distributed optimizer each rank's pieces are its
+        shards (flat ranges of the parameters); without it, whole TP slices held alike by every DP rank."""
+        out = []
+        for p in self.params:
+            tensors = {k: v for k, v in self.adam.state.get(p.main, {}).items() if k in ("exp_avg", "exp_avg_sq")}
+            if p.main is not p.model:
+                tensors["main"] = p.main
+            for state, t in tensors.items():
+                key = f"{prefix}/{p.name}/{state}"
+                out.append(Piece(key, t, p.param, p.span) if self.distributed
+                           else Piece(key, t.view(p.param.shape), p.param))
+        return out
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.adam.load_state_dict(state["adam"])
-        self.steps = state["steps"]
-        copies = self.main_copies()
-        if len(copies) != len(state["main"]):
-            raise ValueError(f"optimiser state holds {len(state['main'])} main weights, this layout {len(copies)}")
+    def load_pieces(self, reader: ShardedReader, prefix: str, steps: int) -> None:
+        """Restore the state ``pieces`` saved, taken ``steps`` steps, in this rank's layout (any TP / DP size)."""
+        self.steps = steps
         with torch.no_grad():
-            for main, saved in zip(copies, state["main"], strict=True):
-                main.copy_(saved)
+            for p in self.params:
+                a, b = p.span
+
+                def part(state: str, p=p, a=a, b=b) -> torch.Tensor:
+                    return reader.local(f"{prefix}/{p.name}/{state}", p.param).reshape(-1)[a:b].to(p.main.device)
+
+                if p.main is not p.model:
+                    p.main.copy_(part("main"))
+                if steps:
+                    self.adam.state[p.main] = {"step": torch.tensor(float(steps), dtype=torch.float32),
+                                               "exp_avg": part("exp_avg").clone(),
+                                               "exp_avg_sq": part("exp_avg_sq").clone()}

@@ -35,16 +35,25 @@ def _groups(param: torch.Tensor, dim: int, tp: int) -> tuple[int, ...]:
     return tuple(getattr(param, "partition_groups", None) or (param.shape[dim] * tp,))
 
 
+def partition(param: torch.Tensor, name: str = "?") -> tuple[int, tuple[int, ...]] | None:
+    """How ``param``'s whole tensor is split over the TP ranks: ``(dim, whole sizes of its groups)``, or None
+    for a replicated parameter."""
+    if not _is_sharded(param):
+        return None
+    dim = _partition_dim(param, name)
+    return dim, _groups(param, dim, parallel_state.get_tensor_model_parallel_world_size())
+
+
 def local_ranges(param: torch.Tensor, full_shape: tuple[int, ...], name: str = "?"
                  ) -> tuple[int, list[tuple[int, int]]] | None:
     """Where this TP rank's slice of ``param`` lies in the whole tensor: ``(dim, [(start, end), ...])``
     (several ranges for a fused parameter), or None for a replicated parameter."""
-    if not _is_sharded(param):
+    split = partition(param, name)
+    if split is None:
         return None
-    dim = _partition_dim(param, name)
+    dim, groups = split
     tp = parallel_state.get_tensor_model_parallel_world_size()
     rank = parallel_state.get_tensor_model_parallel_rank()
-    groups = _groups(param, dim, tp)
     if (len(full_shape) != param.dim() or full_shape[dim] != param.shape[dim] * tp or sum(groups) != full_shape[dim]
             or any(g % tp for g in groups)):
         raise ValueError(f"{name}: whole tensor of shape {tuple(full_shape)} does not split into "

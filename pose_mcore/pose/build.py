@@ -10,6 +10,7 @@ import torch
 from pose_mcore.config.train import TrainConfig
 from pose_mcore.config.validate import PHASES
 from pose_mcore.engine.optimizer import Engine
+from pose_mcore.parallel.state import seed_everything
 from pose_mcore.pose.conditioning import Conditioner
 from pose_mcore.pose.phase import Phase
 from pose_mcore.pose.phase1 import Phase1
@@ -24,8 +25,11 @@ def build_phase(name: str, config: TrainConfig, teacher: torch.nn.Module, condit
     """Roles and phase for ``name`` (one of :data:`PHASES`). Phase II takes over ``previous`` (Phase I's
     roles) or, without them, builds the roles Phase I would have handed over. ``init_generator`` sets a
     new generator's weights (e.g. from ``generator_checkpoint``). ``bf16``: bf16 weights for the roles that
-    allow it (:class:`Roles`) and bf16 autocast of the forward passes."""
+    allow it (:class:`Roles`) and bf16 autocast of the forward passes. New weights (LoRA, head) are drawn
+    from the phase's own seed, so a phase starts the same whatever ran before it in this process (a run
+    resumed at another layout, where the RNG states of the interrupted one do not apply)."""
     seed = config.seed + 1000 * PHASES.index(name)
+    seed_everything(seed)
     init = init_generator or (lambda roles: None)
     engine = Engine(config.distributed_optimizer, config.overlap_grad_reduce)
     dtype = torch.bfloat16 if bf16 else torch.float32

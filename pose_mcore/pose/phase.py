@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pose_mcore.checkpoint.sharded import Piece, ShardedReader
 from pose_mcore.config.train import OptimConfig
 from pose_mcore.diffusion.flow import model_timestep
 from pose_mcore.engine.optimizer import Engine, Optimizer
@@ -77,11 +78,18 @@ class Phase:
         return x_T - self.velocity(self.roles.generator, x_T, t, conds, conds.cond)
 
     def state_dict(self) -> dict[str, Any]:
+        """The phase's counters (JSON): steps taken and skipped, each optimiser's steps. The optimisers'
+        tensors are :meth:`pieces`."""
         return {"steps_done": self.steps_done, "skipped": self.skipped,
-                "optimizers": {k: v.state_dict() for k, v in self.optimizers().items()}}
+                "optimizer_steps": {k: v.steps for k, v in self.optimizers().items()}}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def pieces(self) -> list[Piece]:
+        """This rank's part of the optimisers' states, for a sharded checkpoint."""
+        return [p for k, v in self.optimizers().items() for p in v.pieces(f"optimizer/{k}")]
+
+    def load_state_dict(self, state: dict[str, Any], reader: ShardedReader) -> None:
+        """Restore the counters and, from the sharded checkpoint ``reader`` reads, the optimisers' states."""
         self.steps_done = state["steps_done"]
         self.skipped = state["skipped"]
         for k, v in self.optimizers().items():
-            v.load_state_dict(state["optimizers"][k])
+            v.load_pieces(reader, f"optimizer/{k}", state["optimizer_steps"][k])

@@ -1,12 +1,16 @@
-"""Training checkpoints: everything needed to continue exactly where a run stopped, written atomically.
+"""Training checkpoints: everything needed to continue where a run stopped, at any layout, written atomically.
 
-A checkpoint is a folder ``<output>/checkpoints/step-<global step>/`` holding ``meta.json`` (phase,
-steps, data position), one safetensors file per role with whole (TP-independent) tensors under
-pose_mcore's names, and ``rank-<r>.pt`` per rank with optimiser, scheduler and RNG states. For the
+A checkpoint is a folder ``<output>/checkpoints/step-<global step>/`` holding ``meta.json`` (phase, steps,
+data position, the phase's counters, the layout it was saved at), a sharded checkpoint
+(``checkpoint/sharded.py``: ``pieces-<rank>.safetensors`` and ``index.json``) of the roles' weights
+(``<role>/<name>``) and the optimisers' states (``optimizer/<name>/...``), and ``rank-<r>.pt`` per rank
+with its RNG states. Each rank writes only what it holds; a resume at another TP / DP size reads its
+own slices from the pieces that overlap them. The RNG states are restored at the same layout only: every
+random draw of a step belongs to a sample (``pose/draws.py``), so they do not decide a step. For the
 frozen base only its trainable LoRA tensors are written: the teacher weights come from the teacher
-checkpoint (or ``<output>/teacher`` when the run trained it), so a 14B run does not rewrite them at
-every checkpoint. A checkpoint is written to a temporary folder and renamed; ``latest`` names the
-newest complete one. A run killed while writing leaves the previous checkpoint in place.
+checkpoint (or ``<output>/teacher`` when the run trained it), so a 14B run does not rewrite them at every
+checkpoint. A checkpoint is written to a temporary folder and renamed; ``latest`` names the newest
+complete one. A run killed while writing leaves the previous checkpoint in place.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state
 from torch import nn
 
 from pose_mcore.checkpoint.convert import finish_pose_checkpoint
-from pose_mcore.checkpoint.io import SafetensorsStreamWriter, atomic_destination, open_source
-from pose_mcore.checkpoint.load import load_slices
+from pose_mcore.checkpoint.io import CheckpointError, SafetensorsStreamWriter, atomic_destination
+from pose_mcore.checkpoint.sharded import Piece, ShardedReader, save_pieces
 from pose_mcore.faults import fault_point
 from pose_mcore.parallel.sharding import full_shape, gather_full
 
@@ -41,11 +46,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
 
 
-def save_checkpoint(folder: Path, meta: dict[str, Any], roles: dict[str, nn.Module], rank_state: dict[str, Any]
+def layout() -> dict[str, int]:
+    """The parallel layout of this run (saved with a checkpoint)."""
+    return {"world_size": dist.get_world_size(),
+            "tensor_parallel": parallel_state.get_tensor_model_parallel_world_size(),
+            "context_parallel": parallel_state.get_context_parallel_world_size(),
+            "data_parallel": parallel_state.get_data_parallel_world_size()}
+
+
+def save_checkpoint(folder: Path, meta: dict[str, Any], roles: dict[str, nn.Module], optimizer: list[Piece]
                     ) -> Path:
-    """Write a checkpoint (all ranks call this). Whole tensors are gathered over the TP ranks one at a time
-    and streamed into the role's file by rank 0: no rank ever holds more than one whole tensor beside its
-    own slices (a 14B role is ~65 GB in fp32; gathering it per rank would not fit)."""
+    """Write a checkpoint (all ranks call this): the roles' weights and this rank's ``optimizer`` pieces, each
+    rank its own (no gather: memory beyond the live tensors is nothing), and this rank's RNG states."""
     rank = dist.get_rank()
     final = folder / f"step-{meta['global_step']:08d}"
     tmp = folder / f".staging-{meta['global_step']:08d}"
@@ -53,15 +65,11 @@ def save_checkpoint(folder: Path, meta: dict[str, Any], roles: dict[str, nn.Modu
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob(".staging-*"):  # checkpoints whose writer was killed
             shutil.rmtree(stale)
+        tmp.mkdir()
+        (tmp / "meta.json").write_text(json.dumps({**meta, "layout": layout()}, indent=2))
     dist.barrier()
-    with _rank0_folder(tmp) as staging:
-        for name, module in roles.items():
-            keep = _trainable_names(module) if name in FROZEN_BASE_ROLES else None
-            stream_full_state_dict(module, None if staging is None else staging / f"{name}.safetensors", keep)
-        if staging is not None:
-            (staging / "meta.json").write_text(json.dumps(meta, indent=2))
-    dist.barrier()
-    torch.save(rank_state, tmp / f"rank-{rank}.pt")
+    save_pieces(tmp, [*role_pieces(roles), *optimizer])
+    torch.save(rng_state(), tmp / f"rank-{rank}.pt")
     fault_point("checkpoint", meta["global_step"])
     dist.barrier()
     if rank == 0:
@@ -100,12 +108,12 @@ def _rank0_folder(dst: Path) -> Iterator[Path | None]:
         yield tmp
 
 
-def stream_full_state_dict(module: nn.Module, path: Path | None, names: set[str] | None = None) -> None:
-    """Gather ``module``'s whole tensors (those in ``names``, default all) one at a time over the TP ranks
+def stream_full_state_dict(module: nn.Module, path: Path | None) -> None:
+    """Gather ``module``'s whole tensors one at a time over the TP ranks
     (every TP rank calls this) and, where ``path`` is given, write them into that safetensors file as they
     come: memory beyond the module's own slices is one whole tensor."""
     tensors = [(n, t) for n, t in module.state_dict(keep_vars=True).items()
-               if not n.endswith("_extra_state") and (names is None or n in names)]
+               if not n.endswith("_extra_state")]
     writer = None if path is None else SafetensorsStreamWriter(
         path, [(n, t.dtype, full_shape(t, n)) for n, t in tensors])
     for n, t in tensors:
@@ -133,11 +141,33 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return path if (path / "meta.json").is_file() else None
 
 
-def load_checkpoint(path: Path, roles: dict[str, nn.Module]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restore the roles' weights, each rank reading only its own slices; return (meta, this rank's state)."""
+def role_pieces(roles: dict[str, nn.Module]) -> list[Piece]:
+    """This rank's slices of the roles' weights (the frozen base's trainable tensors only)."""
+    out = []
+    for role, module in roles.items():
+        keep = _trainable_names(module) if role in FROZEN_BASE_ROLES else None
+        for name, t in module.state_dict(keep_vars=True).items():
+            if not name.endswith("_extra_state") and (keep is None or name in keep):
+                out.append(Piece(f"{role}/{name}", t.detach(), t))
+    return out
+
+
+def load_checkpoint(path: Path, roles: dict[str, nn.Module]) -> tuple[dict[str, Any], ShardedReader]:
+    """Restore the roles' weights, each rank reading only its own slices in its own layout, and this rank's
+    RNG states if the layout is the one saved; return the meta data and the reader (for the optimisers)."""
     meta = json.loads((path / "meta.json").read_text())
-    for name, module in roles.items():
-        # the frozen base's file holds its trainable tensors only: the rest is the teacher's, already there
-        load_slices(module, open_source(path / f"{name}.safetensors"), partial=name in FROZEN_BASE_ROLES)
-    state = torch.load(path / f"rank-{dist.get_rank()}.pt", weights_only=False)
-    return meta, state
+    reader = ShardedReader(path)
+    with torch.no_grad():
+        for role, module in roles.items():
+            wanted = {n: t for n, t in module.state_dict(keep_vars=True).items() if not n.endswith("_extra_state")}
+            saved = {k.removeprefix(f"{role}/") for k in reader.keys(f"{role}/")}
+            missing = set(wanted) - saved if role not in FROZEN_BASE_ROLES else set()
+            unexpected = saved - set(wanted)
+            if missing or unexpected:
+                raise CheckpointError(f"{path}: role {role!r} does not fit the checkpoint: missing "
+                                      f"{sorted(missing)[:20]}; unexpected {sorted(unexpected)[:20]}")
+            for name in sorted(saved):
+                wanted[name].copy_(reader.local(f"{role}/{name}", wanted[name]))
+    if meta.get("layout") == layout():
+        set_rng_state(torch.load(path / f"rank-{dist.get_rank()}.pt", weights_only=False))
+    return meta, reader

@@ -31,9 +31,7 @@ from pose_mcore.training.checkpointing import (
     export_pose_checkpoint,
     latest_checkpoint,
     load_checkpoint,
-    rng_state,
     save_checkpoint,
-    set_rng_state,
 )
 from pose_mcore.training.logging import RunLogger, save_video_grid
 
@@ -49,10 +47,10 @@ class Trainer:
         self.model_config = validate_train_config(config, world)
         self.config = config
         self.exit_after = exit_after
-        tp = self.model_config.tensor_model_parallel_size
+        tp, cp = self.model_config.tensor_model_parallel_size, self.model_config.context_parallel_size
         if config.deterministic:
             deterministic_mode()
-        self.info: ParallelInfo = initialize_parallel(tp, seed=config.seed)
+        self.info: ParallelInfo = initialize_parallel(tp, cp, seed=config.seed)
         self.family = family_of_preset(config.preset)
         self.device = self.info.device
         self.output = Path(config.output_dir)
@@ -159,9 +157,8 @@ class Trainer:
             teacher = None  # the roles hold their own copies: a whole model less per rank while training
             step = 0
             if meta is not None and p_index == start_phase:
-                _, state = load_checkpoint(restore, roles.named_roles())
-                phase.load_state_dict(state["phase"])
-                set_rng_state(state["rng"])
+                _, reader = load_checkpoint(restore, roles.named_roles())
+                phase.load_state_dict(meta["phase_state"], reader)
                 self.data.position = meta["data_position"]
                 step = start_step
                 if self.info.rank == 0:
@@ -202,9 +199,9 @@ class Trainer:
         return self.export_model(roles.generator, self.output / "generator")
 
     def _checkpoint(self, name: str, step: int, global_step: int, roles: Roles, phase: Phase) -> None:
-        meta = {"phase": name, "step": step, "global_step": global_step, "data_position": self.data.position}
-        save_checkpoint(self.output / "checkpoints", meta, roles.named_roles(),
-                        {"phase": phase.state_dict(), "rng": rng_state()})
+        meta = {"phase": name, "step": step, "global_step": global_step, "data_position": self.data.position,
+                "phase_state": phase.state_dict()}
+        save_checkpoint(self.output / "checkpoints", meta, roles.named_roles(), phase.pieces())
 
     def sample_batch(self) -> dict[str, torch.Tensor]:
         """The first samples of the dataset: the same prompts in every sample grid of the run (and the same
