@@ -11,10 +11,9 @@ from megatron.core import parallel_state
 from torch.utils.data import default_collate
 
 from pose_mcore.config.train import OptimConfig, Phase1Config, Phase2Config
-from pose_mcore.config.wan import wan_config
 from pose_mcore.data.procedural import ProceduralConfig, ProceduralVideos
 from pose_mcore.data.sampler import BatchStream
-from pose_mcore.models.wan import WanModel
+from pose_mcore.models.registry import family_of_preset
 from pose_mcore.parallel.sharding import full_state_dict, load_full_state_dict
 from pose_mcore.parallel.state import run_device
 from pose_mcore.pose.conditioning import Conditioner
@@ -37,9 +36,10 @@ def batch_for(cfg, size: int = 2, frames: int = 3, height: int = 4, width: int =
 
 
 def phase1_setup(preset: str = "tiny-t2v", teacher_state=None, engine=None, dtype=torch.float32, **overrides):
-    cfg = wan_config(preset, **overrides)
+    family = family_of_preset(preset)
+    cfg = family.make_config(preset, **overrides)
     torch.manual_seed(0)
-    teacher = WanModel(cfg).to(run_device())
+    teacher = family.model_class(cfg).to(run_device())
     if teacher_state is not None:
         load_full_state_dict(teacher, teacher_state)
     roles = Roles(teacher, lora_rank=4, lora_alpha=4, dtype=dtype)
@@ -50,7 +50,7 @@ def phase2_setup(roles, cfg, backbone: str = "ema", head: str = "semantic", engi
     pcfg = Phase2Config(**{**PHASE2.__dict__, "backbone": backbone, "head": head, **overrides})
     torch.manual_seed(1)
     return Phase2(roles, Conditioner(cfg), pcfg, seed=4, device=run_device(), text_dim=cfg.text_dim,
-                  image_dim=cfg.image_dim, engine=engine)
+                  image_dim=getattr(cfg, "image_dim", None), engine=engine)
 
 
 def global_batch(cfg, micro: int, accumulation: int, dp_rank: int = 0, dp_size: int = 1):

@@ -23,6 +23,7 @@ TINY = ["preset=tiny-t2v", "data.frames=3", "data.height=8", "data.width=8"]
 # Every numeric field of TrainConfig with values that break its rule ("x" is the wrong type everywhere).
 BAD_VALUES: dict[str, list] = {
     "tensor_parallel": [0, -1, 3],  # 3 does not divide the world size of 1
+    "context_parallel": [0, -1, 2],  # 2 does not divide the world size of 1
     "micro_batch_size": [0, -2, 2.5],
     "global_batch_size": [0, -8, 12],  # 12 is not a multiple of micro_batch_size 8 x 1 data-parallel rank
     "seed": [-1],
@@ -150,13 +151,41 @@ def test_dataset_smaller_than_a_batch(capsys, tmp_path):
 def test_batch_divisible_by_data_parallel_size():
     config = load_train_config(None, [*TINY, "micro_batch_size=1", "global_batch_size=3", "tensor_parallel=1"])
     with pytest.raises(ValueError, match=r"global_batch_size=3: must be a multiple of micro_batch_size 1 x the "
-                                         r"data-parallel size 2 \(world size 2 / tensor_parallel 1\)"):
+                                         r"data-parallel size 2 \(world size 2 / tensor_parallel 1 / "
+                                         r"context_parallel 1\)"):
         validate_train_config(config, world_size=2)
     accumulate = load_train_config(None, [*TINY, "micro_batch_size=2", "global_batch_size=8", "tensor_parallel=1",
                                                  "teacher.steps=1"])
     validate_train_config(accumulate, world_size=2)  # 2 accumulation steps of 2 samples on each of 2 ranks
     with pytest.raises(ValueError, match=r"num_attention_heads=4 must be divisible by tensor_model_parallel_size=8"):
         validate_train_config(load_train_config(None, [*TINY, "micro_batch_size=8"]), world_size=8)
+
+
+@pytest.mark.parametrize(("overrides", "world", "message"), [
+    (["context_parallel=3"], 4, r"context_parallel=3: must divide the world size 4"),
+    (["tensor_parallel=2", "context_parallel=4"], 4,
+     r"tensor_parallel=2: x context_parallel 4 must divide the world size 4"),
+    (["tensor_parallel=2", "context_parallel=4"], 8,
+     r"num_attention_heads=4 must be divisible by tensor_model_parallel_size=2 x context_parallel_size=4"),
+    (["context_parallel=2", "tensor_parallel=2", "data.frames=1", "data.height=2", "data.width=6"], 4,
+     r"context_parallel=2: x tensor_parallel 2: 3 video tokens per sample \(1x2x6 latents, patch \(1, 2, 2\)\) "
+     r"cannot be split into 4 shards"),
+    (["data.height=7"], 1, r"data='3x7x8': latent frames x height x width must be multiples of the patch size"),
+])
+def test_bad_layouts_are_refused_naming_the_numbers(overrides, world, message):
+    config = load_train_config(None, [*TINY, "micro_batch_size=1", *overrides])
+    with pytest.raises(ValueError, match=message):
+        validate_train_config(config, world_size=world)
+
+
+def test_context_parallel_takes_ranks_from_data_parallelism():
+    model = validate_train_config(load_train_config(None, [*TINY, "micro_batch_size=1", "context_parallel=2",
+                                                           "tensor_parallel=2", "teacher.steps=1"]), world_size=8)
+    assert (model.tensor_model_parallel_size, model.context_parallel_size) == (2, 2)
+    with pytest.raises(ValueError, match=r"data-parallel size 2 \(world size 8 / tensor_parallel 2 / "
+                                         r"context_parallel 2\)"):
+        validate_train_config(load_train_config(None, [*TINY, "micro_batch_size=1", "global_batch_size=3",
+                                                       "context_parallel=2", "tensor_parallel=2"]), world_size=8)
 
 
 def test_options_and_overrides_in_any_order():

@@ -1,8 +1,9 @@
 """The engine's layouts compute the same update: one Phase I and one Phase II step at TP=2 (sequence
-parallelism) x DP=2 with micro-batches of 1, 2 accumulation steps and the distributed optimizer (4 ranks,
-torchrun with gloo) equal the same steps at TP=1 x DP=1 on the whole global batch of 4 in one micro-batch
-(this process, replicated optimiser): the losses and every updated weight (generator, fake LoRA, EMA,
-head). Every random draw belongs to a sample, not a rank (pose/draws.py), so the two runs see the same
+parallelism) x DP=2 with micro-batches of 1 and 2 accumulation steps, and at CP=2 x TP=2 with micro-batches
+of 2 and 2 accumulation steps (Wan T2V and I2V, HunyuanVideo T2V), both with the distributed optimizer (4
+ranks, torchrun with gloo), equal the same steps at TP=1 x DP=1 on the whole global batch of 4 in one
+micro-batch (this process, replicated optimiser): the losses and every updated weight (generator, fake LoRA,
+EMA, head, whose semantic head merges its attention over the token shards of the CP and TP ranks). Every random draw belongs to a sample, not a rank (pose/draws.py), so the two runs see the same
 noise; what differs is the summation order of the gradients (over ranks, micro-batches, TP slices)."""
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from phase_fixtures import PHASE1, PHASE2, robust_optimisers, two_phase_steps
 
 from pose_mcore.engine.optimizer import Engine
 
-PRESETS = ("tiny-t2v", "tiny-i2v")
+PRESETS = ("tiny-t2v", "tiny-i2v", "tiny-hunyuan-t2v")
+LAYOUTS = [("tp2_dp2", "tiny-t2v"), ("tp2_dp2", "tiny-i2v"), ("cp2_tp2", "tiny-t2v"), ("cp2_tp2", "tiny-i2v"),
+           ("cp2_tp2", "tiny-hunyuan-t2v")]
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +37,14 @@ def results(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", PRESETS)
-def test_layouts_compute_the_same_update(results, preset):
-    ref, par = results[0][preset], results[1][preset]
+@pytest.mark.parametrize(("layout", "preset"), LAYOUTS)
+def test_layouts_compute_the_same_update(results, layout, preset):
+    ref, par = results[0][preset], results[1][layout][preset]
     for phase in ("phase1", "phase2"):
         assert ref[phase]["stepped"] == par[phase]["stepped"] == 1.0
         for key, value in ref[phase].items():
             if not key.startswith("stepped"):
-                assert par[phase][key] == pytest.approx(value, rel=1e-4, abs=1e-6), f"{preset} {phase} {key}"
+                assert par[phase][key] == pytest.approx(value, rel=1e-4, abs=1e-6), f"{layout} {preset} {phase} {key}"
     # Updated weights agree to within 1% of one learning-rate step: Adam moves each entry by about lr, and by
     # far less where a gradient is zero up to rounding (eps is 1e-3 here, see robust_optimisers), so a
     # rounding difference in the gradients moves a weight by a small fraction of lr, and a wrong gradient
@@ -53,7 +56,7 @@ def test_layouts_compute_the_same_update(results, preset):
         assert set(a) == set(b)
         for name in a:
             diff = (b[name].to(a[name].device) - a[name]).abs().max().item()
-            assert diff <= 1e-2 * lr, f"{preset} {role} {name}: differs by {diff:.3g} > 1% of lr {lr}"
+            assert diff <= 1e-2 * lr, f"{layout} {preset} {role} {name}: differs by {diff:.3g} > 1% of lr {lr}"
         before = ref[f"init.{role}"] if role != "ema" else ref["init.generator"]
         assert any(not torch.equal(a[k], before[k]) for k in a), f"{role} did not change"
 

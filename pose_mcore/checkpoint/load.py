@@ -31,7 +31,8 @@ def load_model(path: str | Path, **config: Any) -> torch.nn.Module:
     if not parallel_state.model_parallel_is_initialized():
         initialize_parallel(1)
     tp = parallel_state.get_tensor_model_parallel_world_size()
-    cfg = make_config(found.family, found.config.architecture(), tensor_model_parallel_size=tp, **config)
+    cfg = make_config(found.family, found.config.architecture(), tensor_model_parallel_size=tp,
+                      context_parallel_size=parallel_state.get_context_parallel_world_size(), **config)
     # Built on the meta device (no memory, no random init), then given storage that the checkpoint fills.
     model = build_empty(cfg, run_device())
     load_slices(model, found.source)

@@ -80,6 +80,11 @@ class VideoDiTConfig(TransformerConfig):
         if self.num_attention_heads % tp:
             self.fail(f"num_attention_heads={self.num_attention_heads} must be divisible by "
                       f"tensor_model_parallel_size={tp}: each rank holds whole heads")
+        cp = self.context_parallel_size
+        if self.num_attention_heads % (tp * cp):
+            self.fail(f"num_attention_heads={self.num_attention_heads} must be divisible by tensor_model_parallel_size="
+                      f"{tp} x context_parallel_size={cp}: Ulysses attention gives each CP rank whole heads of "
+                      "its TP rank's")
         if self.ffn_hidden_size is not None and self.ffn_hidden_size % tp:
             self.fail(f"ffn_hidden_size={self.ffn_hidden_size} must be divisible by tensor_model_parallel_size={tp}")
         if self.attn_impl not in ATTN_IMPLS:
@@ -88,11 +93,16 @@ class VideoDiTConfig(TransformerConfig):
             self.fail(f"transformer_impl={self.transformer_impl!r} must be one of {TRANSFORMER_IMPLS}")
 
     def check_tensor_parallel_group(self) -> None:
-        """The initialised tensor-parallel group must have ``tensor_model_parallel_size`` ranks."""
+        """The initialised tensor- and context-parallel groups must have ``tensor_model_parallel_size`` and
+        ``context_parallel_size`` ranks."""
         tp = parallel_state.get_tensor_model_parallel_world_size()
         if tp != self.tensor_model_parallel_size:
             raise ConfigError(f"{type(self).__name__}.tensor_model_parallel_size={self.tensor_model_parallel_size} "
                               f"but the initialised tensor-parallel group has {tp} ranks")
+        cp = parallel_state.get_context_parallel_world_size()
+        if cp != self.context_parallel_size:
+            raise ConfigError(f"{type(self).__name__}.context_parallel_size={self.context_parallel_size} "
+                              f"but the initialised context-parallel group has {cp} ranks")
 
     def recompute_block(self, index: int) -> bool:
         """Whether block ``index`` is activation-checkpointed: megatron's ``recompute_granularity='full'``

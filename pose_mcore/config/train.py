@@ -103,7 +103,10 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)
     """Model config overrides (architecture or runtime fields)."""
     tensor_parallel: int | None = None
-    """TP size (default: all ranks); sequence parallelism is on when TP > 1."""
+    """TP size (default: all ranks not used by context parallelism); sequence parallelism is on when TP > 1."""
+    context_parallel: int = 1
+    """CP size: each sample's video tokens split over this many ranks (Ulysses attention, text and image
+    context replicated); data parallelism takes the rest: DP = world / (TP x CP)."""
     micro_batch_size: int = 8
     """Samples per rank per forward/backward (as Megatron's ``--micro-batch-size``)."""
     global_batch_size: int | None = None

@@ -87,35 +87,43 @@ def _data(p: Problems, d: DataConfig) -> None:
     p.check("data.seed", d.seed, NON_NEGATIVE)
 
 
-def _layout(p: Problems, c: TrainConfig, world_size: int) -> tuple[int, int] | None:
-    """(tp, dp) when the layout is valid."""
-    tp = c.tensor_parallel if c.tensor_parallel is not None else world_size
+def _layout(p: Problems, c: TrainConfig, world_size: int) -> tuple[int, int, int] | None:
+    """(tp, cp, dp) when the layout is valid."""
+    cp = c.context_parallel
+    if not p.check("context_parallel", cp, AT_LEAST_1):
+        return None
+    if world_size % cp:
+        p.add("context_parallel", cp, f"must divide the world size {world_size} (ranks started by torchrun)")
+        return None
+    tp = c.tensor_parallel if c.tensor_parallel is not None else world_size // cp
     if not p.check("tensor_parallel", tp, AT_LEAST_1):
         return None
-    if world_size % tp:
-        p.add("tensor_parallel", tp, f"must divide the world size {world_size} (ranks started by torchrun)")
+    if world_size % (tp * cp):
+        times = f"x context_parallel {cp} " if cp > 1 else ""
+        p.add("tensor_parallel", tp, f"{times}must divide the world size {world_size} (ranks started by torchrun)")
         return None
-    dp = world_size // tp
+    dp = world_size // (tp * cp)
     micro_ok = p.check("micro_batch_size", c.micro_batch_size, AT_LEAST_1)
     if c.global_batch_size is not None and p.check("global_batch_size", c.global_batch_size, AT_LEAST_1) \
             and micro_ok and c.global_batch_size % (c.micro_batch_size * dp):
         p.add("global_batch_size", c.global_batch_size,
               f"must be a multiple of micro_batch_size {c.micro_batch_size} x the data-parallel size {dp} "
-              f"(world size {world_size} / tensor_parallel {tp})")
-    return tp, dp
+              f"(world size {world_size} / tensor_parallel {tp} / context_parallel {cp})")
+    return tp, cp, dp
 
 
-def _model(p: Problems, c: TrainConfig, tp: int | None) -> VideoDiTConfig | None:
+def _model(p: Problems, c: TrainConfig, layout: tuple[int, int, int] | None) -> VideoDiTConfig | None:
     if c.preset not in ALL_PRESETS:
         p.add("preset", c.preset, f"unknown preset; known: {', '.join(ALL_PRESETS)}")
         return None
-    if tp is None:
+    if layout is None:
         return None
+    tp, cp, _ = layout
     try:
         return family_of_preset(c.preset).make_config(c.preset, tensor_model_parallel_size=tp,
-                                                      sequence_parallel=tp > 1, **c.model)
+                                                      context_parallel_size=cp, sequence_parallel=tp > 1, **c.model)
     except (ConfigError, TypeError, ValueError) as e:
-        p.add("model", c.model, f"preset {c.preset!r} at tensor_parallel={tp}: {e}")
+        p.add("model", c.model, f"preset {c.preset!r} at tensor_parallel={tp} x context_parallel={cp}: {e}")
         return None
 
 
@@ -184,17 +192,37 @@ def _phase2(p: Problems, c: TrainConfig, model: VideoDiTConfig | None) -> None:
                                                              f"[0, {blocks}) ({c.preset} has {blocks} blocks)")
 
 
+def _tokens(p: Problems, c: TrainConfig, model: VideoDiTConfig | None) -> None:
+    """The procedural videos' latent grid fits the patches, and its tokens split over the token shards (every
+    CP x TP rank needs at least one real token: a rank of padding only has nothing to attend from)."""
+    d = c.data
+    if model is None or d.kind != "procedural" or min(d.frames, d.height, d.width) < 1:
+        return
+    dims = (d.frames, d.height, d.width)
+    if any(n % k for n, k in zip(dims, model.patch_size, strict=True)):
+        p.add("data", f"{d.frames}x{d.height}x{d.width}", f"latent frames x height x width must be multiples of "
+                                                          f"the patch size {tuple(model.patch_size)}")
+        return
+    tokens = math.prod(n // k for n, k in zip(dims, model.patch_size, strict=True))
+    cp, tp = model.context_parallel_size, model.tensor_model_parallel_size if model.sequence_parallel else 1
+    if tokens < cp * tp:
+        p.add("context_parallel", cp, f"x tensor_parallel {tp}: {tokens} video tokens per sample "
+                                      f"({d.frames}x{d.height}x{d.width} latents, patch {tuple(model.patch_size)}) "
+                                      f"cannot be split into {cp * tp} shards of at least one token")
+
+
 def validate_train_config(config: TrainConfig, world_size: int) -> VideoDiTConfig:
     """Check everything in ``config`` for ``world_size`` ranks; return the model config it implies, or raise
     :class:`TrainConfigError` listing every problem (one line each)."""
     p = Problems()
     layout = _layout(p, config, world_size)
-    model = _model(p, config, layout[0] if layout else None)
+    model = _model(p, config, layout)
     _phases(p, config)
     _data(p, config.data)
     _teacher(p, config)
     _phase1(p, config)
     _phase2(p, config, model)
+    _tokens(p, config, model)
     p.check("seed", config.seed, NON_NEGATIVE)
     for name in ("checkpoint_every", "sample_every"):
         p.check(name, getattr(config, name), NON_NEGATIVE)

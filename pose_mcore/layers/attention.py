@@ -20,6 +20,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from pose_mcore.layers.rotary import apply_rotary
+from pose_mcore.parallel.context import gather_heads, heads_to_seq, local_heads, seq_to_heads
 from pose_mcore.parallel.sequence import without_sequence_parallel
 
 _flash_attn_func = None
@@ -68,6 +69,33 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """``[b, n, s, d]`` -> ``[s, b, n*d]``."""
     b, n, s, d = x.shape
     return x.permute(2, 0, 1, 3).reshape(s, b, n * d)
+
+
+def video_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_length: int, impl: str,
+                    text: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                    text_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention of this rank's video tokens ``q, k, v [s, b, n, d]`` (rotary applied; this rank's heads)
+    over every video token (keys past ``key_length`` in the whole padded sequence are padding) and, for a
+    joint attention, the replicated text ``text = (q, k, v) [l, b, n, d]`` with its key mask ``[b, l]``.
+
+    Under context parallelism the video q, k, v go through Ulysses' all-to-all (every token, 1/cp of the
+    heads) and the output back; each CP rank takes its heads of the text and the text output is gathered
+    over the heads again. Returns (video ``[s, b, n*d]``, text ``[l, b, n*d]`` or None)."""
+    head_dim = q.shape[-1]
+    q, k, v = seq_to_heads(q), seq_to_heads(k), seq_to_heads(v)
+    n_video = q.shape[0]
+    k, v = k[:key_length], v[:key_length]
+    mask = None
+    if text is not None:
+        qt, kt, vt = (local_heads(t) for t in text)
+        q, k, v = torch.cat([q, qt]), torch.cat([k, kt]), torch.cat([v, vt])
+        mask = _key_mask(key_length, text_mask)
+    out = attention(split_heads(q.flatten(-2), head_dim), split_heads(k.flatten(-2), head_dim),
+                    split_heads(v.flatten(-2), head_dim), impl, mask)
+    video = heads_to_seq(merge_heads(out[:, :, :n_video]).unflatten(-1, (-1, head_dim))).flatten(-2)
+    if text is None:
+        return video, None
+    return video, gather_heads(merge_heads(out[:, :, n_video:]).unflatten(-1, (-1, head_dim))).flatten(-2)
 
 
 @dataclass
@@ -122,16 +150,14 @@ class SelfAttention(_HeadParallelAttention):
         super().__init__(config, submodules, kv_config=config)
 
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], key_length: int) -> torch.Tensor:
-        """``x [s_local, b, h]``; ``rotary`` cos/sin ``[s_full, head_dim]``; keys past ``key_length`` are padding."""
+        """``x [s_local, b, h]``; ``rotary`` cos/sin ``[s, head_dim]`` of this CP rank's tokens (all of them
+        without context parallelism); keys past ``key_length`` (in the whole padded sequence) are padding."""
         cos, sin = (r[:, None, None, :] for r in rotary)
         q = apply_rotary(self._queries(x).unflatten(-1, (-1, self.head_dim)), cos, sin)
         k, v = self._keys_values(x)
         k = apply_rotary(k.unflatten(-1, (-1, self.head_dim)), cos, sin)
-        q, k = q.flatten(-2), k.flatten(-2)
-        k, v = k[:key_length], v[:key_length]
-        out = attention(split_heads(q, self.head_dim), split_heads(k, self.head_dim), split_heads(v, self.head_dim),
-                        self.attn_impl)
-        return self._out(out)
+        out, _ = video_attention(q, k, v.unflatten(-1, (-1, self.head_dim)), key_length, self.attn_impl)
+        return self.linear_proj(out)[0]
 
 
 class CrossAttention(_HeadParallelAttention):
@@ -225,15 +251,8 @@ class JointAttention(MegatronModule):
         qv, kv, vv = self._qkv(x, "")
         cos, sin = (r[:, None, None, :] for r in rotary)
         qv, kv = apply_rotary(qv, cos, sin), apply_rotary(kv, cos, sin)
-        qc, kc, vc = self._qkv(context, "_ctx")
-        n_video = qv.shape[0]
-        q = torch.cat([qv, qc]).flatten(-2)
-        k = torch.cat([kv[:key_length], kc]).flatten(-2)
-        v = torch.cat([vv[:key_length], vc]).flatten(-2)
-        out = attention(split_heads(q, self.head_dim), split_heads(k, self.head_dim), split_heads(v, self.head_dim),
-                        self.attn_impl, _key_mask(key_length, context_mask))
-        video, text = out[:, :, :n_video], out[:, :, n_video:]
-        return self.linear_proj(merge_heads(video))[0], self.linear_proj_ctx(merge_heads(text))[0]
+        video, text = video_attention(qv, kv, vv, key_length, self.attn_impl, self._qkv(context, "_ctx"), context_mask)
+        return self.linear_proj(video)[0], self.linear_proj_ctx(text)[0]
 
 
 @dataclass
@@ -283,10 +302,9 @@ class FusedAttentionMLP(MegatronModule):
         q, k, v, mlp = self.linear_fc1(x)[0].split(self.local_sizes, dim=-1)
         q = self.q_norm(q.unflatten(-1, (-1, self.head_dim)))
         k = self.k_norm(k.unflatten(-1, (-1, self.head_dim)))
+        v = v.unflatten(-1, (-1, self.head_dim))
         cos, sin = (r[:, None, None, :] for r in rotary)
-        q = torch.cat([apply_rotary(q[:n_video], cos, sin), q[n_video:]]).flatten(-2)
-        k = torch.cat([apply_rotary(k[:key_length], cos[:key_length], sin[:key_length]), k[n_video:]]).flatten(-2)
-        v = torch.cat([v[:key_length], v[n_video:]])
-        out = attention(split_heads(q, self.head_dim), split_heads(k, self.head_dim), split_heads(v, self.head_dim),
-                        self.attn_impl, _key_mask(key_length, context_mask))
-        return self.linear_fc2(torch.cat([merge_heads(out), F.gelu(mlp, approximate="tanh")], dim=-1))[0]
+        video, text = video_attention(apply_rotary(q[:n_video], cos, sin), apply_rotary(k[:n_video], cos, sin),
+                                      v[:n_video], key_length, self.attn_impl,
+                                      (q[n_video:], k[n_video:], v[n_video:]), context_mask)
+        return self.linear_fc2(torch.cat([torch.cat([video, text]), F.gelu(mlp, approximate="tanh")], dim=-1))[0]

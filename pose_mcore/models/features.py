@@ -1,7 +1,7 @@
 """Hidden states after chosen blocks of a DiT, for the discriminator (the model knows nothing of it).
 
 Features are the block outputs as the model holds them: sequence-first ``[s, b, d]``, this rank's
-padded token shard under sequence parallelism (``valid_tokens`` says how many are real).
+padded token shard under sequence or context parallelism (``valid_tokens`` says how many are real).
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from megatron.core import parallel_state
 from torch import nn
+
+from pose_mcore.parallel.context import token_shards
 
 
 def feature_blocks(model: nn.Module) -> list[nn.Module]:
@@ -35,14 +36,14 @@ class Features:
     """Block outputs ``[s_local, b, d]`` in ``layers`` order."""
     grid: tuple[int, int, int] | None = None
     """Token grid (frames, height, width) of the whole sequence."""
+    sequence_parallel: bool = False
+    """The model splits its tokens over the TP ranks too (and over the CP ranks in any case)."""
 
     def valid_tokens(self) -> int:
         """Real (not padding) tokens in this rank's shard."""
         total = self.grid[0] * self.grid[1] * self.grid[2]
         local = self.hidden[0].shape[0]
-        if local == total:
-            return total
-        start = parallel_state.get_tensor_model_parallel_rank() * local
+        start = token_shards(self.sequence_parallel)[0] * local
         return max(0, min(local, total - start))
 
 
@@ -58,7 +59,8 @@ def capture_features(model: nn.Module, layers: Sequence[int], hidden_states: tor
     if bad:
         raise ValueError(f"feature layers {bad} out of range: the model has {len(blocks)} blocks")
     patch = model.config.patch_size
-    feats = Features(list(layers), grid=tuple(n // p for n, p in zip(hidden_states.shape[2:], patch, strict=True)))
+    feats = Features(list(layers), grid=tuple(n // p for n, p in zip(hidden_states.shape[2:], patch, strict=True)),
+                     sequence_parallel=model.config.sequence_parallel)
     slots: dict[int, torch.Tensor] = {}
 
     def hook_for(index: int):

@@ -20,7 +20,9 @@ short and replicated on every rank. Dual-stream blocks follow Megatron SP exactl
 projections all-gather and reduce-scatter; text projections see the replicated text). Single-stream
 blocks modulate their shard, all-gather the video tokens, run the fused layers on the replicated
 [video ; text] sequence (each rank its own heads and MLP slice) and keep their shard of the result.
-Text masks are prefix masks: a sample's valid tokens come first (as in the official code and
+Context parallelism splits the video tokens over the CP ranks first (the TP ranks split each chunk
+under SP); the attention of both block kinds runs Ulysses' all-to-all (``layers/attention.py``), the
+text stays replicated. Text masks are prefix masks: a sample's valid tokens come first (as in the official code and
 diffusers).
 """
 
@@ -31,7 +33,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from megatron.core import parallel_state
 from megatron.core.tensor_parallel import gather_from_sequence_parallel_region, scatter_to_sequence_parallel_region
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
@@ -52,11 +53,10 @@ from pose_mcore.layers.specs import (
     resolve_transformer_impl,
 )
 from pose_mcore.models.output import TransformerOutput
+from pose_mcore.parallel.context import context_chunk, cp_size, merge_video, split_video, token_shards
 from pose_mcore.parallel.sequence import (
     broadcast_to_tokens,
-    gather_tokens,
     mark_sequence_parallel,
-    scatter_tokens,
     without_sequence_parallel,
 )
 
@@ -261,11 +261,11 @@ class HunyuanModel(MegatronModule):
         # Valid text tokens are a prefix of each sample (diffusers and the official code assume the same).
         context_mask = torch.arange(mask.shape[1], device=mask.device)[None, :] < mask.sum(dim=1, keepdim=True)
 
-        if cfg.sequence_parallel:
-            x = scatter_tokens(x)
-            tp = parallel_state.get_tensor_model_parallel_world_size()
-            rotary = tuple(F.pad(r, (0, 0, 0, -n_tokens % tp)) for r in rotary)
-            start = parallel_state.get_tensor_model_parallel_rank() * x.shape[0]
+        sp = cfg.sequence_parallel
+        if sp or cp_size() > 1:
+            x = split_video(x, sp)
+            rotary = tuple(context_chunk(r, sp) for r in rotary)
+            start = token_shards(sp)[0] * x.shape[0]
             n_first = min(max(n_first - start, 0), x.shape[0])
 
         args = (temb, first_temb, n_first, rotary, n_tokens, context_mask)
@@ -277,7 +277,7 @@ class HunyuanModel(MegatronModule):
 
         scale, shift = _to_tokens(self.out_modulation(temb), cfg.sequence_parallel)
         x = self.proj_out(modulate(self.norm_out, x, shift, scale))
-        if cfg.sequence_parallel:
-            x = gather_tokens(x, n_tokens)
+        if sp or cp_size() > 1:
+            x = merge_video(x, n_tokens, sp)
         out = unpatchify(x, b, grid, cfg.patch_size, cfg.out_channels, channels_first=True)
         return TransformerOutput(sample=out) if return_dict else (out,)

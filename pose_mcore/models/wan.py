@@ -8,10 +8,10 @@ Data path (``s`` video tokens, ``b`` batch, ``d`` hidden; sequence-first as in m
     video [b, c, f, h, w] -> 3-D patches -> tokens [s, b, d]
     timestep -> sinusoid -> MLP -> temb -> projection -> 6-way modulation per block
     text [b, l, text_dim] -> MLP -> context [l, b, d];  CLIP image tokens -> MLP -> [m, b, d]
-    (sequence parallel: pad s to a multiple of the TP size and keep this rank's slice)
+    (sequence / context parallel: pad s to a multiple of cp x tp and keep this rank's shard)
     blocks: modulated self-attention (q/k RMSNorm across heads, 3-D rotary), cross-attention to
             text (+ image), modulated tanh-GELU MLP; each added back with its gate
-    head: modulated LayerNorm, linear to patch pixels (on the slice); gather, strip padding,
+    head: modulated LayerNorm, linear to patch pixels (on the shard); gather, strip padding,
     un-patchify -> velocity [b, out_channels, f, h, w]
 """
 
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from megatron.core import parallel_state
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from torch import nn
@@ -40,7 +39,8 @@ from pose_mcore.layers.specs import (
     self_attention_spec,
 )
 from pose_mcore.models.output import TransformerOutput
-from pose_mcore.parallel.sequence import broadcast_to_tokens, gather_tokens, mark_sequence_parallel, scatter_tokens
+from pose_mcore.parallel.context import context_chunk, cp_size, merge_video, split_video
+from pose_mcore.parallel.sequence import broadcast_to_tokens, mark_sequence_parallel
 
 
 @dataclass
@@ -134,12 +134,14 @@ class WanModel(MegatronModule):
         if self.image_embedder is not None and encoder_hidden_states_image is not None:
             image_context = self.image_embedder(encoder_hidden_states_image).transpose(0, 1)
 
-        if cfg.sequence_parallel:
-            x = scatter_tokens(x)
-            tp = parallel_state.get_tensor_model_parallel_world_size()
-            rotary = tuple(F.pad(r, (0, 0, 0, -n_tokens % tp)) for r in rotary)
-            split = scatter_tokens if mod.shape[0] > 1 else broadcast_to_tokens
-            mod, head_emb = split(mod), split(head_emb)
+        sp = cfg.sequence_parallel
+        if sp or cp_size() > 1:
+            x = split_video(x, sp)
+            rotary = tuple(context_chunk(r, sp) for r in rotary)
+            if mod.shape[0] > 1:  # per-token modulation: split like the tokens
+                mod, head_emb = split_video(mod, sp), split_video(head_emb, sp)
+            elif sp:
+                mod, head_emb = broadcast_to_tokens(mod), broadcast_to_tokens(head_emb)
 
         for i, block in enumerate(self.blocks):
             args = (x, context, image_context, mod, rotary, n_tokens)
@@ -150,7 +152,7 @@ class WanModel(MegatronModule):
 
         shift, scale = modulation_chunks(self.scale_shift_table, head_emb)
         x = self.proj_out(modulate(self.norm_out, x, shift, scale))
-        if cfg.sequence_parallel:
-            x = gather_tokens(x, n_tokens)
+        if sp or cp_size() > 1:
+            x = merge_video(x, n_tokens, sp)
         out = unpatchify(x, b, grid, cfg.patch_size, cfg.out_channels, channels_first=False)
         return TransformerOutput(sample=out) if return_dict else (out,)

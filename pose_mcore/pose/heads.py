@@ -5,7 +5,8 @@ self-attend with the condition tokens (text, and image for I2V, each with a lear
 embedding), get the noise level through an AdaLN scale/shift, and cross-attend to that layer's video
 tokens with :func:`pose_kernels.logit_query_attention` (few queries, very long keys). Under sequence
 parallelism each rank attends to its own token shard and the partial results are merged exactly by
-log-sum-exp. The outputs of all layers are concatenated along channels and projected to one logit.
+log-sum-exp (over the TP ranks under sequence parallelism, over the CP ranks under context parallelism,
+over both with both). The outputs of all layers are concatenated along channels and projected to one logit.
 
 ``ConvHead``: the convolutional head of the paper's ablation (Table 3).
 """
@@ -13,15 +14,16 @@ log-sum-exp. The outputs of all layers are concatenated along channels and proje
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core import parallel_state
-from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 from pose_kernels import logit_query_attention, merge_partial_attention
 from torch import nn
 
 from pose_mcore.layers.embeddings import MLPEmbedding, timestep_sinusoid
 from pose_mcore.models.features import Features
-from pose_mcore.parallel.sequence import broadcast_to_tokens, gather_tokens, mark_sequence_parallel
+from pose_mcore.parallel.context import gather_shards, merge_video, token_shard_group
+from pose_mcore.parallel.sequence import broadcast_to_tokens, mark_sequence_parallel
 
 
 class _QueryLayer(nn.Module):
@@ -39,7 +41,8 @@ class _QueryLayer(nn.Module):
         mark_sequence_parallel(self.kv, sequence_parallel)  # applied to this rank's token shard
 
     def forward(self, queries: torch.Tensor, conditions: torch.Tensor, temb: torch.Tensor, video: torch.Tensor,
-                valid: int) -> torch.Tensor:
+                valid: int, group: dist.ProcessGroup | None) -> torch.Tensor:
+        """``group``: the ranks the video tokens are split over (None: this rank has all of them)."""
         b, n, d = queries.shape
         tokens = self.norm(torch.cat([queries, conditions], dim=1))
         q = queries + self.self_attn(tokens, tokens, tokens, need_weights=False)[0][:, :n]
@@ -47,15 +50,13 @@ class _QueryLayer(nn.Module):
         q = q * (1 + scale) + shift
         hd = d // self.heads
         qh = self.q(q).view(b, n, self.heads, hd).transpose(1, 2)
-        sharded = parallel_state.get_tensor_model_parallel_world_size() > 1 and self.kv.weight.sequence_parallel
-        if sharded:  # the replicated queries meet this rank's keys only: sum their gradient over the ranks
-            qh = broadcast_to_tokens(qh)
+        if parallel_state.get_tensor_model_parallel_world_size() > 1 and self.kv.weight.sequence_parallel:
+            qh = broadcast_to_tokens(qh)  # the replicated queries meet this rank's keys only: sum over TP
         k, v = self.kv(video.transpose(0, 1)).view(b, -1, 2, self.heads, hd).permute(2, 0, 3, 1, 4)
         lengths = torch.full((b,), valid, dtype=torch.int32, device=video.device)
         out, lse = logit_query_attention(qh, k, v, key_lengths=lengths)
-        if sharded:
-            stacked = gather_from_sequence_parallel_region(torch.cat([out, lse.unsqueeze(-1)], -1).unsqueeze(0),
-                                                           tensor_parallel_output_grad=False)
+        if group is not None:
+            stacked = gather_shards(torch.cat([out, lse.unsqueeze(-1)], -1).unsqueeze(0), group)
             out, lse = merge_partial_attention(list(stacked[..., :-1]), list(stacked[..., -1]))
         return q + self.out(out.transpose(1, 2).reshape(b, n, d))
 
@@ -84,8 +85,8 @@ class SemanticHead(nn.Module):
         b = text.shape[0]
         temb = self.time(timestep_sinusoid(1000 * t, self.queries.shape[1]))
         queries = self.queries.unsqueeze(0).expand(b, -1, -1)
-        valid = features.valid_tokens()
-        outs = [layer(queries, conditions, temb, hidden.float(), valid)
+        valid, group = features.valid_tokens(), token_shard_group(features.sequence_parallel)
+        outs = [layer(queries, conditions, temb, hidden.float(), valid, group)
                 for layer, hidden in zip(self.layers, features.hidden, strict=True)]
         return self.proj(torch.cat(outs, dim=-1).flatten(1)).squeeze(-1)
 
@@ -105,8 +106,8 @@ class ConvHead(nn.Module):
         total = f * h * w
         pooled = 0
         for conv, hidden in zip(self.convs, features.hidden, strict=True):
-            if hidden.shape[0] != total:  # sequence parallel: this head needs every token
-                hidden = gather_tokens(hidden, total)
+            if token_shard_group(features.sequence_parallel) is not None:  # this head needs every token
+                hidden = merge_video(hidden, total, features.sequence_parallel)
             grid = hidden.float().permute(1, 2, 0).reshape(hidden.shape[1], -1, f, h, w)
             pooled = pooled + F.silu(conv(grid)).mean(dim=(2, 3, 4))
         temb = self.time(timestep_sinusoid(1000 * t, pooled.shape[-1]))

@@ -1,0 +1,37 @@
+"""Context parallelism (Ulysses) equals CP=1 for Wan and HunyuanVideo: CP=2, CP=4 and CP=2 x TP=2 (sequence
+parallelism off and on) against CP=1 TP=1 on 4 gloo ranks: outputs, input gradients and every parameter
+gradient (summed over the CP ranks as DDP does), with odd token counts (padding on some CP ranks), masked
+text, per-token timesteps, both Hunyuan I2V modes (the token-replaced first frame on one CP rank only) and
+activation checkpointing. Runs tests/dist/model_cp.py under torchrun."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_close_rel, assert_grads_close, torchrun
+
+REL = 1e-5
+CASES = ["wan_t2v_odd_tokens", "wan_i2v", "wan_t2v_per_token_t_recompute", "hunyuan_t2v_odd_tokens",
+         "hunyuan_i2v_concat", "hunyuan_i2v_replace_recompute", "hunyuan_i2v_replace_first_frame_split"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("model_cp") / "results.pt"
+    torchrun("model_cp.py", "--out", str(out), nproc=4, timeout=600)
+    return torch.load(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("layout", ["cp2", "cp4", "cp2_tp2", "cp2_tp2_sp"])
+def test_cp_matches_cp1(results, case, layout):
+    reference, parallel = results[case]["cp1"], results[case][layout]
+    assert set(parallel) == set(reference)
+    assert sum(k.startswith("grad.") for k in reference) > 30
+    assert any(k.startswith("input_grad.") for k in reference)
+    for name, expected in reference.items():
+        if not name.startswith("grad."):
+            assert_close_rel(parallel[name], expected, REL, f"{case}/{layout}/{name}")
+    grads = {k: v for k, v in reference.items() if k.startswith("grad.")}
+    assert_grads_close({k: parallel[k] for k in grads}, grads, REL, f"{case}/{layout}/")
