@@ -1,6 +1,7 @@
 """The memory model: its fake-tensor traces of a DiT step and of every phase's step (the trainer's own roles,
 optimisers and phase code; all three backbone modes) equal the same steps measured on real CPU tensors with
-the same accounting (bytes of distinct live storages) to within 0.1 %; extrapolating traced depths to the
+the same accounting (bytes of distinct live storages) to within 0.1 %, also for rank 0 of TP=2 and CP=2
+layouts against a real 2-rank run; extrapolating traced depths to the
 model's is within 3 % of the full trace; its FLOP count of a block equals a hand count; the tool refuses
 bad input with exit status 2."""
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,3 +98,32 @@ def test_traced_flops_are_the_executed_ones(results):
     assert plain < recomputed < 1.5 * plain  # one more forward of the blocks: forward ~ 1/3 of forward + backward
     extrapolated = results["wan_i2v/phase1-extrapolated"]
     assert abs(extrapolated["extrapolated"]["flops"] - extrapolated["traced"]["flops"]) <= 1
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    """Rank 0 of TP=2 and CP=2 runs: traced on a fake 2-rank group (a fresh process), measured on 2 gloo ranks."""
+    folder = tmp_path_factory.mktemp("memory_layouts")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TRITON_INTERPRET": "0"}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "dist" / "memory_layouts.py"), "--fake",
+                           "--out", str(folder / "traced.pt")], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRITON_INTERPRET", "0")
+        torchrun("memory_layouts.py", "--out", str(folder / "real.pt"), nproc=2, timeout=600)
+    return torch.load(folder / "traced.pt"), torch.load(folder / "real.pt")
+
+
+@pytest.mark.slow
+def test_traces_of_parallel_layouts_equal_the_measured_ranks(layouts):
+    """The trace of rank 0 at TP=2 (sequence parallelism) and at CP=2 equals rank 0 of the real 2-rank run."""
+    traced, real = layouts
+    assert set(traced) == set(real) == {"tp2", "cp2"}
+    for layout in traced:
+        for phase, t in traced[layout].items():
+            r = real[layout][phase]
+            assert t["states"] == r["states"], (layout, phase)
+            assert abs(t["total"] - r["total"]) <= 1e-3 * r["total"], (layout, phase, t, r)
+            assert r["step"] > 0
+    # the layouts are not the same step: CP keeps every weight (TP slices them), TP keeps all tokens' activations
+    assert traced["cp2"]["phase1"]["states"] > traced["tp2"]["phase1"]["states"]

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="a training YAML file or the name of a shipped config")
     parser.add_argument("--video", default="81x480x832", help="FRAMESxHEIGHTxWIDTH in pixels")
-    parser.add_argument("--world", type=int, default=None, help="ranks (default: the config's tensor_parallel)")
+    parser.add_argument("--world", type=int, default=None,
+                        help="ranks (default: the config's tensor_parallel x context_parallel)")
     parser.add_argument("--phase", choices=PHASES, action="append", default=None,
                         help="phases to trace (default: the config's)")
     parser.add_argument("--full-depth", action="store_true", help="trace every block instead of extrapolating")
@@ -61,21 +62,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         frames, height, width = latent_shape(args.video)
         config = load_train_config(resolve_config(args.config), args.overrides)
-        tp = config.tensor_parallel or 1
-        world = args.world or tp
-        if world % tp:
-            raise ValueError(f"--world {world} is not a multiple of tensor_parallel={tp}")
+        tp, cp = config.tensor_parallel or 1, config.context_parallel
+        world = args.world or tp * cp
+        if world % (tp * cp):
+            raise ValueError(f"--world {world} is not a multiple of tensor_parallel={tp} x context_parallel={cp}")
         # no checkpoint or data is read: the trace uses random weights of the config's architecture
         model_cfg = family_of_preset(config.preset).make_config(config.preset, tensor_model_parallel_size=tp,
-                                                                sequence_parallel=tp > 1, **config.model)
+                                                                context_parallel_size=cp, sequence_parallel=tp > 1,
+                                                                **config.model)
     except (ValueError, KeyError, TrainConfigError, ConfigError) as e:
         parser.error(str(e))
     print(f"{config.preset}: video {args.video} (latents {frames}x{height}x{width}), {world} ranks, TP={tp}"
-          f"{' + SP' if model_cfg.sequence_parallel else ''}, micro-batch {config.micro_batch_size}, "
+          f"{' + SP' if model_cfg.sequence_parallel else ''}{f' x CP={cp}' if cp > 1 else ''}, "
+          f"micro-batch {config.micro_batch_size}, "
           f"recompute {model_cfg.recompute_granularity or 'off'}; rank 0, GiB")
     print(f"{'phase':<22} {'states':>8} {'step':>8} {'total':>8}  " + "  ".join(f"{c} GB" for c in CARDS_GB)
           + "  TFLOP/step")
-    with fake_world(tp, world):
+    with fake_world(tp, world, cp):
         for phase in args.phase or config.phases:
             start = time.perf_counter()
             mem = phase_step_memory(config, phase, frames, height, width, extrapolate=not args.full_depth)

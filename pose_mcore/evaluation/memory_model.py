@@ -132,7 +132,8 @@ def _tensors_of(objects: list[object]) -> list[torch.Tensor]:
 
 
 @contextlib.contextmanager
-def fake_world(tensor_parallel_size: int, world_size: int | None = None) -> Iterator[None]:
+def fake_world(tensor_parallel_size: int, world_size: int | None = None, context_parallel_size: int = 1
+               ) -> Iterator[None]:
     """megatron-core's parallel state over a fake process group of ``world_size`` ranks (this process is
     rank 0), for tracing a layout without the machines; restores nothing it did not create."""
     from torch.testing._internal.distributed.fake_pg import FakeStore
@@ -140,9 +141,11 @@ def fake_world(tensor_parallel_size: int, world_size: int | None = None) -> Iter
     if dist.is_initialized() or parallel_state.model_parallel_is_initialized():
         raise RuntimeError("fake_world needs a process without torch.distributed initialised")
     apply_cpu_compat()
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size or tensor_parallel_size)
+    dist.init_process_group("fake", store=FakeStore(), rank=0,
+                            world_size=world_size or tensor_parallel_size * context_parallel_size)
     try:
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel_size,
+                                                 context_parallel_size=context_parallel_size,
                                                  create_gloo_process_groups=False)
         tensor_parallel.model_parallel_cuda_manual_seed(1234)
         yield
@@ -381,13 +384,15 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
     from pose_mcore.pose.conditioning import Conditioner
 
     tp = parallel_state.get_tensor_model_parallel_world_size()
+    layout = dict(tensor_model_parallel_size=tp, context_parallel_size=parallel_state.get_context_parallel_world_size(),
+                  sequence_parallel=tp > 1)
     family = family_of_preset(config.preset)
+
     def at(depths: dict[str, int]) -> StepMemory:
         run = dataclasses.replace(config, model={**config.model, **depths})
         if depths and phase == "phase2":  # the head reads the default feature layers of the shallow model
             run = dataclasses.replace(run, phase2=dataclasses.replace(run.phase2, feature_layers=None))
-        model_cfg = family.make_config(config.preset, tensor_model_parallel_size=tp, sequence_parallel=tp > 1,
-                                       **run.model)
+        model_cfg = family.make_config(config.preset, **layout, **run.model)
         with cpu_autocast_backward(bf16):
             return _tracked(lambda: setup(run, model_cfg), fake)
 
@@ -401,7 +406,7 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
         named["batch"] = data
         return named, lambda: step.step([data])
 
-    cfg = family.make_config(config.preset, tensor_model_parallel_size=tp, sequence_parallel=tp > 1, **config.model)
+    cfg = family.make_config(config.preset, **layout, **config.model)
     return _over_depth(cfg, at, extrapolate)
 
 
