@@ -9,6 +9,7 @@ import torch
 from phase_fixtures import batch_for, phase1_setup, phase2_setup
 
 from pose_mcore.config.base import RECOMPUTE_EVERY_BLOCK
+from pose_mcore.models.features import unused_by_features
 
 
 def _snapshot(module):
@@ -106,4 +107,11 @@ def test_full_backbone_with_activation_checkpointing(tp1):
     backbone = _snapshot(roles.disc_backbone)
     out = phase.step([batch_for(cfg)])
     assert out["stepped"] == 1.0 and _changed(backbone, roles.disc_backbone)
-    assert all(p.requires_grad for p in roles.disc_backbone.parameters())
+    # what the head cannot see (the output layers: its features are block outputs) is not trained at all
+    unused = {id(p) for p in unused_by_features(roles.disc_backbone, phase.layers)}
+    names = {n for n, p in roles.disc_backbone.named_parameters() if id(p) in unused}
+    assert names and all(n.startswith(("norm_out", "proj_out", "scale_shift_table")) for n in names), names
+    for n, p in roles.disc_backbone.named_parameters():
+        assert p.requires_grad == (n not in names), n
+        if n in names:
+            assert torch.equal(p, backbone[n]), n

@@ -29,6 +29,17 @@ def default_layers(model: nn.Module) -> list[int]:
     return sorted({max(0, round(n * f) - 1) for f in (0.25, 0.5, 0.75, 1.0)})
 
 
+def unused_by_features(model: nn.Module, layers: Sequence[int]) -> list[nn.Parameter]:
+    """Parameters that cannot change the outputs of blocks ``layers``: the blocks after the last of them and
+    the output layers (a discriminator backbone trained through its features gives them no gradient)."""
+    blocks = feature_blocks(model)[max(layers) + 1:]
+    out = [p for block in blocks for p in block.parameters()]
+    for name in model.output_layers:
+        part = getattr(model, name)
+        out += [part] if isinstance(part, nn.Parameter) else list(part.parameters())
+    return out
+
+
 @dataclass
 class Features:
     layers: list[int]

@@ -211,6 +211,9 @@ def hunyuan_block_specs(config: HunyuanConfig) -> tuple[ModuleSpec, ModuleSpec]:
 class HunyuanModel(MegatronModule):
     """HunyuanVideo DiT predicting the flow-matching velocity of a latent video."""
 
+    output_layers = ("norm_out", "out_modulation", "proj_out")
+    """What the last block's output goes through (nothing else does)."""
+
     def __init__(self, config: HunyuanConfig, block_specs: tuple[ModuleSpec, ModuleSpec] | None = None) -> None:
         super().__init__(config)
         config.check_tensor_parallel_group()

@@ -88,6 +88,9 @@ def wan_block_spec(config: WanConfig) -> ModuleSpec:
 class WanModel(MegatronModule):
     """Wan DiT predicting the flow-matching velocity of a latent video."""
 
+    output_layers = ("norm_out", "proj_out", "scale_shift_table")
+    """What the last block's output goes through (nothing else does)."""
+
     def __init__(self, config: WanConfig, block_spec: ModuleSpec | None = None) -> None:
         super().__init__(config)
         config.check_tensor_parallel_group()

@@ -5,8 +5,6 @@ frame consistency loss for image-to-video."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from pose_kernels import st_r1_perturb
 
@@ -14,7 +12,7 @@ from pose_mcore.config.base import VideoDiTConfig
 from pose_mcore.config.train import Phase2Config
 from pose_mcore.diffusion.flow import add_noise, x0_from_velocity
 from pose_mcore.engine.optimizer import Engine, Optimizer
-from pose_mcore.models.features import capture_features, default_layers
+from pose_mcore.models.features import capture_features, default_layers, unused_by_features
 from pose_mcore.pose.conditioning import Conditioner, Conditions
 from pose_mcore.pose.heads import ConvHead, SemanticHead
 from pose_mcore.pose.losses import adversarial_d_loss, adversarial_g_loss, consistency_loss, st_r1_loss
@@ -46,12 +44,12 @@ class Phase2(Phase):
         self.i2v = model_cfg.in_channels > model_cfg.out_channels
         self.opt_g = self.optimizer([roles.generator], cfg.optim_g)
         self.d_modules = [head] + ([roles.disc_backbone] if cfg.backbone == "full" else [])
-        engine = self.engine
         if cfg.backbone == "full":
-            # the trained backbone's output layer gets no gradient from the head (it reads block features), and
-            # megatron-core's overlapped reduction starts a bucket only once every parameter in it has one
-            engine = dataclasses.replace(engine, overlap_grad_reduce=False)
-        self.opt_d = Optimizer(self.d_modules, model_cfg, cfg.optim_d, engine)
+            # What the head cannot see is not trained (and not in DDP's buckets, whose overlapped reduction
+            # starts a bucket only once every parameter in it has a gradient).
+            for p in unused_by_features(roles.disc_backbone, self.layers):
+                p.requires_grad_(False)
+        self.opt_d = self.optimizer(self.d_modules, cfg.optim_d)
 
     def optimizers(self) -> dict[str, Optimizer]:
         return {"generator": self.opt_g, "discriminator": self.opt_d}
