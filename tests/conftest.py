@@ -98,3 +98,17 @@ def threads(request):
     torch.set_num_threads(request.param)
     yield request.param
     torch.set_num_threads(before)
+
+
+def assert_layout_matches(reference: dict[str, torch.Tensor], parallel: dict[str, torch.Tensor], label: str,
+                          rel: float = 1e-5) -> None:
+    """A parallel layout's outputs, input gradients and whole parameter gradients (tests/dist/model_tp.py)
+    against the single-rank reference's."""
+    assert set(parallel) == set(reference)
+    assert sum(k.startswith("grad.") for k in reference) > 30
+    assert any(k.startswith("input_grad.") for k in reference)
+    for name, expected in reference.items():
+        if not name.startswith("grad."):
+            assert_close_rel(parallel[name], expected, rel, f"{label}/{name}")
+    grads = {k: v for k, v in reference.items() if k.startswith("grad.")}  # on the model's scale, as in parity
+    assert_grads_close({k: parallel[k] for k in grads}, grads, rel, f"{label}/")

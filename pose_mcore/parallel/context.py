@@ -148,28 +148,18 @@ def _all_to_all(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class _SeqToHeads(torch.autograd.Function):
-    """``[s, b, n, d]`` (my tokens, my heads) -> ``[cp * s, b, n / cp, d]`` (every token, 1/cp of my heads)."""
+class _AllToAll(torch.autograd.Function):
+    """Ulysses' all-to-all: ``to_heads`` turns ``[s, b, n, d]`` (my tokens, my heads) into
+    ``[cp * s, b, n / cp, d]`` (every token, 1/cp of my heads), else the inverse; backward the other way."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return _seq_to_heads(x)
+    def forward(ctx, x: torch.Tensor, to_heads: bool) -> torch.Tensor:
+        ctx.to_heads = to_heads
+        return _seq_to_heads(x) if to_heads else _heads_to_seq(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return _heads_to_seq(grad)
-
-
-class _HeadsToSeq(torch.autograd.Function):
-    """The inverse of :class:`_SeqToHeads`."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return _heads_to_seq(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return _seq_to_heads(grad)
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return (_heads_to_seq(grad) if ctx.to_heads else _seq_to_heads(grad)), None
 
 
 def _seq_to_heads(x: torch.Tensor) -> torch.Tensor:
@@ -189,12 +179,12 @@ def _heads_to_seq(x: torch.Tensor) -> torch.Tensor:
 def seq_to_heads(x: torch.Tensor) -> torch.Tensor:
     """Ulysses' first all-to-all: ``[s, b, n, d]`` of this rank's tokens -> every token, heads
     ``cp_rank * n/cp ...`` of its ``n``."""
-    return _SeqToHeads.apply(x) if cp_size() > 1 else x
+    return _AllToAll.apply(x, True) if cp_size() > 1 else x
 
 
 def heads_to_seq(x: torch.Tensor) -> torch.Tensor:
     """Ulysses' second all-to-all: every token, 1/cp of the heads -> this rank's tokens, all its heads."""
-    return _HeadsToSeq.apply(x) if cp_size() > 1 else x
+    return _AllToAll.apply(x, False) if cp_size() > 1 else x
 
 
 def local_heads(x: torch.Tensor) -> torch.Tensor:

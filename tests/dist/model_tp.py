@@ -1,5 +1,6 @@
 """Run under torchrun with 2 ranks: each model at TP=2 (sequence parallelism off and on) against the
-same weights at TP=1, saving both sides for tests/test_model_parallel.py to compare."""
+same weights at TP=1, saving both sides for tests/test_model_parallel.py to compare. ``compare`` also runs
+the context-parallel layouts of tests/dist/model_cp.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hunyuan_reference import VARIANTS, hunyuan_inputs  # noqa: E402
@@ -68,40 +70,57 @@ CASES = {
 }
 
 
+def _share(t: torch.Tensor) -> torch.Tensor:
+    """A gradient as DDP makes it: a CP rank's share averaged over the CP ranks (parallel/context.py)."""
+    cp = parallel_state.get_context_parallel_world_size()
+    if cp == 1:
+        return t
+    t = t.clone()
+    dist.all_reduce(t, group=parallel_state.get_context_parallel_group())
+    return t / cp
+
+
 def run(model, inputs: dict[str, torch.Tensor], weight: torch.Tensor) -> dict[str, torch.Tensor]:
     inputs = {k: v.clone().requires_grad_(v.is_floating_point() and k not in ("timestep", "guidance"))
               for k, v in inputs.items()}
     out = model(**inputs).sample
     (out * weight).sum().backward()
     finalize_tensor_parallel_grads(model)
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad = _share(p.grad)
     result = {"out": out.detach()}
-    result.update({f"input_grad.{k}": v.grad for k, v in inputs.items() if v.grad is not None})
+    result.update({f"input_grad.{k}": _share(v.grad) for k, v in inputs.items() if v.grad is not None})
     result.update({f"grad.{k}": v for k, v in full_state_dict(model, grads=True).items()})
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+def compare(cases: dict, layouts: dict[str, tuple[int, int, bool]], out: Path) -> None:
+    """Each case at TP=1 CP=1 and at each layout (name -> (tp, cp, sequence parallel)) from the same weights;
+    rank 0 saves ``{case: {"ref": ..., layout: ...}}``."""
     results = {}
-    for name, ((build, make_inputs), recompute) in CASES.items():
+    for name, ((build, make_inputs), recompute) in cases.items():
         extra = RECOMPUTE_EVERY_BLOCK if recompute else {}
         initialize_parallel(1, seed=11)
         inputs = make_inputs()
         reference = build()
         weights = full_state_dict(reference)
-        out_shape = reference(**inputs).sample.shape
-        weight = seeded_randn(out_shape, 5)
-        results[name] = {"tp1": run(reference, inputs, weight)}
-        initialize_parallel(2, seed=11)
-        for sp in (False, True):
-            model = build(tensor_model_parallel_size=2, sequence_parallel=sp, **extra)
+        weight = seeded_randn(reference(**inputs).sample.shape, 5)
+        results[name] = {"ref": run(reference, inputs, weight)}
+        for layout, (tp, cp, sp) in layouts.items():
+            initialize_parallel(tp, cp, seed=11)
+            model = build(tensor_model_parallel_size=tp, context_parallel_size=cp, sequence_parallel=sp, **extra)
             load_full_state_dict(model, weights)
-            results[name][f"tp2_sp{int(sp)}"] = run(model, inputs, weight)
+            results[name][layout] = run(model, inputs, weight)
     if dist.get_rank() == 0:
-        torch.save(results, args.out)
+        torch.save(results, out)
     destroy_parallel()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    compare(CASES, {"tp2_sp0": (2, 1, False), "tp2_sp1": (2, 1, True)}, parser.parse_args().out)
 
 
 if __name__ == "__main__":
