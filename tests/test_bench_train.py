@@ -23,7 +23,7 @@ def test_bench_train_runs_both_engines(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = proc.stdout
-    assert "TP=1 x DP=2, micro-batch 2 x 2 accumulation x 2 = global batch 8" in out, out
+    assert "TP=1 x CP=1 x DP=2, micro-batch 2 x 2 accumulation x 2 = global batch 8" in out, out
     lines = {line.split()[1]: line.split() for line in out.splitlines() if line.startswith("phase1 ")}
     assert set(lines) == {"baseline", "config", "ratio"}, out
     assert float(lines["config"][4]) > 0 and float(lines["ratio"][4]) <= 1.0, out  # sharded states are no larger

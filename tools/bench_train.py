@@ -93,7 +93,7 @@ def main() -> int:
     tokens = (latents[2] // pt) * (latents[3] // ph) * (latents[4] // pw) * trainer.data.global_batch
     if rank0:
         info = trainer.info
-        print(f"{config.preset}: {info.world_size} ranks, TP={info.tp_size} x DP={info.dp_size}, "
+        print(f"{config.preset}: {info.world_size} ranks, TP={info.tp_size} x CP={info.cp_size} x DP={info.dp_size}, "
               f"micro-batch {config.micro_batch_size} x {trainer.data.accumulation} accumulation x "
               f"{trainer.info.dp_size} = global batch {trainer.data.global_batch}, {tokens} video tokens per step, "
               f"{trainer.device.type}; baseline: {' '.join(args.baseline)}", flush=True)

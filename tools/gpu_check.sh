@@ -7,6 +7,9 @@
 #   2. the default pipeline (teacher, Phase I, Phase II) on one GPU in bf16 autocast, a few hundred steps
 #   3. the kernel benchmark at Wan2.1-14B shapes (tools/bench_kernels.py)
 #   4. the DiT training-step benchmark against diffusers (tools/bench_model.py)
+#   5. the training engine at a real model's size: Wan2.1-T2V-1.3B at 21x60x104 latents (480p, 81 frames),
+#      micro-batch 1, every block recomputed, teacher, Phase I and Phase II steps, replicated Adam with
+#      reduction after backward against the config's engine (tools/bench_train.py: s/step, peak GiB, MFU)
 # and prints one summary table (also written to $OUT/gpu_check_summary.md). Logs go to $OUT (default
 # outputs/gpu-check). Without a GPU it says so and exits 1.
 #
@@ -49,7 +52,7 @@ step() {  # step NAME LOG COMMAND...: run, time, record the last result line
   local rc=$?
   local took=$((SECONDS - start))
   local last
-  last=$(grep -E "passed|failed|error|generator at|done|x diffusers|FAILED" "$log" | tail -n 1 | cut -c1-110)
+  last=$(grep -E "passed|failed|error|generator at|done|x diffusers|ratio|FAILED" "$log" | tail -n 1 | cut -c1-110)
   if [[ $rc -eq 0 ]]; then status=ok; else status="FAILED (exit $rc)"; failed=1; fi
   echo "   $status in ${took}s: $last"
   summary+=("| $name | $status | $took | ${last//|//} |")
@@ -67,6 +70,10 @@ if [[ "$gpus" -ge 2 ]]; then
 fi
 step "kernel benchmark (Wan2.1-14B shapes)" "$OUT/bench_kernels.log" "$PYTHON" tools/bench_kernels.py
 step "DiT step benchmark vs diffusers" "$OUT/bench_model.log" "$PYTHON" tools/bench_model.py
+step "engine, Wan2.1-1.3B 480p, 1 GPU" "$OUT/bench_train.log" "$PYTHON" -m torch.distributed.run --standalone \
+  --nproc-per-node 1 tools/bench_train.py --config tiny-cpu --steps 2 preset=wan2.1-t2v-1.3b micro_batch_size=1 \
+  data.frames=21 data.height=60 data.width=104 data.size=16 model.recompute_granularity=full \
+  model.recompute_method=uniform model.recompute_num_layers=1 phase1.fake_updates=1 phase2.head_dim=64 phase2.head_queries=16 phase2.head_heads=4
 
 {
   echo "gpu-check on $device ($(date -u +%Y-%m-%d))"
@@ -76,7 +83,7 @@ step "DiT step benchmark vs diffusers" "$OUT/bench_model.log" "$PYTHON" tools/be
   printf '%s\n' "${summary[@]}"
 } | tee "$OUT/gpu_check_summary.md"
 echo
-for log in bench_kernels bench_model; do
+for log in bench_kernels bench_model bench_train; do
   echo "--- $log"
   grep -vE "^\s*$" "$OUT/$log.log" | tail -n 40
 done
