@@ -126,4 +126,4 @@ def test_traces_of_parallel_layouts_equal_the_measured_ranks(layouts):
             assert abs(t["total"] - r["total"]) <= 1e-3 * r["total"], (layout, phase, t, r)
             assert r["step"] > 0
     # the layouts are not the same step: CP keeps every weight (TP slices them), TP keeps all tokens' activations
-    assert traced["cp2"]["phase1"]["states"] > traced["tp2"]["phase1"]["states"]
+    assert traced["cp2"]["phase2-ema"]["states"] > traced["tp2"]["phase2-ema"]["states"]

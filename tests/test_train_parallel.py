@@ -1,6 +1,6 @@
 """The engine's layouts compute the same update: one Phase I and one Phase II step at TP=2 (sequence
 parallelism) x DP=2 with micro-batches of 1 and 2 accumulation steps, and at CP=2 x TP=2 with micro-batches
-of 2 and 2 accumulation steps (Wan T2V and I2V, HunyuanVideo T2V), both with the distributed optimizer (4
+of 2 and 2 accumulation steps (Wan T2V and HunyuanVideo T2V; Wan I2V at TP=2 x DP=2), both with the distributed optimizer (4
 ranks, torchrun with gloo), equal the same steps at TP=1 x DP=1 on the whole global batch of 4 in one
 micro-batch (this process, replicated optimiser): the losses and every updated weight (generator, fake LoRA,
 EMA, head, whose semantic head merges its attention over the token shards of the CP and TP ranks). Every random draw belongs to a sample, not a rank (pose/draws.py), so the two runs see the same
@@ -16,8 +16,7 @@ from phase_fixtures import PHASE1, PHASE2, robust_optimisers, two_phase_steps
 from pose_mcore.engine.optimizer import Engine
 
 PRESETS = ("tiny-t2v", "tiny-i2v", "tiny-hunyuan-t2v")
-LAYOUTS = [("tp2_dp2", "tiny-t2v"), ("tp2_dp2", "tiny-i2v"), ("cp2_tp2", "tiny-t2v"), ("cp2_tp2", "tiny-i2v"),
-           ("cp2_tp2", "tiny-hunyuan-t2v")]
+LAYOUTS = [("tp2_dp2", "tiny-t2v"), ("tp2_dp2", "tiny-i2v"), ("cp2_tp2", "tiny-t2v"), ("cp2_tp2", "tiny-hunyuan-t2v")]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The memory model at TP=2 and CP=2 against a real 2-rank run. Under torchrun (2 gloo ranks): rank 0's peak
-of Phase I and Phase II steps measured on real tensors; with ``--fake`` (a fresh single process): the same
+of a Phase II step measured on real tensors; with ``--fake`` (a fresh single process): the same
 steps traced on a fake process group of 2 ranks. Saves the numbers for tests/test_memory_model.py."""
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from pose_mcore.parallel.state import destroy_parallel, initialize_parallel
 SHAPE = (3, 4, 6)  # latent frames, height, width
 LAYOUTS = {"tp2": (2, 1), "cp2": (1, 2)}
 """name -> (tensor parallel, context parallel) on 2 ranks."""
-PHASES = {"phase1": [], "phase2-ema": ["phase2.backbone=ema"]}
+PHASES = {"phase2-ema": ["phase2.backbone=ema"]}
+"""Phase II (the most roles and collectives: generator through the discriminator); every phase and backbone
+mode is checked against real tensors at one rank in tests/dist/memory_trace.py."""
 
 
 def steps(fake: bool) -> dict:

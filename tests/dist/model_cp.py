@@ -1,5 +1,5 @@
-"""Run under torchrun with 4 ranks: each model at CP=2 (TP=1), CP=4 and CP=2 x TP=2 (sequence parallelism off
-and on) against the same weights at CP=1 TP=1, saving both sides for tests/test_context_parallel.py.
+"""Run under torchrun with 4 ranks: each model at CP=2 (TP=1), CP=4 and CP=2 x TP=2 with sequence parallelism
+against the same weights at CP=1 TP=1, saving both sides for tests/test_context_parallel.py.
 
 Gradients are compared as DDP produces them: a CP rank holds a share of each gradient, averaged over the CP
 group (parallel/context.py)."""
@@ -17,7 +17,7 @@ from model_tp import compare  # noqa: E402
 CASES = {name: TP_CASES[name] for name in (
     "wan_t2v_odd_tokens", "wan_i2v", "wan_t2v_per_token_t_recompute", "hunyuan_t2v_odd_tokens",
     "hunyuan_i2v_concat", "hunyuan_i2v_replace_recompute", "hunyuan_i2v_replace_first_frame_split")}
-LAYOUTS = {"cp2": (1, 2, False), "cp4": (1, 4, False), "cp2_tp2": (2, 2, False), "cp2_tp2_sp": (2, 2, True)}
+LAYOUTS = {"cp2": (1, 2, False), "cp4": (1, 4, False), "cp2_tp2_sp": (2, 2, True)}
 """name -> (tp, cp, sequence parallel)."""
 
 

@@ -22,8 +22,7 @@ from pose_mcore.parallel.state import destroy_parallel, initialize_parallel  # n
 
 LAYOUTS = {"tp2_dp2": (2, 1, 1), "cp2_tp2": (2, 2, 2)}
 """name -> (tp, cp, micro-batch size); the global batch is 4 in both."""
-LAYOUT_PRESETS = {"tiny-t2v": ("tp2_dp2", "cp2_tp2"), "tiny-i2v": ("tp2_dp2", "cp2_tp2"),
-                  "tiny-hunyuan-t2v": ("cp2_tp2",)}
+LAYOUT_PRESETS = {"tiny-t2v": ("tp2_dp2", "cp2_tp2"), "tiny-i2v": ("tp2_dp2",), "tiny-hunyuan-t2v": ("cp2_tp2",)}
 
 
 def main() -> None:
