@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +40,24 @@ def load_model(path: str | Path, **config: Any) -> torch.nn.Module:
     return model.eval()
 
 
+def check_names(what: str, wanted: Iterable[str], have: Iterable[str], partial: bool = False) -> None:
+    """Raise :class:`CheckpointError` ``<what>: missing [...]; unexpected [...]`` unless the checkpoint's tensor
+    names ``have`` are the model's ``wanted`` ones (``partial``: a subset of them)."""
+    wanted, have = set(wanted), set(have)
+    missing = [] if partial else sorted(wanted - have)
+    unexpected = sorted(have - wanted)
+    if missing or unexpected:
+        raise CheckpointError(f"{what}: missing {missing[:20]}; unexpected {unexpected[:20]}")
+
+
 def load_slices(model: torch.nn.Module, source: TensorSource, partial: bool = False) -> None:
     """Copy this rank's slice of each of ``model``'s tensors from ``source`` (whole, TP-independent tensors
     under the model's names), reading only that slice. ``partial``: the source may hold a subset (the
     other tensors keep their values); otherwise every tensor must be there. Nothing else may be."""
     wanted = {k: v for k, v in model.state_dict(keep_vars=True).items() if not k.endswith("_extra_state")}
     have = set(source.keys())
-    missing = [] if partial else sorted(set(wanted) - have)
-    unexpected = sorted(have - set(wanted))
-    if missing or unexpected:
-        what = type(getattr(model, "config", model)).__name__  # a pose_mcore model: its config class
-        raise CheckpointError(f"{source.path}: does not fit {what}: missing {missing[:20]}; "
-                              f"unexpected {unexpected[:20]}")
+    what = type(getattr(model, "config", model)).__name__  # a pose_mcore model: its config class
+    check_names(f"{source.path}: does not fit {what}", wanted, have, partial)
     with torch.no_grad():
         for name, param in wanted.items():
             if name not in have:

@@ -140,30 +140,35 @@ class ShardedReader:
             self._sources[file] = SafetensorsSource(self.folder / file, [self.folder / file])
         return self._sources[file]
 
+    def _whole_piece(self, key: str, tp_rank: int) -> dict | None:
+        """Old TP rank ``tp_rank``'s piece of ``key`` that holds its whole slice, if one was written."""
+        return next((p for p in self.index[key]["pieces"] if p["tp_rank"] == tp_rank and p["flat"] is None), None)
+
     def _old_part(self, key: str, tp_rank: int, lo: int, hi: int, dim: int) -> torch.Tensor:
         """Indices ``lo:hi`` along ``dim`` of old TP rank ``tp_rank``'s slice of ``key``: read by range from a
         whole-slice piece."""
-        whole = [p for p in self.index[key]["pieces"] if p["tp_rank"] == tp_rank and p["flat"] is None]
-        if whole:
-            return self._source(whole[0]["file"]).get_ranges(key, dim, [(lo, hi)])
+        whole = self._whole_piece(key, tp_rank)
+        if whole is not None:
+            return self._source(whole["file"]).get_ranges(key, dim, [(lo, hi)])
         return self._old_slice(key, tp_rank).narrow(dim, lo, hi - lo)
 
     def _old_slice(self, key: str, tp_rank: int) -> torch.Tensor:
         """Old TP rank ``tp_rank``'s whole slice of ``key``: its whole-slice piece, or its flat pieces put
         together (kept until another slice is asked for: a rank's slices are read one after another)."""
-        entry = self.index[key]
-        pieces = [p for p in entry["pieces"] if p["tp_rank"] == tp_rank]
-        whole = [p for p in pieces if p["flat"] is None]
-        if whole:
-            return self._source(whole[0]["file"]).get(key)
+        whole = self._whole_piece(key, tp_rank)
+        if whole is not None:
+            return self._source(whole["file"]).get(key)
         if self._assembled is None or self._assembled[0] != (key, tp_rank):
             self._assembled = None  # free the previous one first
+            entry = self.index[key]
             shape = list(entry["shape"])
             if entry["split"] is not None:
                 shape[entry["split"][0]] //= entry["tensor_parallel"]
             flat = torch.empty(torch.Size(shape).numel(), dtype=getattr(torch, entry["dtype"]))
             covered = 0
-            for p in pieces:
+            for p in entry["pieces"]:
+                if p["tp_rank"] != tp_rank:
+                    continue
                 a, b = p["flat"]
                 flat[a:b] = self._source(p["file"]).get(key)
                 covered += b - a

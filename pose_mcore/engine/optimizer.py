@@ -20,7 +20,7 @@ from torch import nn
 from pose_mcore.checkpoint.sharded import Piece, ShardedReader
 from pose_mcore.config.train import OptimConfig
 from pose_mcore.engine.ddp import data_parallel
-from pose_mcore.engine.main_params import main_params
+from pose_mcore.engine.main_params import MainParam, main_params
 from pose_mcore.parallel.sequence import finalize_tensor_parallel_grads
 
 LossFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -175,14 +175,15 @@ class Optimizer:
         self.steps = steps
         with torch.no_grad():
             for p in self.params:
-                a, b = p.span
-
-                def part(state: str, p=p, a=a, b=b) -> torch.Tensor:
-                    return reader.local(f"{prefix}/{p.name}/{state}", p.param).reshape(-1)[a:b].to(p.main.device)
-
                 if p.main is not p.model:
-                    p.main.copy_(part("main"))
+                    p.main.copy_(_saved_part(reader, prefix, p, "main"))
                 if steps:
                     self.adam.state[p.main] = {"step": torch.tensor(float(steps), dtype=torch.float32),
-                                               "exp_avg": part("exp_avg").clone(),
-                                               "exp_avg_sq": part("exp_avg_sq").clone()}
+                                               "exp_avg": _saved_part(reader, prefix, p, "exp_avg"),
+                                               "exp_avg_sq": _saved_part(reader, prefix, p, "exp_avg_sq")}
+
+
+def _saved_part(reader: ShardedReader, prefix: str, p: MainParam, state: str) -> torch.Tensor:
+    """This rank's part (``p.span`` of the flattened TP slice) of main parameter ``p``'s saved ``state``."""
+    a, b = p.span
+    return reader.local(f"{prefix}/{p.name}/{state}", p.param).reshape(-1)[a:b].to(p.main.device, copy=True)

@@ -53,7 +53,7 @@ from pose_mcore.layers.specs import (
     resolve_transformer_impl,
 )
 from pose_mcore.models.output import TransformerOutput
-from pose_mcore.parallel.context import context_chunk, cp_size, merge_video, split_video, token_shards
+from pose_mcore.parallel.context import context_chunk, merge_video, split_video, token_shards
 from pose_mcore.parallel.sequence import (
     broadcast_to_tokens,
     mark_sequence_parallel,
@@ -264,12 +264,11 @@ class HunyuanModel(MegatronModule):
         # Valid text tokens are a prefix of each sample (diffusers and the official code assume the same).
         context_mask = torch.arange(mask.shape[1], device=mask.device)[None, :] < mask.sum(dim=1, keepdim=True)
 
-        sp = cfg.sequence_parallel
-        if sp or cp_size() > 1:
-            x = split_video(x, sp)
-            rotary = tuple(context_chunk(r, sp) for r in rotary)
-            start = token_shards(sp)[0] * x.shape[0]
-            n_first = min(max(n_first - start, 0), x.shape[0])
+        sp = cfg.sequence_parallel  # this rank's token shard (all tokens without SP and CP)
+        x = split_video(x, sp)
+        rotary = tuple(context_chunk(r, sp) for r in rotary)
+        start = token_shards(sp)[0] * x.shape[0]
+        n_first = min(max(n_first - start, 0), x.shape[0])
 
         args = (temb, first_temb, n_first, rotary, n_tokens, context_mask)
         for i, block in enumerate([*self.double_blocks, *self.single_blocks]):
@@ -280,7 +279,6 @@ class HunyuanModel(MegatronModule):
 
         scale, shift = _to_tokens(self.out_modulation(temb), cfg.sequence_parallel)
         x = self.proj_out(modulate(self.norm_out, x, shift, scale))
-        if sp or cp_size() > 1:
-            x = merge_video(x, n_tokens, sp)
+        x = merge_video(x, n_tokens, sp)
         out = unpatchify(x, b, grid, cfg.patch_size, cfg.out_channels, channels_first=True)
         return TransformerOutput(sample=out) if return_dict else (out,)

@@ -39,7 +39,7 @@ from pose_mcore.layers.specs import (
     self_attention_spec,
 )
 from pose_mcore.models.output import TransformerOutput
-from pose_mcore.parallel.context import context_chunk, cp_size, merge_video, split_video
+from pose_mcore.parallel.context import context_chunk, merge_video, split_video
 from pose_mcore.parallel.sequence import broadcast_to_tokens, mark_sequence_parallel
 
 
@@ -137,14 +137,13 @@ class WanModel(MegatronModule):
         if self.image_embedder is not None and encoder_hidden_states_image is not None:
             image_context = self.image_embedder(encoder_hidden_states_image).transpose(0, 1)
 
-        sp = cfg.sequence_parallel
-        if sp or cp_size() > 1:
-            x = split_video(x, sp)
-            rotary = tuple(context_chunk(r, sp) for r in rotary)
-            if mod.shape[0] > 1:  # per-token modulation: split like the tokens
-                mod, head_emb = split_video(mod, sp), split_video(head_emb, sp)
-            elif sp:
-                mod, head_emb = broadcast_to_tokens(mod), broadcast_to_tokens(head_emb)
+        sp = cfg.sequence_parallel  # this rank's token shard (all tokens without SP and CP)
+        x = split_video(x, sp)
+        rotary = tuple(context_chunk(r, sp) for r in rotary)
+        if mod.shape[0] > 1:  # per-token modulation: split like the tokens
+            mod, head_emb = split_video(mod, sp), split_video(head_emb, sp)
+        elif sp:
+            mod, head_emb = broadcast_to_tokens(mod), broadcast_to_tokens(head_emb)
 
         for i, block in enumerate(self.blocks):
             args = (x, context, image_context, mod, rotary, n_tokens)
@@ -155,7 +154,6 @@ class WanModel(MegatronModule):
 
         shift, scale = modulation_chunks(self.scale_shift_table, head_emb)
         x = self.proj_out(modulate(self.norm_out, x, shift, scale))
-        if sp or cp_size() > 1:
-            x = merge_video(x, n_tokens, sp)
+        x = merge_video(x, n_tokens, sp)
         out = unpatchify(x, b, grid, cfg.patch_size, cfg.out_channels, channels_first=False)
         return TransformerOutput(sample=out) if return_dict else (out,)

@@ -37,16 +37,21 @@ def cp_rank() -> int:
     return parallel_state.get_context_parallel_rank()
 
 
+def _tp_split(sequence_parallel: bool) -> int:
+    """How many TP ranks split a CP rank's tokens (only under sequence parallelism)."""
+    return parallel_state.get_tensor_model_parallel_world_size() if sequence_parallel else 1
+
+
 def token_shards(sequence_parallel: bool) -> tuple[int, int]:
     """(index of this rank's token shard, number of shards) of the video tokens between blocks."""
-    tp = parallel_state.get_tensor_model_parallel_world_size() if sequence_parallel else 1
+    tp = _tp_split(sequence_parallel)
     tp_rank = parallel_state.get_tensor_model_parallel_rank() if sequence_parallel else 0
     return cp_rank() * tp + tp_rank, cp_size() * tp
 
 
 def token_shard_group(sequence_parallel: bool) -> dist.ProcessGroup | None:
     """The group over which the video tokens are split between blocks (None: not split)."""
-    tp = parallel_state.get_tensor_model_parallel_world_size() if sequence_parallel else 1
+    tp = _tp_split(sequence_parallel)
     if cp_size() > 1 and tp > 1:
         return parallel_state.get_tensor_and_context_parallel_group()
     if cp_size() > 1:
@@ -117,9 +122,8 @@ def gather_from_context(x: torch.Tensor, length: int) -> torch.Tensor:
 
 def split_video(x: torch.Tensor, sequence_parallel: bool) -> torch.Tensor:
     """This rank's shard of the replicated video tokens ``x [s, ...]`` (padded to ``cp x tp`` equal shards;
-    ``tp`` only under sequence parallelism)."""
-    tp = parallel_state.get_tensor_model_parallel_world_size() if sequence_parallel else 1
-    x = scatter_to_context(x, tp)
+    ``tp`` only under sequence parallelism). Identity when neither splits them."""
+    x = scatter_to_context(x, _tp_split(sequence_parallel))
     return scatter_tokens(x) if sequence_parallel else x
 
 
@@ -127,15 +131,14 @@ def merge_video(x: torch.Tensor, length: int, sequence_parallel: bool) -> torch.
     """The whole video sequence (padding beyond ``length`` stripped) from this rank's shard: the inverse of
     :func:`split_video`, for the model's output."""
     if sequence_parallel:
-        x = gather_tokens(x, x.shape[0] * parallel_state.get_tensor_model_parallel_world_size())
+        x = gather_tokens(x, x.shape[0] * _tp_split(sequence_parallel))
     return gather_from_context(x, length)
 
 
 def context_chunk(table: torch.Tensor, sequence_parallel: bool) -> torch.Tensor:
     """This CP rank's rows of a per-token table that needs no gradient (rotary cos / sin), padded like the
     tokens: the rows of the tokens a CP rank's attention sees once its TP ranks have gathered them."""
-    tp = parallel_state.get_tensor_model_parallel_world_size() if sequence_parallel else 1
-    table = pad_sequence(table, cp_size() * tp)
+    table = pad_sequence(table, cp_size() * _tp_split(sequence_parallel))
     chunk = table.shape[0] // cp_size()
     return table.narrow(0, cp_rank() * chunk, chunk)
 

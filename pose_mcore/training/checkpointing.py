@@ -30,7 +30,8 @@ from megatron.core import parallel_state
 from torch import nn
 
 from pose_mcore.checkpoint.convert import finish_pose_checkpoint
-from pose_mcore.checkpoint.io import CheckpointError, SafetensorsStreamWriter, atomic_destination
+from pose_mcore.checkpoint.io import SafetensorsStreamWriter, atomic_destination
+from pose_mcore.checkpoint.load import check_names
 from pose_mcore.checkpoint.sharded import Piece, ShardedReader, save_pieces
 from pose_mcore.faults import fault_point
 from pose_mcore.parallel.sharding import full_shape, gather_full
@@ -161,11 +162,8 @@ def load_checkpoint(path: Path, roles: dict[str, nn.Module]) -> tuple[dict[str, 
         for role, module in roles.items():
             wanted = {n: t for n, t in module.state_dict(keep_vars=True).items() if not n.endswith("_extra_state")}
             saved = {k.removeprefix(f"{role}/") for k in reader.keys(f"{role}/")}
-            missing = set(wanted) - saved if role not in FROZEN_BASE_ROLES else set()
-            unexpected = saved - set(wanted)
-            if missing or unexpected:
-                raise CheckpointError(f"{path}: role {role!r} does not fit the checkpoint: missing "
-                                      f"{sorted(missing)[:20]}; unexpected {sorted(unexpected)[:20]}")
+            check_names(f"{path}: role {role!r} does not fit the checkpoint", wanted, saved,
+                        partial=role in FROZEN_BASE_ROLES)
             for name in sorted(saved):
                 wanted[name].copy_(reader.local(f"{role}/{name}", wanted[name]))
     if meta.get("layout") == layout():
