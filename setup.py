@@ -24,12 +24,20 @@ setup(
         "tqdm",
         "pillow",  # sample grids (GIF)
         "tensorboard",  # tensorboard=true
+        # the model folders' own encoders, VAE and pipelines (pose-prepare, pose-sample, sample videos)
+        "diffusers>=0.42.1",
+        "transformers>=4.51",
+        "accelerate",  # diffusers loads models through it (not declared by diffusers)
+        "ftfy",  # the Wan pipelines clean prompts with it (not declared by diffusers)
+        "av",  # video decoding and MP4 writing (PyAV)
     ],
     extras_require={
-        "test": ["pytest>=8", "diffusers==0.42.1", "accelerate", "peft", "ruff"],
+        "test": ["pytest>=8", "peft", "ruff"],
         # NVIDIA apex is not on PyPI (the PyPI package `apex` is unrelated): use the NGC image.
         "gpu": ["transformer-engine[pytorch]", "flash-attn", "triton>=3.0"],
     },
     entry_points={"console_scripts": ["pose-train=pose_mcore.cli:main",
-                                      "pose-convert=pose_mcore.cli:convert"]},
+                                      "pose-convert=pose_mcore.cli:convert",
+                                      "pose-prepare=pose_mcore.data.prepare:main",
+                                      "pose-sample=pose_mcore.inference.sample:main"]},
 )

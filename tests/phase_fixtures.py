@@ -43,13 +43,13 @@ def phase1_setup(preset: str = "tiny-t2v", teacher_state=None, engine=None, dtyp
     if teacher_state is not None:
         load_full_state_dict(teacher, teacher_state)
     roles = Roles(teacher, lora_rank=4, lora_alpha=4, dtype=dtype)
-    return roles, Phase1(roles, Conditioner(cfg), PHASE1, seed=3, device=run_device(), engine=engine), cfg
+    return roles, Phase1(roles, Conditioner(cfg, stand_ins=True), PHASE1, seed=3, device=run_device(), engine=engine), cfg
 
 
 def phase2_setup(roles, cfg, backbone: str = "ema", head: str = "semantic", engine=None, **overrides):
     pcfg = Phase2Config(**{**PHASE2.__dict__, "backbone": backbone, "head": head, **overrides})
     torch.manual_seed(1)
-    return Phase2(roles, Conditioner(cfg), pcfg, seed=4, device=run_device(), text_dim=cfg.text_dim,
+    return Phase2(roles, Conditioner(cfg, stand_ins=True), pcfg, seed=4, device=run_device(), text_dim=cfg.text_dim,
                   image_dim=getattr(cfg, "image_dim", None), engine=engine)
 
 

@@ -106,7 +106,8 @@ def test_missing_and_malformed_dataset_shards(tmp_path):
 
 def test_latent_dataset_trains(tp1, tmp_path):
     data = ProceduralVideos(ProceduralConfig(frames=3, height=8, width=8, text_dim=32), 16)
-    manifest = write_latent_dataset((data[i] for i in range(16)), tmp_path / "data")
+    manifest = write_latent_dataset((data[i] for i in range(16)), tmp_path / "data",
+                                    negative={"text": torch.zeros(3, 32)})
     overrides = [*SMALL, "data.kind=latents", f"data.path={manifest}", f"output_dir={tmp_path / 'out'}",
                  "phases=[teacher]"]
     Trainer(load_train_config(None, overrides)).run()

@@ -200,7 +200,7 @@ def run_seed(seed: int, sizes: dict, out: Path, work: Path, overrides: list[str]
     real = default_collate([held_out[i] for i in range(len(held_out))])["latents"]
     batch = default_collate([prompts[i] for i in range(len(prompts))])
     fd = FeatureFD(cfg.out_channels)
-    conditioner = Conditioner(cfg)
+    conditioner = Conditioner(cfg, stand_ins=True)
     rows = []
     torch.set_num_threads(torch.get_num_threads())
     for name, path, sampler, steps, nfe in rows_spec:

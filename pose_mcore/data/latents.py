@@ -1,9 +1,13 @@
-"""A dataset of pre-computed latents and condition embeddings: safetensors shards plus a JSONL manifest.
+"""A dataset of pre-computed latents and conditioning: safetensors shards plus a JSONL manifest.
 
-Each manifest line is one sample: ``{"file": "shard-00000.safetensors", "latents": KEY, "text": KEY}``
-and, for image-to-video, ``"first_frame": KEY`` (paths relative to the manifest). Tensors are read
-per sample with positioned reads. The manifest, every shard's header and every key are checked when
-the dataset is opened, so a missing or malformed shard fails at once, naming the file, line and key.
+Each manifest line is one sample: ``{"file": "shard-00000.safetensors", "latents": KEY, "text": KEY, ...}``
+with a key for each conditioning field it holds (:data:`pose_mcore.encoders.FIELDS`: ``text_mask``,
+``pooled``, ``image_states``, ``condition``, ``first_frame``; paths relative to the manifest). Every
+sample holds the same fields. ``negative.safetensors`` beside the manifest holds the encoded negative
+(or empty) prompt (``text`` and, for HunyuanVideo, ``text_mask`` and ``pooled``), the unconditional
+input of classifier-free guidance. Tensors are read per sample with positioned reads. The manifest,
+every shard's header and every key are checked when the dataset is opened, so a missing or malformed
+shard fails at once, naming the file, line and key.
 """
 
 from __future__ import annotations
@@ -16,14 +20,19 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
-from pose_mcore.checkpoint.io import CheckpointError, SafetensorsSource
+from pose_mcore.checkpoint.io import CheckpointError, SafetensorsSource, atomic_destination
+from pose_mcore.encoders.model import FIELDS, TEXT_FIELDS
 
-REQUIRED = ("file", "latents", "text")
-OPTIONAL = ("first_frame",)
+NEGATIVE = "negative.safetensors"
+"""The encoded negative prompt, beside the manifest."""
 
 
 class DatasetError(ValueError):
     """A dataset that cannot be read; the message names the file, line or key."""
+
+
+def _float(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.is_floating_point() else t
 
 
 class LatentDataset(Dataset):
@@ -34,6 +43,8 @@ class LatentDataset(Dataset):
         self.root = manifest.parent
         self.samples: list[dict[str, str]] = []
         sources: dict[str, SafetensorsSource] = {}
+        self.fields: tuple[str, ...] = ()
+        """The fields every sample holds."""
         for n, line in enumerate(manifest.read_text().splitlines(), start=1):
             if not line.strip():
                 continue
@@ -41,26 +52,39 @@ class LatentDataset(Dataset):
                 entry = json.loads(line)
             except ValueError as e:
                 raise DatasetError(f"{manifest}:{n}: not a JSON object ({e})") from e
-            missing = [k for k in REQUIRED if k not in entry]
+            missing = [k for k in ("file", "latents", "text") if k not in entry]
             if missing:
                 raise DatasetError(f"{manifest}:{n}: missing field(s) {missing}")
+            fields = tuple(k for k in FIELDS if k in entry)
+            if self.samples and fields != self.fields:
+                raise DatasetError(f"{manifest}:{n}: fields {list(fields)} differ from the first sample's "
+                                   f"{list(self.fields)}")
+            self.fields = fields
             file = entry["file"]
             if file not in sources:
-                path = self.root / file
-                if not path.is_file():
-                    raise DatasetError(f"{manifest}:{n}: shard {path} not found")
-                try:
-                    sources[file] = SafetensorsSource(path, [path])
-                except CheckpointError as e:
-                    raise DatasetError(f"{manifest}:{n}: {e}") from e
+                sources[file] = self._open(self.root / file, f"{manifest}:{n}")
             keys = set(sources[file].keys())
-            for field in REQUIRED[1:] + tuple(k for k in OPTIONAL if k in entry):
+            for field in fields:
                 if entry[field] not in keys:
                     raise DatasetError(f"{manifest}:{n}: key {entry[field]!r} ({field}) is not in {file}")
             self.samples.append(entry)
         if not self.samples:
             raise DatasetError(f"{manifest}: no samples")
         self.sources = sources
+        self.negative: dict[str, torch.Tensor] | None = None
+        """The encoded negative prompt (``text`` ...), or None when the dataset has none."""
+        if (self.root / NEGATIVE).is_file():
+            source = self._open(self.root / NEGATIVE, str(manifest))
+            self.negative = {k: _float(source.get(k)) for k in source.keys() if k in TEXT_FIELDS}
+
+    @staticmethod
+    def _open(path: Path, where: str) -> SafetensorsSource:
+        if not path.is_file():
+            raise DatasetError(f"{where}: shard {path} not found")
+        try:
+            return SafetensorsSource(path, [path])
+        except CheckpointError as e:
+            raise DatasetError(f"{where}: {e}") from e
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -68,39 +92,51 @@ class LatentDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         entry = self.samples[index]
         source = self.sources[entry["file"]]
-        out = {"latents": source.get(entry["latents"]).float(), "text": source.get(entry["text"]).float()}
-        if "first_frame" in entry:
-            out["first_frame"] = source.get(entry["first_frame"]).float()
-        else:
+        out = {field: _float(source.get(entry[field])) for field in self.fields}
+        if "first_frame" not in out:  # the VAEs are causal: the first latent frame encodes the first frame alone
             out["first_frame"] = out["latents"][:, :1].clone()
         return out
 
 
-def write_latent_dataset(samples: Iterable[dict[str, torch.Tensor]], folder: str | Path,
-                         per_shard: int = 256) -> Path:
-    """Write samples (``latents``, ``text``, optional ``first_frame``) as shards plus a manifest; return
-    the manifest path."""
+def shard_entries(samples: Iterable[dict[str, torch.Tensor]], path: Path, names: Iterable[str]
+                  ) -> list[dict[str, str]]:
+    """Write one shard of ``samples`` (named ``names``) atomically; return their manifest entries."""
+    tensors, entries = {}, []
+    for name, sample in zip(names, samples, strict=True):
+        entry = {"file": path.name}
+        for field in FIELDS:
+            if field in sample:
+                tensors[entry.setdefault(field, f"{name}.{field}")] = sample[field].contiguous()
+        entries.append(entry)
+    with atomic_destination(path, overwrite=True) as tmp:
+        save_file(tensors, tmp)
+    return entries
+
+
+def write_negative(negative: dict[str, torch.Tensor], folder: Path) -> None:
+    """Write the encoded negative prompt beside a manifest (atomically)."""
+    with atomic_destination(folder / NEGATIVE, overwrite=True) as tmp:
+        save_file({k: v.contiguous() for k, v in negative.items()}, tmp)
+
+
+def write_latent_dataset(samples: Iterable[dict[str, torch.Tensor]], folder: str | Path, per_shard: int = 256,
+                         negative: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write samples (``latents``, ``text`` and any other of :data:`FIELDS`) as shards plus a manifest, and the
+    ``negative`` prompt's fields when given; return the manifest path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    lines, shard, shard_index = [], {}, 0
+    samples, lines = list(samples), []
+    for start in range(0, len(samples), per_shard):
+        chunk = samples[start:start + per_shard]
+        path = folder / f"shard-{start // per_shard:05d}.safetensors"
+        lines += [json.dumps(e) for e in shard_entries(chunk, path, (f"{start + i:08d}" for i in range(len(chunk))))]
+    if negative is not None:
+        write_negative(negative, folder)
+    return write_manifest(lines, folder / "manifest.jsonl")
 
-    def flush() -> None:
-        nonlocal shard, shard_index
-        if shard:
-            save_file(shard, folder / f"shard-{shard_index:05d}.safetensors")
-            shard, shard_index = {}, shard_index + 1
 
-    for i, sample in enumerate(samples):
-        entry = {"file": f"shard-{shard_index:05d}.safetensors"}
-        for field in ("latents", "text", "first_frame"):
-            if field in sample:
-                key = f"{i:08d}.{field}"
-                shard[key] = sample[field].contiguous()
-                entry[field] = key
-        lines.append(json.dumps(entry))
-        if len(shard) >= per_shard * 3:
-            flush()
-    flush()
-    manifest = folder / "manifest.jsonl"
-    manifest.write_text("\n".join(lines) + "\n")
+def write_manifest(lines: list[str], manifest: Path) -> Path:
+    """Write manifest lines atomically (a reader sees the previous manifest or the whole new one)."""
+    with atomic_destination(manifest, overwrite=True) as tmp:
+        tmp.write_text("".join(line + "\n" for line in lines))
     return manifest

@@ -348,11 +348,23 @@ def _over_depth(cfg: VideoDiTConfig, at: Callable[[dict[str, int]], StepMemory],
 
 
 def train_batch(cfg: VideoDiTConfig, batch: int, frames: int, height: int, width: int,
-                text_len: int = 512) -> dict[str, torch.Tensor]:
-    """A data batch as the latent dataset gives it (latents, text tokens, the first latent frame)."""
+                text_len: int = 512, image_tokens: int = 257) -> dict[str, torch.Tensor]:
+    """A data batch as a prepared dataset gives it: every field the model is conditioned on
+    (:func:`required_fields`), CLIP image states of ``image_tokens`` tokens (ViT-H/14 at 224 px: 257)."""
+    from pose_mcore.pose.conditioning import required_fields
+
     latents = torch.randn(batch, cfg.out_channels, frames, height, width)
-    return {"latents": latents, "text": torch.randn(batch, text_len, cfg.text_dim),
-            "first_frame": latents[:, :, :1].clone()}
+    out = {"latents": latents, "text": torch.randn(batch, text_len, cfg.text_dim),
+           "first_frame": latents[:, :, :1].clone()}
+    fields = required_fields(cfg)
+    if "text_mask" in fields:
+        out["text_mask"] = torch.ones(batch, text_len, dtype=torch.long)
+        out["pooled"] = torch.randn(batch, cfg.pooled_dim)
+    if "image_states" in fields:
+        out["image_states"] = torch.randn(batch, image_tokens, cfg.image_dim)
+    if "condition" in fields:
+        out["condition"] = torch.randn(batch, cfg.in_channels - cfg.out_channels, frames, height, width)
+    return out
 
 
 def phase_states(roles: Roles, phase: Phase) -> dict[str, object]:
@@ -381,7 +393,7 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
     in :func:`step_memory`."""
     from pose_mcore.models.registry import family_of_preset
     from pose_mcore.pose.build import build_phase
-    from pose_mcore.pose.conditioning import Conditioner
+    from pose_mcore.pose.conditioning import Conditioner, negative_fields
 
     tp = parallel_state.get_tensor_model_parallel_world_size()
     layout = dict(tensor_model_parallel_size=tp, context_parallel_size=parallel_state.get_context_parallel_world_size(),
@@ -398,8 +410,9 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
 
     def setup(run: TrainConfig, model_cfg: VideoDiTConfig) -> tuple[dict[str, object], Callable[[], object]]:
         teacher = family.model_class(model_cfg)
-        roles, step = build_phase(phase, run, teacher, Conditioner(model_cfg), torch.device("cpu"), bf16=bf16)
         data = train_batch(model_cfg, run.micro_batch_size, frames, height, width, text_len)
+        conditioner = Conditioner(model_cfg, negative={k: data[k][0] for k in negative_fields(model_cfg)})
+        roles, step = build_phase(phase, run, teacher, conditioner, torch.device("cpu"), bf16=bf16)
         data["sample_index"] = torch.arange(run.micro_batch_size)
         step.step([data])  # the first step allocates the optimiser states
         named = phase_states(roles, step)

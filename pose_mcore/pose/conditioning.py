@@ -1,14 +1,18 @@
 """From a data batch to a DiT's inputs: the noisy latent (plus the I2V condition channels) and the
 conditioning keyword arguments, conditional and unconditional (for classifier-free guidance).
 
-Wan I2V (official layout): the DiT's input channels are ``[x_t | mask | condition latent]`` with the
-clean first frame in the condition latent and the mask marking it, plus CLIP image tokens; here the
-image tokens are a fixed random projection of the first frame's patches (no CLIP at toy scale).
-HunyuanVideo: LLM tokens with a mask and a pooled vector (the mean text token).
+A prepared dataset (``pose-prepare``) holds every field the model was trained on, computed by the model
+folder's own encoders (:mod:`pose_mcore.encoders`): ``text`` (and HunyuanVideo's ``text_mask``,
+``pooled``), Wan2.1 I2V's CLIP ``image_states``, the I2V ``condition`` channels ``[mask | condition
+latent]``; the unconditional input is the dataset's encoded negative prompt. Only the procedural toy
+dataset, which has no encoders, gets stand-ins (``stand_ins=True``): image tokens from a fixed random
+projection of the first frame's patches, a condition latent of the first frame followed by zeros, an
+all-ones text mask, the mean text token as pooled vector and zeros as the negative prompt.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +20,35 @@ import torch
 from pose_mcore.config.base import VideoDiTConfig
 from pose_mcore.config.hunyuan import HunyuanConfig
 from pose_mcore.config.wan import WanConfig
+
+
+def required_fields(config: VideoDiTConfig) -> tuple[str, ...]:
+    """The per-sample fields a model of ``config`` is conditioned on."""
+    fields = ["latents", "text"]
+    if isinstance(config, HunyuanConfig):
+        fields += ["text_mask", "pooled"]
+    if isinstance(config, WanConfig) and config.image_dim is not None:
+        fields.append("image_states")
+    if config.in_channels > config.out_channels:
+        fields.append("condition")
+    return tuple(fields)
+
+
+def negative_fields(config: VideoDiTConfig) -> tuple[str, ...]:
+    """The fields of the encoded negative prompt a model of ``config`` needs."""
+    return ("text", "text_mask", "pooled") if isinstance(config, HunyuanConfig) else ("text",)
+
+
+def missing_fields(config: VideoDiTConfig, fields: Collection[str], negative: Collection[str] | None) -> list[str]:
+    """What a dataset holding ``fields`` (and a negative prompt with ``negative`` fields, or None) lacks for
+    ``config``, one line each."""
+    out = [f"field {f!r} is missing (the model is conditioned on {', '.join(required_fields(config))})"
+           for f in required_fields(config) if f not in fields]
+    if negative is None:
+        out.append("the encoded negative prompt (negative.safetensors) is missing")
+    else:
+        out += [f"negative prompt field {f!r} is missing" for f in negative_fields(config) if f not in negative]
+    return out
 
 
 @dataclass
@@ -38,49 +71,88 @@ class Conditions:
 
 
 class Conditioner:
-    """Builds :class:`Conditions` for a model config from ``{"latents", "text", "first_frame"}`` batches."""
+    """Builds :class:`Conditions` for a model config from batches of the dataset's fields.
 
-    def __init__(self, config: VideoDiTConfig, image_tokens_seed: int = 7) -> None:
-        self.config = config
+    ``negative``: the encoded negative prompt (unbatched fields), the unconditional input. ``stand_ins``:
+    derive missing fields with toy formulas (the procedural dataset only); otherwise a missing field is
+    an error naming it.
+    """
+
+    def __init__(self, config: VideoDiTConfig, negative: dict[str, torch.Tensor] | None = None,
+                 stand_ins: bool = False, image_tokens_seed: int = 7) -> None:
+        self.config, self.negative, self.stand_ins = config, negative, stand_ins
+        problems = [] if stand_ins else missing_fields(config, required_fields(config),
+                                                       None if negative is None else negative.keys())
+        if problems:
+            raise ValueError("; ".join(problems))
         self.extra_channels = config.in_channels - config.out_channels
+        if self.extra_channels and self.extra_channels < config.out_channels:
+            raise ValueError(f"in_channels={config.in_channels} cannot hold the noisy latent and the condition "
+                             f"latent ({config.out_channels} channels each)")
         self._image_proj = None
-        if isinstance(config, WanConfig) and config.image_dim is not None:
+        if stand_ins and isinstance(config, WanConfig) and config.image_dim is not None:
             ph, pw = config.patch_size[1:]
             gen = torch.Generator().manual_seed(image_tokens_seed)
             self._image_proj = torch.randn(config.out_channels * ph * pw, config.image_dim, generator=gen)
 
+    def _field(self, batch: dict[str, torch.Tensor], name: str) -> torch.Tensor | None:
+        if name in batch:
+            return batch[name]
+        if not self.stand_ins:
+            raise KeyError(f"batch has no {name!r} field (the model is conditioned on it)")
+        return None
+
+    def _uncond(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        if self.negative is None:  # stand-in: no negative prompt
+            return torch.zeros_like(like)
+        neg = self.negative[name].to(like.device, like.dtype)
+        if neg.shape != like.shape[1:]:
+            raise ValueError(f"negative prompt {name} has shape {tuple(neg.shape)}; the batch's is "
+                             f"{tuple(like.shape[1:])}")
+        return neg.expand_as(like)
+
+    def _stand_in_condition(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        cfg, latents = self.config, batch["latents"]
+        first = torch.zeros_like(latents)
+        first[:, :, :1] = batch["first_frame"]
+        n_mask = self.extra_channels - cfg.out_channels
+        mask = torch.zeros(latents.shape[0], n_mask, *latents.shape[2:], dtype=latents.dtype, device=latents.device)
+        mask[:, :, :1] = 1
+        return torch.cat([mask, first], dim=1) if n_mask else first
+
+    def _stand_in_image(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        ph, pw = self.config.patch_size[1:]
+        patches = batch["first_frame"][:, :, 0].unfold(2, ph, ph).unfold(3, pw, pw)  # b c h w ph pw
+        patches = patches.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)
+        return patches @ self._image_proj.to(patches)
+
     def __call__(self, batch: dict[str, torch.Tensor]) -> Conditions:
         cfg = self.config
         text = batch["text"]
-        latents = batch["latents"]
         channels = image = first_frame = None
         if self.extra_channels:
-            first = torch.zeros_like(latents)
-            first[:, :, :1] = batch["first_frame"]
-            n_mask = self.extra_channels - cfg.out_channels
-            if n_mask < 0:
-                raise ValueError(f"in_channels={cfg.in_channels} cannot hold the noisy latent and the condition "
-                                 f"latent ({cfg.out_channels} channels each)")
-            mask = torch.zeros(latents.shape[0], n_mask, *latents.shape[2:], dtype=latents.dtype,
-                               device=latents.device)
-            mask[:, :, :1] = 1
-            channels = torch.cat([mask, first], dim=1) if n_mask else first
+            channels = self._field(batch, "condition")
+            if channels is None:
+                channels = self._stand_in_condition(batch)
+            channels = channels.to(batch["latents"])
         if isinstance(cfg, WanConfig):
             cond = {"encoder_hidden_states": text}
-            uncond = {"encoder_hidden_states": torch.zeros_like(text)}
-            if self._image_proj is not None:
-                ph, pw = cfg.patch_size[1:]
-                patches = batch["first_frame"][:, :, 0].unfold(2, ph, ph).unfold(3, pw, pw)  # b c h w ph pw
-                patches = patches.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)
-                image = patches @ self._image_proj.to(patches)
+            uncond = {"encoder_hidden_states": self._uncond("text", text)}
+            if cfg.image_dim is not None:
+                image = self._field(batch, "image_states")
+                image = self._stand_in_image(batch) if image is None else image
                 cond["encoder_hidden_states_image"] = uncond["encoder_hidden_states_image"] = image
         elif isinstance(cfg, HunyuanConfig):
-            mask = torch.ones(text.shape[:2], dtype=torch.long, device=text.device)
-            pooled = torch.zeros(text.shape[0], cfg.pooled_dim, dtype=text.dtype, device=text.device)
-            pooled[:, : min(cfg.pooled_dim, text.shape[-1])] = text.mean(1)[:, : cfg.pooled_dim]
+            mask, pooled = self._field(batch, "text_mask"), self._field(batch, "pooled")
+            if mask is None:
+                mask = torch.ones(text.shape[:2], dtype=torch.long, device=text.device)
+            if pooled is None:
+                pooled = torch.zeros(text.shape[0], cfg.pooled_dim, dtype=text.dtype, device=text.device)
+                pooled[:, : min(cfg.pooled_dim, text.shape[-1])] = text.mean(1)[:, : cfg.pooled_dim]
             cond = {"encoder_hidden_states": text, "encoder_attention_mask": mask, "pooled_projections": pooled}
-            uncond = {"encoder_hidden_states": torch.zeros_like(text), "encoder_attention_mask": mask,
-                      "pooled_projections": torch.zeros_like(pooled)}
+            uncond = {"encoder_hidden_states": self._uncond("text", text),
+                      "encoder_attention_mask": mask if self.negative is None else self._uncond("text_mask", mask),
+                      "pooled_projections": self._uncond("pooled", pooled)}
             if cfg.guidance_embeds:
                 cond["guidance"] = uncond["guidance"] = torch.full((text.shape[0],), 1000.0, device=text.device)
             if cfg.image_condition_type == "token_replace":

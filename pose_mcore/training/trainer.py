@@ -24,7 +24,7 @@ from pose_mcore.faults import fault_point
 from pose_mcore.models.registry import family_of_preset
 from pose_mcore.parallel.state import ParallelInfo, deterministic_mode, initialize_parallel
 from pose_mcore.pose.build import build_phase
-from pose_mcore.pose.conditioning import Conditioner
+from pose_mcore.pose.conditioning import Conditioner, missing_fields
 from pose_mcore.pose.phase import Phase
 from pose_mcore.pose.roles import Roles
 from pose_mcore.training.checkpointing import (
@@ -63,7 +63,9 @@ class Trainer:
                                     self.info.dp_rank, self.info.dp_size)
         except ValueError as e:
             raise TrainConfigError(f"global_batch_size={global_batch}: {e}") from e
-        self.conditioner = Conditioner(self.model_config)
+        dataset = self.data.dataset
+        self.conditioner = Conditioner(self.model_config, getattr(dataset, "negative", None),
+                                       stand_ins=isinstance(dataset, ProceduralVideos))
 
     def _dataset(self):
         d = self.config.data
@@ -72,9 +74,15 @@ class Trainer:
             return ProceduralVideos(ProceduralConfig(channels=cfg.out_channels, frames=d.frames, height=d.height,
                                                      width=d.width, text_dim=cfg.text_dim), d.size, d.seed)
         try:
-            return LatentDataset(d.path)
+            dataset = LatentDataset(d.path)
         except DatasetError as e:
             raise TrainConfigError(f"data: {e}") from e
+        problems = missing_fields(self.model_config, dataset.fields,
+                                  None if dataset.negative is None else dataset.negative.keys())
+        if problems:
+            raise TrainConfigError("\n".join(f"data.path={d.path}: {p} (preset {self.config.preset!r}; prepare the "
+                                             "dataset with pose-prepare --model <its model folder>)" for p in problems))
+        return dataset
 
     # --- models per phase -------------------------------------------------------------------------
 

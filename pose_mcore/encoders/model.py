@@ -1,0 +1,236 @@
+"""A model folder's own encoders and decoder: the one definition of what a DiT is conditioned on.
+
+A diffusers-format model folder (``model_index.json``, ``vae/``, ``text_encoder/``, ``tokenizer/``,
+``image_encoder/``, ...) is loaded as its diffusers pipeline *without its transformer*; every field is
+computed by the pipeline's own functions (``encode_prompt``, ``encode_image``, ``prepare_latents``,
+its latent normalisation and ``video_processor``), so a prepared dataset, a training sample and a
+``pose-sample`` video see exactly what the diffusers pipeline feeds its transformer. The DiT itself
+always comes from pose_mcore.
+
+Fields, per sample (the dataset's manifest keys; :data:`FIELDS`):
+
+- ``latents`` ``[C, f, h, w]``: the clip's VAE latent, normalised as the pipeline normalises latents
+  (Wan: ``(z - mean) / std`` per channel; HunyuanVideo: ``z * scaling_factor``); the mode of the
+  posterior (deterministic);
+- ``text`` ``[L, D]``: the prompt embedding (Wan: umT5, zero-padded to ``max_sequence_length``;
+  HunyuanVideo: the LLM's hidden states under the prompt template);
+- ``text_mask`` ``[L]`` (HunyuanVideo): the prompt's attention mask; ``pooled`` ``[P]``: the CLIP text
+  pooler output;
+- ``image_states`` ``[N, E]`` (Wan2.1 I2V): CLIP ViT penultimate hidden states of the first frame;
+- ``condition`` ``[c, f, h, w]`` (Wan I2V with extra input channels): ``prepare_latents``' frame mask and
+  the normalised VAE encoding of ``[first frame, zero frames]``;
+- ``first_frame`` ``[C, 1, h, w]`` (Wan2.2 TI2V, ``expand_timesteps``): the normalised VAE encoding of the
+  first frame alone.
+
+The negative (or empty) prompt is encoded once per dataset with the same function (``text``, and for
+HunyuanVideo ``text_mask`` and ``pooled``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+FIELDS = ("latents", "text", "text_mask", "pooled", "image_states", "condition", "first_frame")
+"""Every per-sample field a prepared dataset may hold."""
+TEXT_FIELDS = ("text", "text_mask", "pooled")
+"""The fields of an encoded prompt (the negative prompt's too)."""
+
+
+class EncoderError(ValueError):
+    """A model folder that cannot serve as encoders; the message names the folder and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a diffusers pipeline class needs and how its latents are normalised."""
+
+    name: str
+    """pose_mcore model family: 'wan' or 'hunyuan'."""
+    components: tuple[str, ...]
+    """Folders the encoders need (besides those the pipeline marks as present)."""
+    optional: tuple[str, ...] = ()
+    """Components used when ``model_index.json`` lists them (Wan2.1 I2V's CLIP)."""
+
+
+DIT_COMPONENTS = ("transformer", "transformer_2")
+"""Components never loaded: the DiT comes from pose_mcore."""
+
+
+PIPELINES: dict[str, Family] = {
+    "WanPipeline": Family("wan", ("vae", "text_encoder", "tokenizer", "scheduler")),
+    "WanImageToVideoPipeline": Family("wan", ("vae", "text_encoder", "tokenizer", "scheduler"),
+                                      optional=("image_encoder", "image_processor")),
+    "HunyuanVideoPipeline": Family("hunyuan", ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
+                                               "scheduler")),
+}
+"""The diffusers pipelines whose folders pose_mcore reads."""
+
+
+def _read_index(folder: Path) -> dict[str, Any]:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise EncoderError(f"{folder}: not a diffusers model folder (no model_index.json)")
+    try:
+        return json.loads(index.read_text())
+    except ValueError as e:
+        raise EncoderError(f"{index}: not JSON ({e})") from e
+
+
+def _listed(index: dict[str, Any], name: str) -> bool:
+    entry = index.get(name)
+    return isinstance(entry, list) and entry[0] is not None
+
+
+class ModelEncoders:
+    """The encoders, VAE and latent normalisation of one diffusers model folder.
+
+    ``ModelEncoders(folder)`` checks the folder before loading anything (a wrong folder raises
+    :class:`EncoderError` naming the missing component), then loads the pipeline without its
+    transformer. ``prompt_template`` and ``max_sequence_length`` are the pipeline's arguments of the
+    same names (their defaults are the pipeline's).
+    """
+
+    def __init__(self, folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 max_sequence_length: int | None = None, prompt_template: dict[str, Any] | None = None) -> None:
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()  # loading bars of tiny files are noise in a log
+        transformers.utils.logging.disable_progress_bar()
+        self.folder = Path(folder)
+        index = _read_index(self.folder)
+        class_name = index.get("_class_name")
+        if class_name not in PIPELINES:
+            raise EncoderError(f"{self.folder}/model_index.json: pipeline {class_name!r} is not supported "
+                               f"(supported: {', '.join(PIPELINES)})")
+        self.kind = PIPELINES[class_name]
+        needed = [c for c in self.kind.components] + [c for c in self.kind.optional if _listed(index, c)]
+        for name in needed:
+            if not _listed(index, name):
+                raise EncoderError(f"{self.folder}/model_index.json: component {name!r} is missing")
+            if not (self.folder / name).is_dir():
+                raise EncoderError(f"{self.folder}: component folder {name}/ is missing")
+        self.device, self.dtype = torch.device(device), dtype
+        skip = {name: None for name in DIT_COMPONENTS if name in index}
+        try:
+            self.pipe = getattr(diffusers, class_name).from_pretrained(self.folder, dtype=dtype, **skip)
+        except (OSError, ValueError, KeyError) as e:
+            raise EncoderError(f"{self.folder}: cannot load the {class_name} components ({e})") from e
+        self.pipe.to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.family = self.kind.name
+        self.has_image_encoder = getattr(self.pipe, "image_encoder", None) is not None
+        self.expand_timesteps = bool(getattr(self.pipe.config, "expand_timesteps", False))
+        self.image_to_video = class_name == "WanImageToVideoPipeline"
+        self.max_sequence_length = max_sequence_length or (512 if self.family == "wan" else 256)
+        self.prompt_template = prompt_template
+        vae = self.pipe.vae
+        self.latent_channels = vae.config.z_dim if self.family == "wan" else vae.config.latent_channels
+        self.temporal, self.spatial = self.pipe.vae_scale_factor_temporal, self.pipe.vae_scale_factor_spatial
+
+    # ---- what the DiT sees -------------------------------------------------------------------------------
+
+    def fields(self) -> tuple[str, ...]:
+        """The per-sample fields this model's conditioning consists of."""
+        out = ["latents", "text"]
+        if self.family == "hunyuan":
+            out += ["text_mask", "pooled"]
+        if self.has_image_encoder:
+            out.append("image_states")
+        if self.image_to_video:
+            out.append("first_frame" if self.expand_timesteps else "condition")
+        return tuple(out)
+
+    def check_frames(self, frames: int, height: int, width: int) -> None:
+        """Raise :class:`EncoderError` unless the VAE takes ``frames`` x ``height`` x ``width`` clips."""
+        if frames < 1 or (frames - 1) % self.temporal:
+            raise EncoderError(f"--frames {frames}: this VAE takes {self.temporal}k+1 frames (e.g. "
+                               f"{self.temporal * max(1, (frames - 1) // self.temporal) + 1})")
+        for name, v in (("height", height), ("width", width)):
+            if v < 1 or v % (2 * self.spatial):
+                raise EncoderError(f"--{name} {v}: must be a positive multiple of {2 * self.spatial} "
+                                   "(VAE downsampling x DiT patch)")
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """``text`` (and for HunyuanVideo ``text_mask``, ``pooled``) of each prompt: ``[B, ...]``, exactly as
+        the pipeline's ``encode_prompt`` computes them."""
+        if self.family == "wan":
+            text, _ = self.pipe.encode_prompt(prompts, do_classifier_free_guidance=False,
+                                              max_sequence_length=self.max_sequence_length, device=self.device)
+            return {"text": text}
+        kwargs = {} if self.prompt_template is None else {"prompt_template": self.prompt_template}
+        text, pooled, mask = self.pipe.encode_prompt(prompts, max_sequence_length=self.max_sequence_length,
+                                                     device=self.device, **kwargs)
+        return {"text": text, "text_mask": mask, "pooled": pooled}
+
+    @torch.no_grad()
+    def encode_video(self, frames: list[Image.Image]) -> torch.Tensor:
+        """The normalised latent ``[C, f, h, w]`` of a clip of RGB frames (already of the target size)."""
+        video = self.pipe.video_processor.preprocess_video(frames)  # [1, 3, F, H, W] in [-1, 1]
+        vae = self.pipe.vae
+        z = vae.encode(video.to(self.device, vae.dtype)).latent_dist.mode()
+        return self.normalise(z)[0]
+
+    def normalise(self, z: torch.Tensor) -> torch.Tensor:
+        """VAE latents -> the DiT's latent space, as the pipeline computes it."""
+        cfg = self.pipe.vae.config
+        if self.family == "hunyuan":
+            return z * cfg.scaling_factor
+        mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(z.device, z.dtype)
+        inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(z.device, z.dtype)
+        return (z - mean) * inv_std
+
+    def denormalise(self, latents: torch.Tensor) -> torch.Tensor:
+        """The DiT's latent space -> VAE latents (the pipeline's decode path)."""
+        cfg = self.pipe.vae.config
+        if self.family == "hunyuan":
+            return latents / cfg.scaling_factor
+        mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
+        inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
+        return latents / inv_std + mean
+
+    @torch.no_grad()
+    def encode_first_frame(self, image: Image.Image, frames: int, height: int, width: int
+                           ) -> dict[str, torch.Tensor]:
+        """The image-to-video fields of a first frame: ``image_states`` (CLIP) and ``condition`` (mask and
+        condition latent) or ``first_frame`` (Wan2.2 TI2V), from the pipeline's ``encode_image`` and
+        ``prepare_latents``; ``[1, ...]``."""
+        out = {}
+        if self.has_image_encoder:
+            out["image_states"] = self.pipe.encode_image(image, self.device)
+        if self.image_to_video:
+            pixels = self.pipe.video_processor.preprocess(image, height=height, width=width)
+            pixels = pixels.to(self.device, dtype=torch.float32)
+            prepared = self.pipe.prepare_latents(pixels, 1, self.latent_channels, height, width, frames, torch.float32,
+                                                 self.device, latents=self._placeholder(frames, height, width))
+            if self.expand_timesteps:
+                out["first_frame"] = prepared[1]
+            else:
+                out["condition"] = prepared[1]
+        return out
+
+    def _placeholder(self, frames: int, height: int, width: int) -> torch.Tensor:
+        """A latent passed to ``prepare_latents`` so that it draws no noise (only the condition is wanted)."""
+        return torch.zeros(self.latent_shape(1, frames, height, width), device=self.device)
+
+    def latent_shape(self, batch: int, frames: int, height: int, width: int) -> tuple[int, ...]:
+        """The DiT latent shape of ``batch`` clips of ``frames`` x ``height`` x ``width`` pixels."""
+        return (batch, self.latent_channels, (frames - 1) // self.temporal + 1, height // self.spatial,
+                width // self.spatial)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """DiT latents ``[B, C, f, h, w]`` -> uint8 RGB frames ``[B, F, H, W, 3]`` (the pipeline's decode and
+        post-processing)."""
+        vae = self.pipe.vae
+        video = vae.decode(self.denormalise(latents.to(self.device, vae.dtype)), return_dict=False)[0]
+        frames = self.pipe.video_processor.postprocess_video(video.float(), output_type="np")
+        return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)

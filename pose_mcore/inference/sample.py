@@ -1,0 +1,195 @@
+"""``pose-sample``: a distilled generator -> MP4 videos, conditioned and decoded by the model folder's own
+encoders and VAE (:class:`pose_mcore.encoders.ModelEncoders`).
+
+    pose-sample --checkpoint GEN_DIR --model MODEL_DIR --prompt "..." [--image first.png] --out video.mp4
+    pose-sample --checkpoint GEN_DIR --model MODEL_DIR --prompts prompts.jsonl --out videos/
+                [--steps 1|2|4] [--mode renoise|euler] [--shift S] [--seed S] [--height --width --frames]
+                [--fps 16] [--negative-prompt TEXT] [--dtype bf16|fp32]
+
+Under torchrun the generator runs tensor-parallel (with sequence parallelism) over all ranks; rank 0
+encodes the prompt and image, shares the conditioning, decodes and writes. ``--prompts``: a JSONL file
+of ``{"prompt": ..., "image": ...}`` lines (or a text file, one prompt per line), one video per line,
+named ``00000.mp4`` ... in the ``--out`` folder; the seed of line ``i`` is ``seed + i``.
+
+One step is ``x0 = noise - G(noise, t=1)``, the noise drawn as the diffusers pipelines draw it
+(``torch.Generator().manual_seed(seed)``, CPU, fp32): the output equals the diffusers pipeline's
+(``WanPipeline`` / ``WanImageToVideoPipeline`` / ``HunyuanVideoPipeline``) with the exported generator
+as its transformer, ``num_inference_steps=1``, ``guidance_scale=1.0`` and a
+``FlowMatchEulerDiscreteScheduler`` (the Wan folders ship UniPC, whose one step differs), the same
+seed and ``max_sequence_length``. More steps use the training sampler
+(:func:`pose_mcore.diffusion.samplers.student_sample`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pose_mcore.notices import quiet_third_party_warnings
+
+quiet_third_party_warnings()  # before megatron-core is imported: it warns at import
+
+from pose_mcore.checkpoint.io import CheckpointError, atomic_destination  # noqa: E402
+from pose_mcore.checkpoint.load import load_model  # noqa: E402
+from pose_mcore.data.video import VideoError, read_clip, write_mp4  # noqa: E402
+from pose_mcore.diffusion.flow import model_timestep  # noqa: E402
+from pose_mcore.diffusion.samplers import student_sample  # noqa: E402
+from pose_mcore.encoders.model import EncoderError, ModelEncoders  # noqa: E402
+from pose_mcore.parallel.state import destroy_parallel, initialize_parallel, run_device  # noqa: E402
+from pose_mcore.pose.conditioning import Conditioner, negative_fields  # noqa: E402
+
+
+class SampleError(ValueError):
+    """Bad arguments or inputs (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: str
+    image: Path | None
+    seed: int
+    out: Path
+
+
+def requests(args: argparse.Namespace) -> list[Request]:
+    """The videos to make: one ``--prompt``, or one per line of ``--prompts``."""
+    if (args.prompt is None) == (args.prompts is None):
+        raise SampleError("give exactly one of --prompt and --prompts")
+    if args.prompt is not None:
+        return [Request(args.prompt, args.image, args.seed, args.out)]
+    if not args.prompts.is_file():
+        raise SampleError(f"--prompts {args.prompts}: no such file")
+    out = []
+    for n, line in enumerate(args.prompts.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        if args.prompts.suffix == ".jsonl":
+            try:
+                row = json.loads(line)
+                prompt, image = row["prompt"], row.get("image")
+            except (ValueError, KeyError, TypeError) as e:
+                raise SampleError(f"{args.prompts}:{n}: want {{\"prompt\": ..., \"image\": ...}} ({e})") from e
+        else:
+            prompt, image = line.strip(), None
+        image = args.prompts.parent / image if image else args.image
+        out.append(Request(prompt, image, args.seed + len(out), args.out / f"{len(out):05d}.mp4"))
+    if not out:
+        raise SampleError(f"--prompts {args.prompts}: no prompts")
+    return out
+
+
+def conditioning(encoders: ModelEncoders, request: Request, negative: dict[str, torch.Tensor], frames: int,
+                 height: int, width: int) -> dict[str, torch.Tensor]:
+    """The batch of one request (the dataset's fields, batch 1; no latents) and its negative prompt."""
+    batch = encoders.encode_prompts([request.prompt])
+    if encoders.image_to_video:
+        if request.image is None:
+            raise SampleError(f"{encoders.folder} is an image-to-video model: give --image")
+        image = read_clip(request.image, 1, height, width)[0]
+        batch.update(encoders.encode_first_frame(image, frames, height, width))
+    elif request.image is not None:
+        raise SampleError(f"{encoders.folder} is a text-to-video model: --image does not apply")
+    return {**{k: v.cpu() for k, v in batch.items()}, **{f"negative.{k}": v.cpu() for k, v in negative.items()}}
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, batch: dict[str, torch.Tensor], shape: tuple[int, ...], seed: int, steps: int = 1,
+             shift: float = 1.0, mode: str = "renoise") -> torch.Tensor:
+    """The generator's sample ``[1, C, f, h, w]`` (fp32) for a conditioning batch (as :func:`conditioning`
+    gives it), from the noise of ``seed``."""
+    device = run_device()
+    negative = {k.removeprefix("negative."): v for k, v in batch.items() if k.startswith("negative.")}
+    fields = {k: v.to(device) for k, v in batch.items() if not k.startswith("negative.")}
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(shape, generator=gen, dtype=torch.float32)
+    fields["latents"] = torch.zeros(shape, device=device)  # shape only: the condition is in its own fields
+    conds = Conditioner(model.config, {k: v.to(device) for k, v in negative.items()})(fields)
+    dtype = next(model.parameters()).dtype
+
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        kwargs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in conds.cond.items()}
+        return model(conds.inputs(x).to(dtype), model_timestep(t), **kwargs).sample.float()
+
+    return student_sample(velocity, noise.to(device), steps, shift, mode, generator=gen)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="pose-sample", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True, help="the generator (pose_mcore checkpoint folder)")
+    p.add_argument("--model", type=Path, required=True, help="diffusers model folder: encoders and VAE")
+    p.add_argument("--prompt")
+    p.add_argument("--prompts", type=Path, help=".jsonl of {prompt, image} or a text file of prompts")
+    p.add_argument("--image", type=Path, help="first frame (image-to-video)")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--out", type=Path, required=True, help="MP4 file (--prompt) or folder (--prompts)")
+    p.add_argument("--steps", type=int, default=1)
+    p.add_argument("--mode", choices=("renoise", "euler"), default="renoise", help="sampler for --steps > 1")
+    p.add_argument("--shift", type=float, default=1.0, help="time shift of the few-step grid")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--frames", type=int, default=81)
+    p.add_argument("--fps", type=float, default=16.0)
+    p.add_argument("--dtype", choices=("bf16", "fp32"), default=None,
+                   help="generator and encoder dtype (default: bf16 on a GPU, fp32 on the CPU)")
+    p.add_argument("--max-sequence-length", type=int, default=None)
+    p.add_argument("--prompt-template", type=Path, default=None, help="HunyuanVideo: JSON {template, crop_start}")
+    args = p.parse_args(argv)
+    if args.steps < 1:
+        raise SampleError(f"--steps {args.steps}: must be positive")
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
+    todo = requests(args)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    info = initialize_parallel(world, seed=args.seed)
+    device = run_device()
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(args.dtype) or (
+        torch.bfloat16 if device.type == "cuda" else torch.float32)
+    encoders = None
+    if info.rank == 0:
+        template = json.loads(args.prompt_template.read_text()) if args.prompt_template else None
+        encoders = ModelEncoders(args.model, device, dtype, args.max_sequence_length, template)
+        encoders.check_frames(args.frames, args.height, args.width)
+    try:
+        model = load_model(args.checkpoint, sequence_parallel=world > 1, params_dtype=dtype)
+    except CheckpointError as e:
+        raise SampleError(f"--checkpoint: {e}") from e
+    negative = None
+    for request in todo:
+        shared = [None, None]
+        if info.rank == 0:
+            if negative is None:
+                negative = {k: v[0] for k, v in encoders.encode_prompts([args.negative_prompt]).items()
+                            if k in negative_fields(model.config)}
+            shared = [conditioning(encoders, request, negative, args.frames, args.height, args.width),
+                      encoders.latent_shape(1, args.frames, args.height, args.width)]
+        if world > 1:
+            dist.broadcast_object_list(shared, src=0)
+        x0 = generate(model, *shared, request.seed, args.steps, args.shift, args.mode)
+        if info.rank == 0:
+            request.out.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_destination(request.out, overwrite=True) as tmp:
+                write_mp4(encoders.decode(x0)[0], tmp, args.fps)
+            print(f"pose-sample: {request.out} ({request.prompt!r}, seed {request.seed})", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(parse_args(argv))
+    except (SampleError, EncoderError, VideoError) as e:
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"pose-sample: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        destroy_parallel()

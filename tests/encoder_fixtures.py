@@ -1,0 +1,100 @@
+"""Tiny random-weight diffusers model folders (no transformer), built locally: the real component classes
+(AutoencoderKLWan / AutoencoderKLHunyuanVideo, UMT5, CLIP vision and text, Llama) with small configs and a
+word-level tokenizer made here. Nothing is downloaded.
+
+``model_folder(kind, path)`` writes the folder ``pose-prepare`` / ``pose-sample`` read; ``pipeline(kind,
+transformer)`` is the same pipeline in memory, with a transformer for the parity tests (the tiny diffusers
+transformers of wan_reference / hunyuan_reference, whose dims fit ``TINY_PRESET[kind]``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+WORDS = ("a the red green blue square disk cross moving left right up down fast slow video of on in with and "
+         "low quality blurry static bright cat dog runs jumps").split()
+TINY_PRESET = {"wan-t2v": "tiny-t2v", "wan-i2v": "tiny-i2v", "hunyuan-t2v": "tiny-hunyuan-t2v"}
+"""The tiny pose_mcore preset whose DiT fits each folder's encoders."""
+
+
+def _tokenizer(specials: dict[str, str], max_length: int):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate([*specials.values(), *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=specials["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, **specials)
+
+
+def _wan_vae():
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(1)
+    return AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True], latents_mean=[0.1, -0.2, 0.3, 0.0],
+                            latents_std=[1.5, 0.8, 1.2, 2.0])
+
+
+def _wan_parts(i2v: bool) -> dict:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(2)
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(WORDS) + 3, d_model=32, d_kv=8, d_ff=48, num_layers=1,
+                                               num_heads=4, relative_attention_num_buckets=8, pad_token_id=0,
+                                               eos_token_id=1))
+    parts = {"vae": _wan_vae(), "text_encoder": text_encoder,
+             "tokenizer": _tokenizer({"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}, 16),
+             "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0)}
+    if i2v:
+        torch.manual_seed(3)
+        parts["image_encoder"] = CLIPVisionModel(CLIPVisionConfig(
+            hidden_size=24, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+            image_size=32, patch_size=8))
+        parts["image_processor"] = CLIPImageProcessor(crop_size=32, size=32)
+    return parts
+
+
+def _hunyuan_parts() -> dict:
+    from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    torch.manual_seed(4)
+    vae = AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=4, down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+        act_fn="silu", norm_num_groups=4, scaling_factor=0.476986, spatial_compression_ratio=8,
+        temporal_compression_ratio=4, mid_block_add_attention=True)
+    llama = LlamaModel(LlamaConfig(vocab_size=len(WORDS) + 3, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                                   num_attention_heads=2, num_key_value_heads=2, pad_token_id=0))
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=len(WORDS) + 3, hidden_size=8, intermediate_size=16,
+                                        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
+                                        pad_token_id=0, bos_token_id=1, eos_token_id=2))
+    specials = {"pad_token": "<pad>", "bos_token": "<s>", "unk_token": "<unk>"}
+    return {"vae": vae, "text_encoder": llama, "tokenizer": _tokenizer(specials, 64), "text_encoder_2": clip,
+            "tokenizer_2": _tokenizer({"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}, 77),
+            "scheduler": FlowMatchEulerDiscreteScheduler(shift=1.0)}
+
+
+HUNYUAN_TEMPLATE = {"template": "describe the video : {}", "crop_start": 4}
+"""A prompt template for the tiny tokenizer (the real one's crop_start=95 counts Llama-3 tokens)."""
+
+
+def pipeline(kind: str, transformer=None):
+    """The diffusers pipeline of a tiny folder of ``kind`` ('wan-t2v', 'wan-i2v', 'hunyuan-t2v')."""
+    from diffusers import HunyuanVideoPipeline, WanImageToVideoPipeline, WanPipeline
+
+    cls, parts = {"wan-t2v": (WanPipeline, lambda: _wan_parts(False)),
+                  "wan-i2v": (WanImageToVideoPipeline, lambda: _wan_parts(True)),
+                  "hunyuan-t2v": (HunyuanVideoPipeline, _hunyuan_parts)}[kind]
+    parts = {k: v.eval() if isinstance(v, torch.nn.Module) else v for k, v in parts().items()}  # as loaded
+    return cls(transformer=transformer, **parts)
+
+
+def model_folder(kind: str, path: Path) -> Path:
+    """Write a tiny diffusers model folder of ``kind`` without a transformer; return it."""
+    pipeline(kind).save_pretrained(path)
+    return path

@@ -1,0 +1,154 @@
+"""The model folder's encoders (pose_mcore.encoders): every prepared field equals what the diffusers pipeline
+feeds its transformer for the same inputs, captured from the pipeline's own call; pose-sample's one step
+equals the pipeline's one-step output with the same generator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_close_rel
+from encoder_fixtures import HUNYUAN_TEMPLATE, TINY_PRESET, model_folder, pipeline
+from hunyuan_reference import diffusers_hunyuan
+from PIL import Image
+from wan_reference import diffusers_wan
+
+from pose_mcore.encoders import EncoderError, ModelEncoders
+
+KINDS = ("wan-t2v", "wan-i2v", "hunyuan-t2v")
+PROMPT, NEGATIVE = "a red square moving left", "blurry static low quality"
+FRAMES, HEIGHT, WIDTH = 5, 32, 48
+TEXT_LEN = {"wan-t2v": 12, "wan-i2v": 512, "hunyuan-t2v": 10}
+"""Text tokens: diffusers' Wan I2V attention takes the last 512 context tokens as text."""
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {kind: model_folder(kind, root / kind) for kind in KINDS}
+
+
+def encoders(folder, kind: str) -> ModelEncoders:
+    return ModelEncoders(folder, max_sequence_length=TEXT_LEN[kind],
+                         prompt_template=HUNYUAN_TEMPLATE if kind.startswith("hunyuan") else None)
+
+
+def transformer(kind: str):
+    return diffusers_wan(i2v=True, seed=5) if kind == "wan-i2v" else (
+        diffusers_wan(seed=5) if kind == "wan-t2v" else diffusers_hunyuan("t2v", seed=5))
+
+
+def first_frame(seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8))
+
+
+def run_pipeline(kind: str, model, guidance: float, seed: int = 0) -> tuple[list[dict], torch.Tensor]:
+    """The transformer's keyword inputs of every call of a one-step pipeline run, and its output latents."""
+    pipe = pipeline(kind, model)
+    pipe.set_progress_bar_config(disable=True)
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda m, a, kw: calls.append(dict(kw)), with_kwargs=True)
+    kwargs = dict(prompt=PROMPT, height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=1,
+                  max_sequence_length=TEXT_LEN[kind], output_type="latent", generator=torch.Generator().manual_seed(seed))
+    if kind == "hunyuan-t2v":
+        kwargs.update(prompt_template=HUNYUAN_TEMPLATE, guidance_scale=1.0)
+        if guidance > 1:
+            kwargs.update(negative_prompt=NEGATIVE, true_cfg_scale=guidance)
+    else:
+        kwargs.update(negative_prompt=NEGATIVE, guidance_scale=guidance)
+    if kind == "wan-i2v":
+        kwargs["image"] = first_frame()
+    with torch.no_grad():
+        out = pipe(**kwargs).frames
+    return calls, out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_prepared_fields_equal_the_pipelines_inputs(folders, kind):
+    enc = encoders(folders[kind], kind)
+    calls, _ = run_pipeline(kind, transformer(kind), guidance=2.0)
+    assert len(calls) == 2  # conditional, then unconditional (the negative prompt)
+    cond, uncond = calls
+    fields = enc.encode_prompts([PROMPT])
+    negative = enc.encode_prompts([NEGATIVE])
+    assert torch.equal(fields["text"], cond["encoder_hidden_states"])
+    assert torch.equal(negative["text"], uncond["encoder_hidden_states"])
+    assert not torch.equal(fields["text"], negative["text"])
+    if kind == "hunyuan-t2v":
+        assert torch.equal(fields["text_mask"].float(), cond["encoder_attention_mask"])
+        assert torch.equal(negative["text_mask"].float(), uncond["encoder_attention_mask"])
+        assert torch.equal(fields["pooled"], cond["pooled_projections"])
+        assert torch.equal(negative["pooled"], uncond["pooled_projections"])
+        assert 0 < fields["text_mask"].sum() < TEXT_LEN[kind]  # padding is masked
+    if kind == "wan-i2v":
+        image = enc.encode_first_frame(first_frame(), FRAMES, HEIGHT, WIDTH)
+        assert torch.equal(image["image_states"], cond["encoder_hidden_states_image"])
+        assert torch.equal(image["condition"], cond["hidden_states"][:, enc.latent_channels:])
+        mask, latent = image["condition"][:, :4], image["condition"][:, 4:]
+        assert mask[:, :, 0].eq(1).all() and mask[:, :, 1:].eq(0).all()
+        assert latent[:, :, 1:].abs().amax() > 1e-3  # the causal VAE's code of the zero frames is not zero
+    assert set(enc.fields()) == {"wan-t2v": {"latents", "text"}, "wan-i2v": {"latents", "text", "image_states",
+                                                                               "condition"},
+                                 "hunyuan-t2v": {"latents", "text", "text_mask", "pooled"}}[kind]
+
+
+@pytest.mark.parametrize("kind", ("wan-t2v", "hunyuan-t2v"))
+def test_video_latents_are_the_vaes_normalised_mode(folders, kind):
+    enc = encoders(folders[kind], kind)
+    frames = [first_frame(s) for s in range(FRAMES)]
+    latents = enc.encode_video(frames)
+    vae = enc.pipe.vae
+    pixels = torch.from_numpy(np.stack([np.asarray(f) for f in frames])).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        z = vae.encode(pixels).latent_dist.mean
+    cfg = vae.config
+    if kind == "hunyuan-t2v":
+        want = z * cfg.scaling_factor
+    else:
+        want = (z - torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)) / torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
+    assert latents.shape == (4, 2, HEIGHT // 8, WIDTH // 8)
+    assert_close_rel(latents, want[0], 1e-5)
+    decoded = enc.decode(latents[None])
+    assert decoded.shape == (1, FRAMES, HEIGHT, WIDTH, 3) and decoded.dtype == np.uint8
+
+
+def test_folder_errors(folders, tmp_path):
+    with pytest.raises(EncoderError, match="no model_index.json"):
+        ModelEncoders(tmp_path)
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(folders["wan-i2v"], broken)
+    shutil.rmtree(broken / "image_encoder")
+    with pytest.raises(EncoderError, match="component folder image_encoder/ is missing"):
+        ModelEncoders(broken)
+    enc = encoders(folders["wan-t2v"], "wan-t2v")
+    with pytest.raises(EncoderError, match="--frames 6: this VAE takes 4k\\+1 frames"):
+        enc.check_frames(6, HEIGHT, WIDTH)
+    with pytest.raises(EncoderError, match="--height 40"):
+        enc.check_frames(5, 40, WIDTH)
+
+
+@pytest.mark.parametrize("kind", ("wan-i2v", "hunyuan-t2v"))
+def test_one_step_sample_equals_the_pipeline(tp1, folders, kind, tmp_path):
+    from pose_mcore.checkpoint.convert import import_checkpoint
+    from pose_mcore.checkpoint.load import load_model
+    from pose_mcore.inference.sample import Request, conditioning, generate
+
+    model = transformer(kind)
+    model.save_pretrained(tmp_path / "diffusers")
+    import_checkpoint(tmp_path / "diffusers", tmp_path / "generator")
+    _, want = run_pipeline(kind, model, guidance=1.0, seed=11)
+    enc = encoders(folders[kind], kind)
+    generator = load_model(tmp_path / "generator")
+    assert generator.config.in_channels == {"wan-i2v": 12, "hunyuan-t2v": 4}[kind]
+    image = tmp_path / "first.png"
+    first_frame().save(image)
+    request = Request(PROMPT, image if kind == "wan-i2v" else None, 11, tmp_path / "out.mp4")
+    negative = {k: v[0] for k, v in enc.encode_prompts([""]).items()}
+    batch = conditioning(enc, request, negative, FRAMES, HEIGHT, WIDTH)
+    got = generate(generator, batch, enc.latent_shape(1, FRAMES, HEIGHT, WIDTH), seed=11)
+    assert got.shape == want.shape
+    assert_close_rel(got, want, 1e-5)
+    assert TINY_PRESET[kind]

@@ -1,0 +1,218 @@
+"""pose-prepare: videos + captions -> a latent dataset through the model folder's encoders (fields equal the
+encoders' own computation on the same clip), resumable, bad inputs skipped and reported; training on
+prepared datasets uses every real field."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from devices import to_device
+from encoder_fixtures import HUNYUAN_TEMPLATE, TINY_PRESET, model_folder
+from torch.utils.data import default_collate
+
+from pose_mcore.data.latents import LatentDataset
+from pose_mcore.data.prepare import main as prepare
+from pose_mcore.data.video import read_clip, write_mp4
+from pose_mcore.encoders import ModelEncoders
+
+SIZE = ["--height", "32", "--width", "48", "--frames", "5", "--fps", "4"]
+CAPTIONS = ["a red square moving left", "a blue disk moving up", "a green cross moving right", "a cat runs"]
+
+
+def _clip(seed: int, frames: int = 12) -> np.ndarray:
+    """A smooth moving pattern (H.264 keeps it), 40 x 56 pixels: the clips are resized and cropped."""
+    y, x = np.mgrid[0:40, 0:56]
+    out = [np.stack([128 + 100 * np.sin((x + 3 * f + seed) / 6), 128 + 100 * np.cos((y - 2 * f) / 5),
+                     np.full_like(x, 40 * seed % 255, dtype=float)], axis=-1) for f in range(frames)]
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Four good clips with captions, an unreadable file, a too-short clip and a clip without a caption."""
+    root = tmp_path_factory.mktemp("videos")
+    for i, caption in enumerate(CAPTIONS):
+        write_mp4(_clip(i), root / f"good{i}.mp4", fps=8)
+        (root / f"good{i}.txt").write_text(caption)
+    (root / "broken.mp4").write_bytes(b"not a video at all")
+    (root / "broken.txt").write_text("a dog")
+    write_mp4(_clip(9, frames=3), root / "short.mp4", fps=8)
+    (root / "short.txt").write_text("a dog jumps")
+    write_mp4(_clip(7), root / "uncaptioned.mp4", fps=8)
+    return root
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    template = root / "template.json"
+    template.write_text(json.dumps(HUNYUAN_TEMPLATE))
+    return {kind: model_folder(kind, root / kind) for kind in ("wan-i2v", "hunyuan-t2v")}, template
+
+
+def _prepare(models, kind, inputs, out, *extra) -> int:
+    folders, template = models
+    args = ["--input", str(inputs), "--model", str(folders[kind]), "--out", str(out), *SIZE, "--per-shard", "2",
+            "--max-sequence-length", "12", "--negative-prompt", "blurry static", *extra]
+    if kind.startswith("hunyuan"):
+        args += ["--prompt-template", str(template)]
+    return prepare(args)
+
+
+@pytest.fixture(scope="module")
+def prepared(models, inputs, tmp_path_factory):
+    out = {}
+    for kind in ("wan-i2v", "hunyuan-t2v"):
+        out[kind] = tmp_path_factory.mktemp("data") / kind
+        assert _prepare(models, kind, inputs, out[kind]) == 0
+    return out
+
+
+def test_fields_equal_the_encoders_on_the_same_clip(models, inputs, prepared):
+    for kind, fields in (("wan-i2v", {"latents", "text", "image_states", "condition"}),
+                         ("hunyuan-t2v", {"latents", "text", "text_mask", "pooled"})):
+        data = LatentDataset(prepared[kind] / "manifest.jsonl")
+        assert len(data) == 4 and set(data.fields) == fields
+        enc = ModelEncoders(models[0][kind], max_sequence_length=12,
+                            prompt_template=HUNYUAN_TEMPLATE if kind.startswith("hunyuan") else None)
+        frames = read_clip(inputs / "good2.mp4", 5, 32, 48, fps=4)
+        want = {"latents": enc.encode_video(frames), **{k: v[0] for k, v in enc.encode_prompts([CAPTIONS[2]]).items()},
+                **{k: v[0] for k, v in enc.encode_first_frame(frames[0], 5, 32, 48).items()}}
+        got = data[2]
+        for field in fields:
+            assert torch.equal(got[field], want[field]), (kind, field)
+        negative = enc.encode_prompts(["blurry static"])
+        assert set(data.negative) == ({"text"} if kind.startswith("wan") else {"text", "text_mask", "pooled"})
+        for field, value in data.negative.items():
+            assert torch.equal(value, negative[field][0]), (kind, field)
+
+
+def test_bad_inputs_are_skipped_and_reported(prepared):
+    out = prepared["wan-i2v"]
+    report = json.loads((out / "report.json").read_text())
+    reasons = {s["file"].rsplit("/", 1)[-1]: s["reason"] for s in report["skipped"]}
+    assert report["items"] == 7 and report["samples"] == 4
+    assert "cannot decode" in reasons["broken.mp4"]
+    assert "too short: 0.38 s, need 1.00 s (5 frames at 4 fps)" in reasons["short.mp4"]
+    assert "no caption" in reasons["uncaptioned.mp4"]
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and not list(out.glob(".*tmp*"))
+
+
+def test_resume_skips_finished_shards(models, inputs, prepared, tmp_path, capsys):
+    out = tmp_path / "data"
+    shutil.copytree(prepared["wan-i2v"], out)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
+    manifest = (out / "manifest.jsonl").read_text()
+    assert _prepare(models, "wan-i2v", inputs, out) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")} == stamps
+    (out / "shard-00001.jsonl").unlink()  # as if killed while encoding shard 1
+    (out / "shard-00001.safetensors").unlink()
+    assert _prepare(models, "wan-i2v", inputs, out) == 0
+    assert (out / "manifest.jsonl").read_text() == manifest
+    assert {p.name for p in out.glob("shard-*")} == set(stamps)
+    capsys.readouterr()
+    assert _prepare(models, "wan-i2v", inputs, out, "--frames", "9") == 2
+    assert "prepared with other settings" in capsys.readouterr().err
+
+
+def test_wrong_model_folder_stops_before_any_work(models, inputs, tmp_path, capsys):
+    folders, _ = models
+    broken = tmp_path / "broken"
+    shutil.copytree(folders["wan-i2v"], broken)
+    shutil.rmtree(broken / "vae")
+    for model, match in ((tmp_path / "nothing", "no model_index.json"), (broken, "component folder vae/ is missing")):
+        code = prepare(["--input", str(inputs), "--model", str(model), "--out", str(tmp_path / "out"), *SIZE])
+        assert code == 2 and match in capsys.readouterr().err
+        assert not (tmp_path / "out").exists()
+    code = prepare(["--input", str(inputs), "--model", str(folders["wan-i2v"]), "--out", str(tmp_path / "out"),
+                    "--frames", "6"])
+    assert code == 2 and "4k+1" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def _loss_changes(preset: str, data: LatentDataset, edits: dict) -> None:
+    """Phase I's and Phase II's generator losses on a prepared batch change when one field changes."""
+    from phase_fixtures import phase2_setup
+
+    from pose_mcore.config.train import Phase1Config
+    from pose_mcore.models.registry import family_of_preset
+    from pose_mcore.parallel.state import run_device
+    from pose_mcore.pose.conditioning import Conditioner
+    from pose_mcore.pose.phase1 import Phase1
+    from pose_mcore.pose.roles import Roles
+
+    family = family_of_preset(preset)
+    cfg = family.make_config(preset)
+    torch.manual_seed(0)
+    roles = Roles(family.model_class(cfg).to(run_device()), lora_rank=4, lora_alpha=4)
+    batch = to_device({**default_collate([data[i] for i in range(2)]), "sample_index": torch.arange(2)})
+    negative = to_device(data.negative)
+
+    def losses(batch, negative) -> tuple[float, float]:
+        conditioner = Conditioner(cfg, negative)
+        phase1 = Phase1(roles, conditioner, Phase1Config(real_guidance=3.0), seed=3, device=run_device())
+        phase2 = phase2_setup(roles, cfg)
+        phase2.conditioner = conditioner
+        return phase1.generator_loss(batch)[0].item(), phase2.generator_loss(batch)[0].item()
+
+    base = losses(batch, negative)
+    for name, edit in edits.items():
+        if name.startswith("negative."):
+            field = name.removeprefix("negative.")
+            changed = losses(batch, {**negative, field: edit(negative[field])})
+            assert changed[0] != base[0], name  # Phase I's real score is guided by the negative prompt
+        else:
+            changed = losses({**batch, name: edit(batch[name])}, negative)
+            assert changed[0] != base[0] and changed[1] != base[1], name
+
+
+def test_training_steps_use_the_real_fields(tp1, prepared):
+    _loss_changes(TINY_PRESET["wan-i2v"], LatentDataset(prepared["wan-i2v"] / "manifest.jsonl"), {
+        "image_states": lambda v: v + 0.5, "condition": lambda v: v * 1.5, "text": lambda v: v + 0.5,
+        "negative.text": lambda v: v + 0.5})
+
+    def drop_last(mask):
+        mask = mask.clone()
+        last = int(mask[0].sum()) - 1
+        mask[..., last] = 0
+        return mask
+
+    _loss_changes(TINY_PRESET["hunyuan-t2v"], LatentDataset(prepared["hunyuan-t2v"] / "manifest.jsonl"), {
+        "pooled": lambda v: v + 0.5, "text_mask": drop_last, "negative.pooled": lambda v: v + 0.5})
+
+
+def _train(kind: str, manifest, out, preset: str | None = None):
+    from pose_mcore.config.train import load_train_config
+    from pose_mcore.training.trainer import Trainer
+
+    overrides = [f"preset={preset or TINY_PRESET[kind]}", "micro_batch_size=2", "data.kind=latents",
+                 f"data.path={manifest}", f"output_dir={out}", "teacher.steps=1", "phase1.steps=1", "phase2.steps=1",
+                 "phase1.fake_updates=1", "phase1.lora_rank=4", "phase2.head_dim=16", "phase2.head_queries=2",
+                 "phase2.head_heads=2", "checkpoint_every=1", "sample_every=1"]
+    return Trainer(load_train_config(None, overrides)).run()
+
+
+@pytest.mark.parametrize("kind", ("wan-i2v", "hunyuan-t2v"))
+def test_a_run_trains_on_a_prepared_dataset(tp1, prepared, kind, tmp_path):
+    from pose_mcore.config.train import TrainConfigError
+
+    assert (_train(kind, prepared[kind] / "manifest.jsonl", tmp_path / "out") / "config.json").is_file()
+    # the same dataset without its negative prompt: refused before any work, naming what is missing
+    data = tmp_path / "data"
+    shutil.copytree(prepared[kind], data)
+    (data / "negative.safetensors").unlink()
+    with pytest.raises(TrainConfigError, match=r"negative prompt \(negative.safetensors\) is missing"):
+        _train(kind, data / "manifest.jsonl", tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_a_real_preset_refuses_a_dataset_without_its_fields(tp1, prepared, tmp_path):
+    from pose_mcore.config.train import TrainConfigError
+
+    with pytest.raises(TrainConfigError) as e:
+        _train("wan-i2v", prepared["hunyuan-t2v"] / "manifest.jsonl", tmp_path / "out", preset="wan2.1-i2v-14b")
+    assert "field 'image_states' is missing" in str(e.value) and "field 'condition' is missing" in str(e.value)
