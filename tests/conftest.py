@@ -112,3 +112,18 @@ def assert_layout_matches(reference: dict[str, torch.Tensor], parallel: dict[str
             assert_close_rel(parallel[name], expected, rel, f"{label}/{name}")
     grads = {k: v for k, v in reference.items() if k.startswith("grad.")}  # on the model's scale, as in parity
     assert_grads_close({k: parallel[k] for k in grads}, grads, rel, f"{label}/")
+
+
+@pytest.fixture(scope="session")
+def model_folders(tmp_path_factory) -> dict[str, Path]:
+    """Tiny diffusers model folders without a transformer (tests/encoder_fixtures.py), by kind, and
+    ``"template"``: a HunyuanVideo prompt-template JSON file for the tiny tokenizer."""
+    import json
+
+    from encoder_fixtures import HUNYUAN_TEMPLATE, KINDS, model_folder
+
+    root = tmp_path_factory.mktemp("models")
+    folders = {kind: model_folder(kind, root / kind) for kind in KINDS}
+    folders["template"] = root / "template.json"
+    folders["template"].write_text(json.dumps(HUNYUAN_TEMPLATE))
+    return folders

@@ -15,6 +15,7 @@ import torch
 
 WORDS = ("a the red green blue square disk cross moving left right up down fast slow video of on in with and "
          "low quality blurry static bright cat dog runs jumps").split()
+KINDS = ("wan-t2v", "wan-i2v", "hunyuan-t2v")
 TINY_PRESET = {"wan-t2v": "tiny-t2v", "wan-i2v": "tiny-i2v", "hunyuan-t2v": "tiny-hunyuan-t2v"}
 """The tiny pose_mcore preset whose DiT fits each folder's encoders."""
 

@@ -8,24 +8,17 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_close_rel
-from encoder_fixtures import HUNYUAN_TEMPLATE, TINY_PRESET, model_folder, pipeline
+from encoder_fixtures import HUNYUAN_TEMPLATE, KINDS, pipeline
 from hunyuan_reference import diffusers_hunyuan
 from PIL import Image
 from wan_reference import diffusers_wan
 
 from pose_mcore.encoders import EncoderError, ModelEncoders
 
-KINDS = ("wan-t2v", "wan-i2v", "hunyuan-t2v")
 PROMPT, NEGATIVE = "a red square moving left", "blurry static low quality"
 FRAMES, HEIGHT, WIDTH = 5, 32, 48
 TEXT_LEN = {"wan-t2v": 12, "wan-i2v": 512, "hunyuan-t2v": 10}
 """Text tokens: diffusers' Wan I2V attention takes the last 512 context tokens as text."""
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return {kind: model_folder(kind, root / kind) for kind in KINDS}
 
 
 def encoders(folder, kind: str) -> ModelEncoders:
@@ -65,8 +58,8 @@ def run_pipeline(kind: str, model, guidance: float, seed: int = 0) -> tuple[list
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_prepared_fields_equal_the_pipelines_inputs(folders, kind):
-    enc = encoders(folders[kind], kind)
+def test_prepared_fields_equal_the_pipelines_inputs(model_folders, kind):
+    enc = encoders(model_folders[kind], kind)
     calls, _ = run_pipeline(kind, transformer(kind), guidance=2.0)
     assert len(calls) == 2  # conditional, then unconditional (the negative prompt)
     cond, uncond = calls
@@ -94,8 +87,8 @@ def test_prepared_fields_equal_the_pipelines_inputs(folders, kind):
 
 
 @pytest.mark.parametrize("kind", ("wan-t2v", "hunyuan-t2v"))
-def test_video_latents_are_the_vaes_normalised_mode(folders, kind):
-    enc = encoders(folders[kind], kind)
+def test_video_latents_are_the_vaes_normalised_mode(model_folders, kind):
+    enc = encoders(model_folders[kind], kind)
     frames = [first_frame(s) for s in range(FRAMES)]
     latents = enc.encode_video(frames)
     vae = enc.pipe.vae
@@ -113,17 +106,17 @@ def test_video_latents_are_the_vaes_normalised_mode(folders, kind):
     assert decoded.shape == (1, FRAMES, HEIGHT, WIDTH, 3) and decoded.dtype == np.uint8
 
 
-def test_folder_errors(folders, tmp_path):
+def test_folder_errors(model_folders, tmp_path):
     with pytest.raises(EncoderError, match="no model_index.json"):
         ModelEncoders(tmp_path)
     import shutil
 
     broken = tmp_path / "broken"
-    shutil.copytree(folders["wan-i2v"], broken)
+    shutil.copytree(model_folders["wan-i2v"], broken)
     shutil.rmtree(broken / "image_encoder")
     with pytest.raises(EncoderError, match="component folder image_encoder/ is missing"):
         ModelEncoders(broken)
-    enc = encoders(folders["wan-t2v"], "wan-t2v")
+    enc = encoders(model_folders["wan-t2v"], "wan-t2v")
     with pytest.raises(EncoderError, match="--frames 6: this VAE takes 4k\\+1 frames"):
         enc.check_frames(6, HEIGHT, WIDTH)
     with pytest.raises(EncoderError, match="--height 40"):
@@ -131,7 +124,7 @@ def test_folder_errors(folders, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ("wan-i2v", "hunyuan-t2v"))
-def test_one_step_sample_equals_the_pipeline(tp1, folders, kind, tmp_path):
+def test_one_step_sample_equals_the_pipeline(tp1, model_folders, kind, tmp_path):
     from pose_mcore.checkpoint.convert import import_checkpoint
     from pose_mcore.checkpoint.load import load_model
     from pose_mcore.inference.sample import Request, conditioning, generate
@@ -140,7 +133,7 @@ def test_one_step_sample_equals_the_pipeline(tp1, folders, kind, tmp_path):
     model.save_pretrained(tmp_path / "diffusers")
     import_checkpoint(tmp_path / "diffusers", tmp_path / "generator")
     _, want = run_pipeline(kind, model, guidance=1.0, seed=11)
-    enc = encoders(folders[kind], kind)
+    enc = encoders(model_folders[kind], kind)
     generator = load_model(tmp_path / "generator")
     assert generator.config.in_channels == {"wan-i2v": 12, "hunyuan-t2v": 4}[kind]
     image = tmp_path / "first.png"
@@ -151,4 +144,3 @@ def test_one_step_sample_equals_the_pipeline(tp1, folders, kind, tmp_path):
     got = generate(generator, batch, enc.latent_shape(1, FRAMES, HEIGHT, WIDTH), seed=11)
     assert got.shape == want.shape
     assert_close_rel(got, want, 1e-5)
-    assert TINY_PRESET[kind]

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import shutil
 
+import av
 import numpy as np
 import pytest
 import torch
 from devices import to_device
-from encoder_fixtures import HUNYUAN_TEMPLATE, TINY_PRESET, model_folder
+from encoder_fixtures import HUNYUAN_TEMPLATE, TINY_PRESET
 from torch.utils.data import default_collate
 
 from pose_mcore.data.latents import LatentDataset
@@ -46,21 +47,17 @@ def inputs(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    template = root / "template.json"
-    template.write_text(json.dumps(HUNYUAN_TEMPLATE))
-    return {kind: model_folder(kind, root / kind) for kind in ("wan-i2v", "hunyuan-t2v")}, template
-
-
 def _prepare(models, kind, inputs, out, *extra) -> int:
-    folders, template = models
-    args = ["--input", str(inputs), "--model", str(folders[kind]), "--out", str(out), *SIZE, "--per-shard", "2",
+    args = ["--input", str(inputs), "--model", str(models[kind]), "--out", str(out), *SIZE, "--per-shard", "2",
             "--max-sequence-length", "12", "--negative-prompt", "blurry static", *extra]
     if kind.startswith("hunyuan"):
-        args += ["--prompt-template", str(template)]
+        args += ["--prompt-template", str(models["template"])]
     return prepare(args)
+
+
+@pytest.fixture(scope="module")
+def models(model_folders):
+    return model_folders
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +74,7 @@ def test_fields_equal_the_encoders_on_the_same_clip(models, inputs, prepared):
                          ("hunyuan-t2v", {"latents", "text", "text_mask", "pooled"})):
         data = LatentDataset(prepared[kind] / "manifest.jsonl")
         assert len(data) == 4 and set(data.fields) == fields
-        enc = ModelEncoders(models[0][kind], max_sequence_length=12,
+        enc = ModelEncoders(models[kind], max_sequence_length=12,
                             prompt_template=HUNYUAN_TEMPLATE if kind.startswith("hunyuan") else None)
         frames = read_clip(inputs / "good2.mp4", 5, 32, 48, fps=4)
         want = {"latents": enc.encode_video(frames), **{k: v[0] for k, v in enc.encode_prompts([CAPTIONS[2]]).items()},
@@ -121,15 +118,14 @@ def test_resume_skips_finished_shards(models, inputs, prepared, tmp_path, capsys
 
 
 def test_wrong_model_folder_stops_before_any_work(models, inputs, tmp_path, capsys):
-    folders, _ = models
     broken = tmp_path / "broken"
-    shutil.copytree(folders["wan-i2v"], broken)
+    shutil.copytree(models["wan-i2v"], broken)
     shutil.rmtree(broken / "vae")
     for model, match in ((tmp_path / "nothing", "no model_index.json"), (broken, "component folder vae/ is missing")):
         code = prepare(["--input", str(inputs), "--model", str(model), "--out", str(tmp_path / "out"), *SIZE])
         assert code == 2 and match in capsys.readouterr().err
         assert not (tmp_path / "out").exists()
-    code = prepare(["--input", str(inputs), "--model", str(folders["wan-i2v"]), "--out", str(tmp_path / "out"),
+    code = prepare(["--input", str(inputs), "--model", str(models["wan-i2v"]), "--out", str(tmp_path / "out"),
                     "--frames", "6"])
     assert code == 2 and "4k+1" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
@@ -185,7 +181,7 @@ def test_training_steps_use_the_real_fields(tp1, prepared):
         "pooled": lambda v: v + 0.5, "text_mask": drop_last, "negative.pooled": lambda v: v + 0.5})
 
 
-def _train(kind: str, manifest, out, preset: str | None = None):
+def _train(kind: str, manifest, out, preset: str | None = None, model_dir=None):
     from pose_mcore.config.train import load_train_config
     from pose_mcore.training.trainer import Trainer
 
@@ -193,14 +189,20 @@ def _train(kind: str, manifest, out, preset: str | None = None):
                  f"data.path={manifest}", f"output_dir={out}", "teacher.steps=1", "phase1.steps=1", "phase2.steps=1",
                  "phase1.fake_updates=1", "phase1.lora_rank=4", "phase2.head_dim=16", "phase2.head_queries=2",
                  "phase2.head_heads=2", "checkpoint_every=1", "sample_every=1"]
+    if model_dir is not None:
+        overrides.append(f"model_dir={model_dir}")
     return Trainer(load_train_config(None, overrides)).run()
 
 
 @pytest.mark.parametrize("kind", ("wan-i2v", "hunyuan-t2v"))
-def test_a_run_trains_on_a_prepared_dataset(tp1, prepared, kind, tmp_path):
+def test_a_run_trains_on_a_prepared_dataset(tp1, models, prepared, kind, tmp_path):
     from pose_mcore.config.train import TrainConfigError
 
-    assert (_train(kind, prepared[kind] / "manifest.jsonl", tmp_path / "out") / "config.json").is_file()
+    generator = _train(kind, prepared[kind] / "manifest.jsonl", tmp_path / "out", model_dir=models[kind])
+    assert (generator / "config.json").is_file()
+    with av.open(str(tmp_path / "out" / "samples" / "phase2-final.mp4")) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 5 and frames[0].shape == (2 * 32, 4 * 48, 3)  # 4 data videos over their 4 samples
     # the same dataset without its negative prompt: refused before any work, naming what is missing
     data = tmp_path / "data"
     shutil.copytree(prepared[kind], data)

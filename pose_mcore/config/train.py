@@ -124,6 +124,9 @@ class TrainConfig:
     generator_checkpoint: str | None = None
     """Initial generator weights for the first distillation phase (default: the teacher's), e.g. a
     Phase I result to run Phase II variants from."""
+    model_dir: str | None = None
+    """The diffusers model folder the dataset was prepared with (pose-prepare --model): when set, sample
+    videos are decoded by its VAE and written as MP4 (otherwise GIF grids of latent channels)."""
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     phase1: Phase1Config = field(default_factory=Phase1Config)

@@ -139,6 +139,8 @@ def _phases(p: Problems, c: TrainConfig) -> None:
         if path is not None and not (Path(path) / "config.json").is_file():
             p.add(key, path, "not a pose_mcore checkpoint folder (no config.json there; convert weights with "
                              "pose-convert import)")
+    if c.model_dir is not None and not (Path(c.model_dir) / "model_index.json").is_file():
+        p.add("model_dir", c.model_dir, "not a diffusers model folder (no model_index.json there)")
     if "teacher" not in c.phases and c.teacher_checkpoint is None:
         p.add("teacher_checkpoint", None, f"phases {c.phases} need a teacher: set teacher_checkpoint or add "
                                           "the 'teacher' phase")

@@ -218,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    owns_group = not dist.is_initialized()
     try:
         return run(parse_args(argv))
     except (PrepareError, EncoderError) as e:
@@ -225,5 +226,5 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pose-prepare: error: {e}", file=sys.stderr)
         return 2
     finally:
-        if dist.is_initialized():
+        if owns_group and dist.is_initialized():
             dist.destroy_process_group()

@@ -4,7 +4,7 @@ encoders and VAE (:class:`pose_mcore.encoders.ModelEncoders`).
     pose-sample --checkpoint GEN_DIR --model MODEL_DIR --prompt "..." [--image first.png] --out video.mp4
     pose-sample --checkpoint GEN_DIR --model MODEL_DIR --prompts prompts.jsonl --out videos/
                 [--steps 1|2|4] [--mode renoise|euler] [--shift S] [--seed S] [--height --width --frames]
-                [--fps 16] [--negative-prompt TEXT] [--dtype bf16|fp32]
+                [--fps 16] [--negative-prompt TEXT] [--dtype bf16|fp32] [--save-latents]
 
 Under torchrun the generator runs tensor-parallel (with sequence parallelism) over all ranks; rank 0
 encodes the prompt and image, shares the conditioning, decodes and writes. ``--prompts``: a JSONL file
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import save_file
 
 from pose_mcore.notices import quiet_third_party_warnings
 
@@ -138,6 +139,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=832)
     p.add_argument("--frames", type=int, default=81)
     p.add_argument("--fps", type=float, default=16.0)
+    p.add_argument("--save-latents", action="store_true",
+                   help="also write each video's latents (fp32, the DiT's space) as <video>.safetensors")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default=None,
                    help="generator and encoder dtype (default: bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--max-sequence-length", type=int, default=None)
@@ -180,11 +183,15 @@ def run(args: argparse.Namespace) -> int:
             request.out.parent.mkdir(parents=True, exist_ok=True)
             with atomic_destination(request.out, overwrite=True) as tmp:
                 write_mp4(encoders.decode(x0)[0], tmp, args.fps)
+            if args.save_latents:
+                with atomic_destination(request.out.with_suffix(".safetensors"), overwrite=True) as tmp:
+                    save_file({"latents": x0[0].cpu().contiguous()}, tmp)
             print(f"pose-sample: {request.out} ({request.prompt!r}, seed {request.seed})", flush=True)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    owns_groups = not dist.is_initialized()  # an embedding process (a test) keeps its own
     try:
         return run(parse_args(argv))
     except (SampleError, EncoderError, VideoError) as e:
@@ -192,4 +199,5 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pose-sample: error: {e}", file=sys.stderr)
         return 2
     finally:
-        destroy_parallel()
+        if owns_groups:
+            destroy_parallel()

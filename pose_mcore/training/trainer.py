@@ -9,17 +9,20 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import default_collate
 
-from pose_mcore.checkpoint.io import CheckpointError
+from pose_mcore.checkpoint.io import CheckpointError, atomic_destination
 from pose_mcore.checkpoint.load import load_model
 from pose_mcore.config.train import TrainConfig, TrainConfigError, to_dict
 from pose_mcore.config.validate import validate_train_config
 from pose_mcore.data.latents import DatasetError, LatentDataset
 from pose_mcore.data.procedural import ProceduralConfig, ProceduralVideos
 from pose_mcore.data.sampler import BatchStream
+from pose_mcore.data.video import write_mp4
+from pose_mcore.encoders.model import ModelEncoders
 from pose_mcore.faults import fault_point
 from pose_mcore.models.registry import family_of_preset
 from pose_mcore.parallel.state import ParallelInfo, deterministic_mode, initialize_parallel
@@ -64,6 +67,8 @@ class Trainer:
         except ValueError as e:
             raise TrainConfigError(f"global_batch_size={global_batch}: {e}") from e
         dataset = self.data.dataset
+        self._decoder: ModelEncoders | None = None
+        """The model folder's VAE for sample videos, loaded at the first sample (rank 0)."""
         self.conditioner = Conditioner(self.model_config, getattr(dataset, "negative", None),
                                        stand_ins=isinstance(dataset, ProceduralVideos))
 
@@ -191,7 +196,7 @@ class Trainer:
                                 write=step % cfg.log_every == 0 or step == total)
                 t_last = now
                 if cfg.sample_every and step % cfg.sample_every == 0:
-                    self.sample(phase, self.output / "samples" / f"{name}-{step:06d}.gif")
+                    self.sample(phase, self.output / "samples" / f"{name}-{step:06d}")
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total:
                     self._checkpoint(name, step, global_step, roles, phase)
                 if self.exit_after is not None and steps_this_run >= self.exit_after:
@@ -202,7 +207,7 @@ class Trainer:
             if name == "teacher":
                 teacher = roles.generator
                 self.export_model(teacher, trained_teacher)
-            self.sample(phase, self.output / "samples" / f"{name}-final.gif")
+            self.sample(phase, self.output / "samples" / f"{name}-final")
         self.logger.close()
         return self.export_model(roles.generator, self.output / "generator")
 
@@ -219,14 +224,29 @@ class Trainer:
         return {k: v.to(self.device) for k, v in default_collate(items).items()}
 
     def sample(self, phase: Phase, path: Path) -> None:
-        """One-step samples of the generator (the teacher itself in the teacher phase: 1 step)."""
+        """One-step samples of the generator (the teacher itself in the teacher phase: 1 step) under the
+        dataset's first videos: an MP4 decoded by the model folder's VAE when ``model_dir`` is set, else a GIF
+        of latent channels (``path`` without suffix)."""
         batch = self.sample_batch()
         conds = self.conditioner(batch)
         noise = torch.randn(batch["latents"].shape, generator=torch.Generator().manual_seed(0)).to(batch["latents"])
         with torch.no_grad():
             video = phase.generate(conds, noise)
-        if self.info.rank == 0:
-            save_video_grid(torch.cat([batch["latents"][:4], video[:4]]), path)
+        if self.info.rank != 0:
+            return
+        pair = torch.cat([batch["latents"][:4], video[:4]])
+        if self.config.model_dir is None:
+            save_video_grid(pair, path.with_suffix(".gif"))
+            return
+        if self._decoder is None:
+            self._decoder = ModelEncoders(self.config.model_dir, self.device)
+        frames = self._decoder.decode(pair)  # [2n, F, H, W, 3]: the data's videos, then the samples
+        n = len(frames) // 2
+        grid = np.concatenate([np.concatenate(list(frames[:n]), axis=2), np.concatenate(list(frames[n:]), axis=2)],
+                              axis=1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_destination(path.with_suffix(".mp4"), overwrite=True) as tmp:
+            write_mp4(grid, tmp)
 
     def export_model(self, model: torch.nn.Module, dst: Path) -> Path:
         """Write a model (the trained teacher, the final generator) as a pose_mcore checkpoint, streamed."""

@@ -1,0 +1,79 @@
+"""pose-sample end to end (MP4 and latents written, bad requests refused) and the multi-rank paths:
+pose-prepare over 2 ranks equals 1 rank; TP=2 sampling equals TP=1."""
+
+from __future__ import annotations
+
+import json
+
+import av
+import pytest
+import torch
+from conftest import assert_close_rel, torchrun
+from safetensors.torch import load_file
+from test_encoders import FRAMES, HEIGHT, PROMPT, TEXT_LEN, WIDTH, first_frame, transformer
+from test_prepare import SIZE, _prepare, inputs  # noqa: F401 - the clips fixture
+
+from pose_mcore.checkpoint.convert import import_checkpoint
+from pose_mcore.data.latents import LatentDataset
+from pose_mcore.inference.sample import main as sample
+
+KIND = "wan-i2v"
+
+
+@pytest.fixture(scope="module")
+def generator(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generator")
+    transformer(KIND).save_pretrained(root / "diffusers")
+    import_checkpoint(root / "diffusers", root / "pose")
+    image = root / "first.png"
+    first_frame().save(image)
+    return root / "pose", image
+
+
+def _sample_args(model_folders, generator, out, *extra) -> list[str]:
+    checkpoint, image = generator
+    return ["--checkpoint", str(checkpoint), "--model", str(model_folders[KIND]), "--prompt", PROMPT, "--image",
+            str(image), "--height", str(HEIGHT), "--width", str(WIDTH), "--frames", str(FRAMES), "--seed", "11",
+            "--max-sequence-length", str(TEXT_LEN[KIND]), "--out", str(out), "--save-latents", *extra]
+
+
+def test_sample_writes_the_video_and_its_latents(model_folders, generator, tmp_path, capsys):
+    assert sample(_sample_args(model_folders, generator, tmp_path / "video.mp4")) == 0
+    with av.open(str(tmp_path / "video.mp4")) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == FRAMES and frames[0].shape == (HEIGHT, WIDTH, 3)
+    latents = load_file(tmp_path / "video.safetensors")["latents"]
+    assert latents.shape == (4, 2, HEIGHT // 8, WIDTH // 8) and latents.abs().max() > 0
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": PROMPT, "image": str(generator[1])}) + "\n"
+                       + json.dumps({"prompt": "a cat runs", "image": str(generator[1])}) + "\n")
+    args = _sample_args(model_folders, generator, tmp_path / "many")
+    args[args.index("--prompt"):args.index("--prompt") + 2] = ["--prompts", str(prompts)]
+    assert sample(args) == 0
+    first = load_file(tmp_path / "many" / "00000.safetensors")["latents"]
+    assert torch.equal(first, latents)  # line 0 takes --seed
+    assert not torch.equal(load_file(tmp_path / "many" / "00001.safetensors")["latents"], latents)
+    capsys.readouterr()
+    args = _sample_args(model_folders, generator, tmp_path / "x.mp4")
+    del args[args.index("--image"):args.index("--image") + 2]
+    assert sample(args) == 2 and "image-to-video model: give --image" in capsys.readouterr().err
+    assert sample(_sample_args(model_folders, generator, tmp_path / "x.mp4", "--frames", "6")) == 2
+    assert "4k+1" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.slow
+def test_two_ranks_prepare_and_sample_tensor_parallel(model_folders, generator, inputs, tmp_path):  # noqa: F811
+    assert _prepare(model_folders, KIND, inputs, tmp_path / "one", "--per-shard", "1") == 0
+    assert sample(_sample_args(model_folders, generator, tmp_path / "tp1.mp4")) == 0
+    prepare_args = ["--input", str(inputs), "--model", str(model_folders[KIND]), "--out", str(tmp_path / "two"), *SIZE,
+                    "--per-shard", "1", "--max-sequence-length", "12", "--negative-prompt", "blurry static"]
+    torchrun("prepare_sample.py", *prepare_args, "--", *_sample_args(model_folders, generator, tmp_path / "tp2.mp4"))
+    one, two = (LatentDataset(tmp_path / d / "manifest.jsonl") for d in ("one", "two"))
+    assert len(one) == len(two) == 4
+    for i in range(4):
+        for field in one.fields:
+            assert torch.equal(one[i][field], two[i][field]), (i, field)
+    report = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert len(report["skipped"]) == 3
+    tp1, tp2 = (load_file(tmp_path / f"{n}.safetensors")["latents"] for n in ("tp1", "tp2"))
+    assert_close_rel(tp2, tp1, 1e-5)
