@@ -15,8 +15,8 @@ import torch
 
 WORDS = ("a the red green blue square disk cross moving left right up down fast slow video of on in with and "
          "low quality blurry static bright cat dog runs jumps").split()
-KINDS = ("wan-t2v", "wan-i2v", "hunyuan-t2v")
-TINY_PRESET = {"wan-t2v": "tiny-t2v", "wan-i2v": "tiny-i2v", "hunyuan-t2v": "tiny-hunyuan-t2v"}
+KINDS = ("wan-t2v", "wan-i2v", "wan-ti2v", "hunyuan-t2v")
+TINY_PRESET = {"wan-t2v": "tiny-t2v", "wan-i2v": "tiny-i2v", "wan-ti2v": "tiny-ti2v-i2v", "hunyuan-t2v": "tiny-hunyuan-t2v"}
 """The tiny pose_mcore preset whose DiT fits each folder's encoders."""
 
 
@@ -30,16 +30,19 @@ def _tokenizer(specials: dict[str, str], max_length: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, **specials)
 
 
-def _wan_vae():
+def _wan_vae(wan22: bool = False):
+    """Wan2.1's VAE (8x spatial), or Wan2.2's (residual, 2x2 patchified pixels, 16x spatial)."""
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(1)
+    extra = dict(is_residual=True, patch_size=2, in_channels=12, out_channels=12, scale_factor_spatial=16) if wan22 \
+        else {}
     return AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                             temperal_downsample=[False, True, True], latents_mean=[0.1, -0.2, 0.3, 0.0],
-                            latents_std=[1.5, 0.8, 1.2, 2.0])
+                            latents_std=[1.5, 0.8, 1.2, 2.0], **extra)
 
 
-def _wan_parts(i2v: bool) -> dict:
+def _wan_parts(i2v: bool, wan22: bool = False) -> dict:
     from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
@@ -47,7 +50,7 @@ def _wan_parts(i2v: bool) -> dict:
     text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(WORDS) + 3, d_model=32, d_kv=8, d_ff=48, num_layers=1,
                                                num_heads=4, relative_attention_num_buckets=8, pad_token_id=0,
                                                eos_token_id=1))
-    parts = {"vae": _wan_vae(), "text_encoder": text_encoder,
+    parts = {"vae": _wan_vae(wan22), "text_encoder": text_encoder,
              "tokenizer": _tokenizer({"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}, 16),
              "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0)}
     if i2v:
@@ -84,12 +87,16 @@ HUNYUAN_TEMPLATE = {"template": "describe the video : {}", "crop_start": 4}
 """A prompt template for the tiny tokenizer (the real one's crop_start=95 counts Llama-3 tokens)."""
 
 
-def pipeline(kind: str, transformer=None):
-    """The diffusers pipeline of a tiny folder of ``kind`` ('wan-t2v', 'wan-i2v', 'hunyuan-t2v')."""
+def pipeline(kind: str, transformer=None, image_to_video: bool = True):
+    """The diffusers pipeline of a tiny folder of ``kind`` (:data:`KINDS`). Wan2.2 TI2V ('wan-ti2v') is a
+    ``WanPipeline`` folder with ``expand_timesteps`` (as published); ``image_to_video`` loads it as the
+    image-to-video pipeline."""
     from diffusers import HunyuanVideoPipeline, WanImageToVideoPipeline, WanPipeline
 
     cls, parts = {"wan-t2v": (WanPipeline, lambda: _wan_parts(False)),
                   "wan-i2v": (WanImageToVideoPipeline, lambda: _wan_parts(True)),
+                  "wan-ti2v": (WanImageToVideoPipeline if image_to_video else WanPipeline,
+                               lambda: dict(_wan_parts(False, wan22=True), expand_timesteps=True)),
                   "hunyuan-t2v": (HunyuanVideoPipeline, _hunyuan_parts)}[kind]
     parts = {k: v.eval() if isinstance(v, torch.nn.Module) else v for k, v in parts().items()}  # as loaded
     return cls(transformer=transformer, **parts)
@@ -97,5 +104,5 @@ def pipeline(kind: str, transformer=None):
 
 def model_folder(kind: str, path: Path) -> Path:
     """Write a tiny diffusers model folder of ``kind`` without a transformer; return it."""
-    pipeline(kind).save_pretrained(path)
+    pipeline(kind, image_to_video=False).save_pretrained(path)
     return path

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_close_rel
-from encoder_fixtures import HUNYUAN_TEMPLATE, KINDS, pipeline
+from encoder_fixtures import HUNYUAN_TEMPLATE, KINDS, TINY_PRESET, pipeline
 from hunyuan_reference import diffusers_hunyuan
 from PIL import Image
 from wan_reference import diffusers_wan
@@ -17,8 +17,13 @@ from pose_mcore.encoders import EncoderError, ModelEncoders
 
 PROMPT, NEGATIVE = "a red square moving left", "blurry static low quality"
 FRAMES, HEIGHT, WIDTH = 5, 32, 48
-TEXT_LEN = {"wan-t2v": 12, "wan-i2v": 512, "hunyuan-t2v": 10}
+TEXT_LEN = {"wan-t2v": 12, "wan-i2v": 512, "wan-ti2v": 12, "hunyuan-t2v": 10}
 """Text tokens: diffusers' Wan I2V attention takes the last 512 context tokens as text."""
+
+
+def size(kind: str) -> tuple[int, int]:
+    """Pixels of the test videos: Wan2.2's VAE downsamples 16x (latents 4 x 6 either way)."""
+    return (2 * HEIGHT, 2 * WIDTH) if kind == "wan-ti2v" else (HEIGHT, WIDTH)
 
 
 def encoders(folder, kind: str) -> ModelEncoders:
@@ -27,13 +32,12 @@ def encoders(folder, kind: str) -> ModelEncoders:
 
 
 def transformer(kind: str):
-    return diffusers_wan(i2v=True, seed=5) if kind == "wan-i2v" else (
-        diffusers_wan(seed=5) if kind == "wan-t2v" else diffusers_hunyuan("t2v", seed=5))
+    return diffusers_hunyuan("t2v", seed=5) if kind.startswith("hunyuan") else diffusers_wan(kind == "wan-i2v", seed=5)
 
 
-def first_frame(seed: int = 0) -> Image.Image:
+def first_frame(seed: int = 0, kind: str = "wan-i2v") -> Image.Image:
     rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8))
+    return Image.fromarray(rng.integers(0, 256, (*size(kind), 3), dtype=np.uint8))
 
 
 def run_pipeline(kind: str, model, guidance: float, seed: int = 0) -> tuple[list[dict], torch.Tensor]:
@@ -42,7 +46,7 @@ def run_pipeline(kind: str, model, guidance: float, seed: int = 0) -> tuple[list
     pipe.set_progress_bar_config(disable=True)
     calls = []
     pipe.transformer.register_forward_pre_hook(lambda m, a, kw: calls.append(dict(kw)), with_kwargs=True)
-    kwargs = dict(prompt=PROMPT, height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=1,
+    kwargs = dict(prompt=PROMPT, height=size(kind)[0], width=size(kind)[1], num_frames=FRAMES, num_inference_steps=1,
                   max_sequence_length=TEXT_LEN[kind], output_type="latent", generator=torch.Generator().manual_seed(seed))
     if kind == "hunyuan-t2v":
         kwargs.update(prompt_template=HUNYUAN_TEMPLATE, guidance_scale=1.0)
@@ -50,8 +54,8 @@ def run_pipeline(kind: str, model, guidance: float, seed: int = 0) -> tuple[list
             kwargs.update(negative_prompt=NEGATIVE, true_cfg_scale=guidance)
     else:
         kwargs.update(negative_prompt=NEGATIVE, guidance_scale=guidance)
-    if kind == "wan-i2v":
-        kwargs["image"] = first_frame()
+    if kind in ("wan-i2v", "wan-ti2v"):
+        kwargs["image"] = first_frame(kind=kind)
     with torch.no_grad():
         out = pipe(**kwargs).frames
     return calls, out
@@ -81,8 +85,22 @@ def test_prepared_fields_equal_the_pipelines_inputs(model_folders, kind):
         mask, latent = image["condition"][:, :4], image["condition"][:, 4:]
         assert mask[:, :, 0].eq(1).all() and mask[:, :, 1:].eq(0).all()
         assert latent[:, :, 1:].abs().amax() > 1e-3  # the causal VAE's code of the zero frames is not zero
+    if kind == "wan-ti2v":  # the clean first frame replaces the noisy one; its tokens are at timestep 0
+        from pose_mcore.models.registry import family_of_preset
+        from pose_mcore.pose.conditioning import Conditioner
+
+        image = enc.encode_first_frame(first_frame(kind=kind), FRAMES, *size(kind))
+        assert torch.equal(image["first_frame"][:, :, 0], cond["hidden_states"][:, :, 0])
+        noise = cond["hidden_states"].clone()
+        conds = Conditioner(family_of_preset(TINY_PRESET[kind]).make_config(TINY_PRESET[kind]),
+                            {k: v[0] for k, v in negative.items()})(
+            {"latents": noise, **fields, **image})
+        assert torch.equal(conds.inputs(noise), cond["hidden_states"])
+        assert torch.equal(conds.timestep(torch.ones(1), noise), cond["timestep"])
+        assert cond["timestep"][0, :6].eq(0).all() and cond["timestep"][0, 6:].eq(1000).all()
     assert set(enc.fields()) == {"wan-t2v": {"latents", "text"}, "wan-i2v": {"latents", "text", "image_states",
                                                                                "condition"},
+                                 "wan-ti2v": {"latents", "text", "first_frame"},
                                  "hunyuan-t2v": {"latents", "text", "text_mask", "pooled"}}[kind]
 
 
@@ -123,7 +141,7 @@ def test_folder_errors(model_folders, tmp_path):
         enc.check_frames(5, 40, WIDTH)
 
 
-@pytest.mark.parametrize("kind", ("wan-i2v", "hunyuan-t2v"))
+@pytest.mark.parametrize("kind", ("wan-i2v", "wan-ti2v", "hunyuan-t2v"))
 def test_one_step_sample_equals_the_pipeline(tp1, model_folders, kind, tmp_path):
     from pose_mcore.checkpoint.convert import import_checkpoint
     from pose_mcore.checkpoint.load import load_model
@@ -131,16 +149,17 @@ def test_one_step_sample_equals_the_pipeline(tp1, model_folders, kind, tmp_path)
 
     model = transformer(kind)
     model.save_pretrained(tmp_path / "diffusers")
-    import_checkpoint(tmp_path / "diffusers", tmp_path / "generator")
+    # Wan2.2 TI2V's diffusers config does not say which task: the import is told (image-to-video)
+    overrides = {"image_condition_type": "token_replace"} if kind == "wan-ti2v" else None
+    import_checkpoint(tmp_path / "diffusers", tmp_path / "generator", overrides=overrides)
     _, want = run_pipeline(kind, model, guidance=1.0, seed=11)
     enc = encoders(model_folders[kind], kind)
     generator = load_model(tmp_path / "generator")
-    assert generator.config.in_channels == {"wan-i2v": 12, "hunyuan-t2v": 4}[kind]
     image = tmp_path / "first.png"
-    first_frame().save(image)
-    request = Request(PROMPT, image if kind == "wan-i2v" else None, 11, tmp_path / "out.mp4")
+    first_frame(kind=kind).save(image)
+    request = Request(PROMPT, image if kind.startswith("wan-") and kind != "wan-t2v" else None, 11, tmp_path / "o.mp4")
     negative = {k: v[0] for k, v in enc.encode_prompts([""]).items()}
-    batch = conditioning(enc, request, negative, FRAMES, HEIGHT, WIDTH)
-    got = generate(generator, batch, enc.latent_shape(1, FRAMES, HEIGHT, WIDTH), seed=11)
+    batch = conditioning(enc, generator.config, request, negative, FRAMES, *size(kind))
+    got = generate(generator, batch, enc.latent_shape(1, FRAMES, *size(kind)), seed=11)
     assert got.shape == want.shape
     assert_close_rel(got, want, 1e-5)

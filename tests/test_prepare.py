@@ -52,6 +52,8 @@ def _prepare(models, kind, inputs, out, *extra) -> int:
             "--max-sequence-length", "12", "--negative-prompt", "blurry static", *extra]
     if kind.startswith("hunyuan"):
         args += ["--prompt-template", str(models["template"])]
+    if kind == "wan-ti2v":  # Wan2.2's VAE downsamples 16x
+        args += ["--height", "64", "--width", "96"]
     return prepare(args)
 
 
@@ -63,7 +65,7 @@ def models(model_folders):
 @pytest.fixture(scope="module")
 def prepared(models, inputs, tmp_path_factory):
     out = {}
-    for kind in ("wan-i2v", "hunyuan-t2v"):
+    for kind in ("wan-i2v", "wan-ti2v", "hunyuan-t2v"):
         out[kind] = tmp_path_factory.mktemp("data") / kind
         assert _prepare(models, kind, inputs, out[kind]) == 0
     return out
@@ -177,6 +179,8 @@ def test_training_steps_use_the_real_fields(tp1, prepared):
         mask[..., last] = 0
         return mask
 
+    _loss_changes(TINY_PRESET["wan-ti2v"], LatentDataset(prepared["wan-ti2v"] / "manifest.jsonl"), {
+        "first_frame": lambda v: v + 0.5, "text": lambda v: v + 0.5})
     _loss_changes(TINY_PRESET["hunyuan-t2v"], LatentDataset(prepared["hunyuan-t2v"] / "manifest.jsonl"), {
         "pooled": lambda v: v + 0.5, "text_mask": drop_last, "negative.pooled": lambda v: v + 0.5})
 

@@ -15,7 +15,7 @@ class WanConfig(VideoDiTConfig):
     """Architecture of a Wan2.1 / Wan2.2 DiT (see :class:`VideoDiTConfig` for the shared fields)."""
 
     ARCH_FIELDS: ClassVar[tuple[str, ...]] = VideoDiTConfig.ARCH_FIELDS + ("text_dim", "freq_dim", "image_dim",
-                                                                           "cross_attn_norm")
+                                                                           "cross_attn_norm", "image_condition_type")
 
     text_dim: int = 4096
     """Width of the text-encoder embeddings (umT5: 4096)."""
@@ -25,6 +25,10 @@ class WanConfig(VideoDiTConfig):
     """Width of the CLIP image tokens (Wan2.1 I2V: 1280); None disables the image key/value branch."""
     cross_attn_norm: bool = True
     """LayerNorm (with affine) before cross-attention."""
+    image_condition_type: str | None = None
+    """Wan2.2 TI2V image-to-video: None (text-to-video) or 'token_replace' (the clean first-frame latent replaces
+    the first latent frame and its tokens get timestep 0, diffusers' ``expand_timesteps``). Not a weight
+    layout: the same TI2V weights do both."""
 
     @property
     def rope_axes_dim(self) -> tuple[int, int, int]:
@@ -42,6 +46,12 @@ class WanConfig(VideoDiTConfig):
                       "the 3-D rotary embedding splits it into three even parts")
         if self.image_dim is not None and self.image_dim < 1:
             self.fail(f"image_dim={self.image_dim} must be a positive integer or None")
+        if self.image_condition_type not in (None, "token_replace"):
+            self.fail(f"image_condition_type={self.image_condition_type!r} must be None or 'token_replace'")
+        if self.image_condition_type == "token_replace" and (self.patch_size[0] != 1 or self.image_dim is not None
+                                                             or self.in_channels != self.out_channels):
+            self.fail("image_condition_type='token_replace' (Wan2.2 TI2V) needs a temporal patch of 1, no CLIP "
+                      "image tokens and in_channels == out_channels")
 
 
 _TINY = dict(num_layers=2, hidden_size=48, num_attention_heads=4, ffn_hidden_size=96, in_channels=4,
@@ -56,8 +66,11 @@ WAN_PRESETS: dict[str, dict[str, Any]] = {
                            in_channels=36, out_channels=16, image_dim=1280),
     "wan2.2-ti2v-5b": dict(num_layers=30, hidden_size=3072, num_attention_heads=24, ffn_hidden_size=14336,
                            in_channels=48, out_channels=48),
+    "wan2.2-ti2v-5b-i2v": dict(num_layers=30, hidden_size=3072, num_attention_heads=24, ffn_hidden_size=14336,
+                               in_channels=48, out_channels=48, image_condition_type="token_replace"),
     "tiny-t2v": dict(_TINY),
     "tiny-i2v": dict(_TINY, in_channels=12, image_dim=24),
+    "tiny-ti2v-i2v": dict(_TINY, image_condition_type="token_replace"),
 }
 """Published Wan models (dims from the official configs) and tiny models for tests."""
 

@@ -107,6 +107,8 @@ class ModelEncoders:
         self.folder = Path(folder)
         index = _read_index(self.folder)
         class_name = index.get("_class_name")
+        if class_name == "WanPipeline" and index.get("expand_timesteps"):
+            class_name = "WanImageToVideoPipeline"  # Wan2.2 TI2V: one folder for both; this class encodes images
         if class_name not in PIPELINES:
             raise EncoderError(f"{self.folder}/model_index.json: pipeline {class_name!r} is not supported "
                                f"(supported: {', '.join(PIPELINES)})")

@@ -39,12 +39,12 @@ quiet_third_party_warnings()  # before megatron-core is imported: it warns at im
 
 from pose_mcore.checkpoint.io import CheckpointError, atomic_destination  # noqa: E402
 from pose_mcore.checkpoint.load import load_model  # noqa: E402
+from pose_mcore.config.base import VideoDiTConfig  # noqa: E402
 from pose_mcore.data.video import VideoError, read_clip, write_mp4  # noqa: E402
-from pose_mcore.diffusion.flow import model_timestep  # noqa: E402
 from pose_mcore.diffusion.samplers import student_sample  # noqa: E402
 from pose_mcore.encoders.model import EncoderError, ModelEncoders  # noqa: E402
 from pose_mcore.parallel.state import destroy_parallel, initialize_parallel, run_device  # noqa: E402
-from pose_mcore.pose.conditioning import Conditioner, negative_fields  # noqa: E402
+from pose_mcore.pose.conditioning import Conditioner, needs_image, negative_fields  # noqa: E402
 
 
 class SampleError(ValueError):
@@ -86,17 +86,20 @@ def requests(args: argparse.Namespace) -> list[Request]:
     return out
 
 
-def conditioning(encoders: ModelEncoders, request: Request, negative: dict[str, torch.Tensor], frames: int,
-                 height: int, width: int) -> dict[str, torch.Tensor]:
-    """The batch of one request (the dataset's fields, batch 1; no latents) and its negative prompt."""
+def conditioning(encoders: ModelEncoders, config: VideoDiTConfig, request: Request, negative: dict[str, torch.Tensor],
+                 frames: int, height: int, width: int) -> dict[str, torch.Tensor]:
+    """The batch of one request for a generator of ``config`` (the dataset's fields, batch 1; no latents) and
+    its negative prompt."""
     batch = encoders.encode_prompts([request.prompt])
-    if encoders.image_to_video:
+    if needs_image(config):
         if request.image is None:
-            raise SampleError(f"{encoders.folder} is an image-to-video model: give --image")
+            raise SampleError(f"the generator ({type(config).__name__}) is image-to-video: give --image")
+        if not encoders.image_to_video:
+            raise SampleError(f"{encoders.folder}: its pipeline does not encode images")
         image = read_clip(request.image, 1, height, width)[0]
         batch.update(encoders.encode_first_frame(image, frames, height, width))
     elif request.image is not None:
-        raise SampleError(f"{encoders.folder} is a text-to-video model: --image does not apply")
+        raise SampleError("the generator is text-to-video: --image does not apply")
     return {**{k: v.cpu() for k, v in batch.items()}, **{f"negative.{k}": v.cpu() for k, v in negative.items()}}
 
 
@@ -116,9 +119,9 @@ def generate(model: torch.nn.Module, batch: dict[str, torch.Tensor], shape: tupl
 
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         kwargs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in conds.cond.items()}
-        return model(conds.inputs(x).to(dtype), model_timestep(t), **kwargs).sample.float()
+        return model(conds.inputs(x).to(dtype), conds.timestep(t, x), **kwargs).sample.float()
 
-    return student_sample(velocity, noise.to(device), steps, shift, mode, generator=gen)
+    return conds.output(student_sample(velocity, noise.to(device), steps, shift, mode, generator=gen))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -174,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
             if negative is None:
                 negative = {k: v[0] for k, v in encoders.encode_prompts([args.negative_prompt]).items()
                             if k in negative_fields(model.config)}
-            shared = [conditioning(encoders, request, negative, args.frames, args.height, args.width),
+            shared = [conditioning(encoders, model.config, request, negative, args.frames, args.height, args.width),
                       encoders.latent_shape(1, args.frames, args.height, args.width)]
         if world > 1:
             dist.broadcast_object_list(shared, src=0)

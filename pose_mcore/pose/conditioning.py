@@ -20,6 +20,7 @@ import torch
 from pose_mcore.config.base import VideoDiTConfig
 from pose_mcore.config.hunyuan import HunyuanConfig
 from pose_mcore.config.wan import WanConfig
+from pose_mcore.diffusion.flow import model_timestep
 
 
 def required_fields(config: VideoDiTConfig) -> tuple[str, ...]:
@@ -31,7 +32,14 @@ def required_fields(config: VideoDiTConfig) -> tuple[str, ...]:
         fields.append("image_states")
     if config.in_channels > config.out_channels:
         fields.append("condition")
+    if getattr(config, "image_condition_type", None) == "token_replace":
+        fields.append("first_frame")
     return tuple(fields)
+
+
+def needs_image(config: VideoDiTConfig) -> bool:
+    """Whether a model of ``config`` is conditioned on a first frame (image-to-video)."""
+    return bool({"image_states", "condition", "first_frame"} & set(required_fields(config)))
 
 
 def negative_fields(config: VideoDiTConfig) -> tuple[str, ...]:
@@ -62,12 +70,31 @@ class Conditions:
     text: torch.Tensor
     image: torch.Tensor | None
     first_frame: torch.Tensor | None = None
-    """HunyuanVideo-I2V token replacement: the clean first latent frame that replaces ``x_t``'s."""
+    """Token replacement (HunyuanVideo-I2V, Wan2.2 TI2V): the clean first latent frame that replaces ``x_t``'s
+    and the sample's."""
+    frame_tokens: int | None = None
+    """Wan2.2 TI2V: the tokens of one latent frame; the first frame's tokens get timestep 0 (diffusers'
+    ``expand_timesteps``). None: one timestep per sample."""
 
     def inputs(self, x_t: torch.Tensor) -> torch.Tensor:
-        if self.first_frame is not None:
-            x_t = torch.cat([self.first_frame.to(x_t), x_t[:, :, 1:]], dim=2)
+        """The DiT's input for ``x_t``: its first frame replaced, the condition channels appended."""
+        x_t = self.output(x_t)
         return x_t if self.channels is None else torch.cat([x_t, self.channels], dim=1)
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with its first frame replaced by the clean one (token replacement), else ``x``."""
+        if self.first_frame is None:
+            return x
+        return torch.cat([self.first_frame.to(x), x[:, :, 1:]], dim=2)
+
+    def timestep(self, t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        """The DiT's time input at ``t [b]``: ``[b]``, or ``[b, tokens]`` with the first frame's tokens at 0."""
+        ts = model_timestep(t)
+        if self.frame_tokens is None:
+            return ts
+        ts = ts[:, None].expand(-1, x_t.shape[2] * self.frame_tokens).clone()
+        ts[:, : self.frame_tokens] = 0
+        return ts
 
 
 class Conditioner:
@@ -129,7 +156,7 @@ class Conditioner:
     def __call__(self, batch: dict[str, torch.Tensor]) -> Conditions:
         cfg = self.config
         text = batch["text"]
-        channels = image = first_frame = None
+        channels = image = first_frame = frame_tokens = None
         if self.extra_channels:
             channels = self._field(batch, "condition")
             if channels is None:
@@ -142,6 +169,10 @@ class Conditioner:
                 image = self._field(batch, "image_states")
                 image = self._stand_in_image(batch) if image is None else image
                 cond["encoder_hidden_states_image"] = uncond["encoder_hidden_states_image"] = image
+            if cfg.image_condition_type == "token_replace":
+                first_frame = batch["first_frame"]
+                ph, pw = cfg.patch_size[1:]
+                frame_tokens = (first_frame.shape[-2] // ph) * (first_frame.shape[-1] // pw)
         elif isinstance(cfg, HunyuanConfig):
             mask, pooled = self._field(batch, "text_mask"), self._field(batch, "pooled")
             if mask is None:
@@ -159,4 +190,4 @@ class Conditioner:
                 first_frame = batch["first_frame"]
         else:
             raise TypeError(f"no conditioning for {type(cfg).__name__}")
-        return Conditions(cond, uncond, channels, text, image, first_frame)
+        return Conditions(cond, uncond, channels, text, image, first_frame, frame_tokens)

@@ -11,7 +11,6 @@ from torch import nn
 
 from pose_mcore.checkpoint.sharded import Piece, ShardedReader
 from pose_mcore.config.train import OptimConfig
-from pose_mcore.diffusion.flow import model_timestep
 from pose_mcore.engine.optimizer import Engine, Optimizer
 from pose_mcore.pose.conditioning import Conditioner, Conditions
 from pose_mcore.pose.draws import SampleDraws
@@ -70,12 +69,12 @@ class Phase:
                  kwargs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The model's velocity at ``x_t`` (I2V condition channels appended), in fp32."""
         with self.amp():
-            return model(conds.inputs(x_t), model_timestep(t), **kwargs).sample.float()
+            return model(conds.inputs(x_t), conds.timestep(t, x_t), **kwargs).sample.float()
 
     def generate(self, conds: Conditions, x_T: torch.Tensor) -> torch.Tensor:
         """The generator's one-step sample ``x0 = x_T - G(x_T, 1, c)``."""
         t = torch.ones(x_T.shape[0], device=x_T.device)
-        return x_T - self.velocity(self.roles.generator, x_T, t, conds, conds.cond)
+        return conds.output(x_T - self.velocity(self.roles.generator, x_T, t, conds, conds.cond))
 
     def state_dict(self) -> dict[str, Any]:
         """The phase's counters (JSON): steps taken and skipped, each optimiser's steps. The optimisers'
