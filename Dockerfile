@@ -9,8 +9,8 @@ WORKDIR /workspace/pose_mcore
 # Dependencies first, so that editing the sources does not redo this layer. Only what the image lacks;
 # torch, transformer-engine, apex and flash-attn stay the image's own: the image's pip constraints
 # (PIP_CONSTRAINT, /etc/pip/constraint.txt) are kept in force, so nothing here replaces them.
-RUN pip install --no-cache-dir megatron-core==0.16.1 diffusers==0.42.1 safetensors pyyaml tqdm pillow \
-        tensorboard pytest ruff \
+RUN pip install --no-cache-dir megatron-core==0.16.1 diffusers==0.42.1 transformers accelerate ftfy av \
+        safetensors pyyaml tqdm pillow tensorboard peft pytest ruff \
  && python -c "import transformer_engine.pytorch, flash_attn, megatron.core, apex; print('GPU stack imports')"
 
 COPY . .

@@ -122,6 +122,8 @@ def test_video_latents_are_the_vaes_normalised_mode(model_folders, kind):
     assert_close_rel(latents, want[0], 1e-5)
     decoded = enc.decode(latents[None])
     assert decoded.shape == (1, FRAMES, HEIGHT, WIDTH, 3) and decoded.dtype == np.uint8
+    vae_only = ModelEncoders(model_folders[kind], decode_only=True)  # the trainer's sample videos
+    assert vae_only.pipe.text_encoder is None and np.array_equal(vae_only.decode(latents[None]), decoded)
 
 
 def test_folder_errors(model_folders, tmp_path):

@@ -56,7 +56,7 @@ def test_sample_writes_the_video_and_its_latents(model_folders, generator, tmp_p
     capsys.readouterr()
     args = _sample_args(model_folders, generator, tmp_path / "x.mp4")
     del args[args.index("--image"):args.index("--image") + 2]
-    assert sample(args) == 2 and "image-to-video model: give --image" in capsys.readouterr().err
+    assert sample(args) == 2 and "is image-to-video: give --image" in capsys.readouterr().err
     assert sample(_sample_args(model_folders, generator, tmp_path / "x.mp4", "--frames", "6")) == 2
     assert "4k+1" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
 

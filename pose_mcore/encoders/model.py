@@ -94,11 +94,13 @@ class ModelEncoders:
     ``ModelEncoders(folder)`` checks the folder before loading anything (a wrong folder raises
     :class:`EncoderError` naming the missing component), then loads the pipeline without its
     transformer. ``prompt_template`` and ``max_sequence_length`` are the pipeline's arguments of the
-    same names (their defaults are the pipeline's).
+    same names (their defaults are the pipeline's). ``decode_only``: load the VAE alone (the trainer's
+    sample videos; a 14B run's rank 0 has no room for an 11 GB text encoder).
     """
 
     def __init__(self, folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 max_sequence_length: int | None = None, prompt_template: dict[str, Any] | None = None) -> None:
+                 max_sequence_length: int | None = None, prompt_template: dict[str, Any] | None = None,
+                 decode_only: bool = False) -> None:
         import diffusers
         import transformers
 
@@ -114,13 +116,16 @@ class ModelEncoders:
                                f"(supported: {', '.join(PIPELINES)})")
         self.kind = PIPELINES[class_name]
         needed = [c for c in self.kind.components] + [c for c in self.kind.optional if _listed(index, c)]
+        if decode_only:
+            needed = ["vae"]
         for name in needed:
             if not _listed(index, name):
                 raise EncoderError(f"{self.folder}/model_index.json: component {name!r} is missing")
             if not (self.folder / name).is_dir():
                 raise EncoderError(f"{self.folder}: component folder {name}/ is missing")
         self.device, self.dtype = torch.device(device), dtype
-        skip = {name: None for name in DIT_COMPONENTS if name in index}
+        skip = {name: None for name in index  # the DiT, and what is not needed, is not loaded
+                if name in DIT_COMPONENTS or (_listed(index, name) and name not in needed)}
         try:
             self.pipe = getattr(diffusers, class_name).from_pretrained(self.folder, dtype=dtype, **skip)
         except (OSError, ValueError, KeyError) as e:

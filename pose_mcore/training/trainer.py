@@ -239,8 +239,8 @@ class Trainer:
             save_video_grid(pair, path.with_suffix(".gif"))
             return
         if self._decoder is None:
-            self._decoder = ModelEncoders(self.config.model_dir, self.device)
-        frames = self._decoder.decode(pair)  # [2n, F, H, W, 3]: the data's videos, then the samples
+            self._decoder = ModelEncoders(self.config.model_dir, self.device, decode_only=True)
+        frames = np.concatenate([self._decoder.decode(v[None]) for v in pair])  # the data's videos, then the samples
         n = len(frames) // 2
         grid = np.concatenate([np.concatenate(list(frames[:n]), axis=2), np.concatenate(list(frames[n:]), axis=2)],
                               axis=1)
