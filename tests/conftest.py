@@ -117,13 +117,14 @@ def assert_layout_matches(reference: dict[str, torch.Tensor], parallel: dict[str
 @pytest.fixture(scope="session")
 def model_folders(tmp_path_factory) -> dict[str, Path]:
     """Tiny diffusers model folders without a transformer (tests/encoder_fixtures.py), by kind, and
-    ``"template"``: a HunyuanVideo prompt-template JSON file for the tiny tokenizer."""
+    ``"template:<kind>"``: the HunyuanVideo prompt-template JSON files for the tiny tokenizers."""
     import json
 
-    from encoder_fixtures import HUNYUAN_TEMPLATE, KINDS, model_folder
+    from encoder_fixtures import HUNYUAN_I2V_TEMPLATE, HUNYUAN_TEMPLATE, KINDS, model_folder
 
     root = tmp_path_factory.mktemp("models")
     folders = {kind: model_folder(kind, root / kind) for kind in KINDS}
-    folders["template"] = root / "template.json"
-    folders["template"].write_text(json.dumps(HUNYUAN_TEMPLATE))
+    for kind, template in (("hunyuan-t2v", HUNYUAN_TEMPLATE), ("hunyuan-i2v", HUNYUAN_I2V_TEMPLATE)):
+        folders[f"template:{kind}"] = root / f"template-{kind}.json"
+        folders[f"template:{kind}"].write_text(json.dumps(template))
     return folders

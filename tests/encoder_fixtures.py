@@ -15,18 +15,25 @@ import torch
 
 WORDS = ("a the red green blue square disk cross moving left right up down fast slow video of on in with and "
          "low quality blurry static bright cat dog runs jumps").split()
-KINDS = ("wan-t2v", "wan-i2v", "wan-ti2v", "hunyuan-t2v")
-TINY_PRESET = {"wan-t2v": "tiny-t2v", "wan-i2v": "tiny-i2v", "wan-ti2v": "tiny-ti2v-i2v", "hunyuan-t2v": "tiny-hunyuan-t2v"}
+KINDS = ("wan-t2v", "wan-i2v", "wan-ti2v", "hunyuan-t2v", "hunyuan-i2v")
+TINY_PRESET = {"wan-t2v": "tiny-t2v", "wan-i2v": "tiny-i2v", "wan-ti2v": "tiny-ti2v-i2v", "hunyuan-t2v": "tiny-hunyuan-t2v",
+               "hunyuan-i2v": "tiny-hunyuan-i2v"}
 """The tiny pose_mcore preset whose DiT fits each folder's encoders."""
 
 
-def _tokenizer(specials: dict[str, str], max_length: int):
-    from tokenizers import Tokenizer, models, pre_tokenizers
+LLAVA_TOKENS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<image>", "system", "user", "assistant",
+                "describe", ":")
+"""Words of HunyuanVideo-I2V's LLaVA prompt template (kept whole by the tokenizer)."""
+
+
+def _tokenizer(specials: dict[str, str], max_length: int, extra: tuple[str, ...] = ()):
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {t: i for i, t in enumerate([*specials.values(), *WORDS])}
+    vocab = {t: i for i, t in enumerate([*specials.values(), *WORDS, *extra])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token=specials["unk_token"]))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens([AddedToken(t, normalized=False) for t in extra if t.startswith("<")])
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, **specials)
 
 
@@ -83,21 +90,53 @@ def _hunyuan_parts() -> dict:
             "scheduler": FlowMatchEulerDiscreteScheduler(shift=1.0)}
 
 
+def _hunyuan_i2v_parts() -> dict:
+    """HunyuanVideo-I2V: a LLaVA text encoder that reads the first frame, the CLIP image processor."""
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    parts = _hunyuan_parts()
+    specials = {"pad_token": "<pad>", "bos_token": "<s>", "unk_token": "<unk>"}
+    tokenizer = _tokenizer(specials, 64, LLAVA_TOKENS)
+    torch.manual_seed(6)
+    parts["text_encoder"] = LlavaForConditionalGeneration(LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                       image_size=32, patch_size=8),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                                num_attention_heads=2, num_key_value_heads=2, pad_token_id=0),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), pad_token_id=0, vision_feature_layer=-2,
+        vision_feature_select_strategy="default"))
+    parts["tokenizer"] = tokenizer
+    parts["image_processor"] = CLIPImageProcessor(crop_size=32, size=32)
+    return parts
+
+
 HUNYUAN_TEMPLATE = {"template": "describe the video : {}", "crop_start": 4}
 """A prompt template for the tiny tokenizer (the real one's crop_start=95 counts Llama-3 tokens)."""
+HUNYUAN_I2V_TEMPLATE = {
+    "template": "<|start_header_id|> system <|end_header_id|> <image> describe : <|eot_id|> <|start_header_id|> user "
+                "<|end_header_id|> {} <|eot_id|> <|start_header_id|> assistant <|end_header_id|>",
+    "crop_start": 10, "image_emb_start": 3, "image_emb_end": 19, "image_emb_len": 16}
+"""The real I2V template's structure for the tiny tokenizer: 16 image tokens (a 32 px image in 8 px patches)."""
 
 
 def pipeline(kind: str, transformer=None, image_to_video: bool = True):
     """The diffusers pipeline of a tiny folder of ``kind`` (:data:`KINDS`). Wan2.2 TI2V ('wan-ti2v') is a
     ``WanPipeline`` folder with ``expand_timesteps`` (as published); ``image_to_video`` loads it as the
     image-to-video pipeline."""
-    from diffusers import HunyuanVideoPipeline, WanImageToVideoPipeline, WanPipeline
+    from diffusers import HunyuanVideoImageToVideoPipeline, HunyuanVideoPipeline, WanImageToVideoPipeline, WanPipeline
 
     cls, parts = {"wan-t2v": (WanPipeline, lambda: _wan_parts(False)),
                   "wan-i2v": (WanImageToVideoPipeline, lambda: _wan_parts(True)),
                   "wan-ti2v": (WanImageToVideoPipeline if image_to_video else WanPipeline,
                                lambda: dict(_wan_parts(False, wan22=True), expand_timesteps=True)),
-                  "hunyuan-t2v": (HunyuanVideoPipeline, _hunyuan_parts)}[kind]
+                  "hunyuan-t2v": (HunyuanVideoPipeline, _hunyuan_parts),
+                  "hunyuan-i2v": (HunyuanVideoImageToVideoPipeline, _hunyuan_i2v_parts)}[kind]
     parts = {k: v.eval() if isinstance(v, torch.nn.Module) else v for k, v in parts().items()}  # as loaded
     return cls(transformer=transformer, **parts)
 

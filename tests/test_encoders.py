@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_close_rel
-from encoder_fixtures import HUNYUAN_TEMPLATE, KINDS, TINY_PRESET, pipeline
+from encoder_fixtures import HUNYUAN_I2V_TEMPLATE, HUNYUAN_TEMPLATE, KINDS, TINY_PRESET, pipeline
 from hunyuan_reference import diffusers_hunyuan
 from PIL import Image
 from wan_reference import diffusers_wan
@@ -17,7 +17,7 @@ from pose_mcore.encoders import EncoderError, ModelEncoders
 
 PROMPT, NEGATIVE = "a red square moving left", "blurry static low quality"
 FRAMES, HEIGHT, WIDTH = 5, 32, 48
-TEXT_LEN = {"wan-t2v": 12, "wan-i2v": 512, "wan-ti2v": 12, "hunyuan-t2v": 10}
+TEXT_LEN = {"wan-t2v": 12, "wan-i2v": 512, "wan-ti2v": 12, "hunyuan-t2v": 10, "hunyuan-i2v": 10}
 """Text tokens: diffusers' Wan I2V attention takes the last 512 context tokens as text."""
 
 
@@ -26,13 +26,17 @@ def size(kind: str) -> tuple[int, int]:
     return (2 * HEIGHT, 2 * WIDTH) if kind == "wan-ti2v" else (HEIGHT, WIDTH)
 
 
+TEMPLATES = {"hunyuan-t2v": HUNYUAN_TEMPLATE, "hunyuan-i2v": HUNYUAN_I2V_TEMPLATE}
+
+
 def encoders(folder, kind: str) -> ModelEncoders:
-    return ModelEncoders(folder, max_sequence_length=TEXT_LEN[kind],
-                         prompt_template=HUNYUAN_TEMPLATE if kind.startswith("hunyuan") else None)
+    return ModelEncoders(folder, max_sequence_length=TEXT_LEN[kind], prompt_template=TEMPLATES.get(kind))
 
 
 def transformer(kind: str):
-    return diffusers_hunyuan("t2v", seed=5) if kind.startswith("hunyuan") else diffusers_wan(kind == "wan-i2v", seed=5)
+    if kind.startswith("hunyuan"):
+        return diffusers_hunyuan("i2v_concat" if kind == "hunyuan-i2v" else "t2v", seed=5)
+    return diffusers_wan(kind == "wan-i2v", seed=5)
 
 
 def first_frame(seed: int = 0, kind: str = "wan-i2v") -> Image.Image:
@@ -48,13 +52,13 @@ def run_pipeline(kind: str, model, guidance: float, seed: int = 0) -> tuple[list
     pipe.transformer.register_forward_pre_hook(lambda m, a, kw: calls.append(dict(kw)), with_kwargs=True)
     kwargs = dict(prompt=PROMPT, height=size(kind)[0], width=size(kind)[1], num_frames=FRAMES, num_inference_steps=1,
                   max_sequence_length=TEXT_LEN[kind], output_type="latent", generator=torch.Generator().manual_seed(seed))
-    if kind == "hunyuan-t2v":
-        kwargs.update(prompt_template=HUNYUAN_TEMPLATE, guidance_scale=1.0)
+    if kind.startswith("hunyuan"):
+        kwargs.update(prompt_template=TEMPLATES[kind], guidance_scale=1.0)
         if guidance > 1:
             kwargs.update(negative_prompt=NEGATIVE, true_cfg_scale=guidance)
     else:
         kwargs.update(negative_prompt=NEGATIVE, guidance_scale=guidance)
-    if kind in ("wan-i2v", "wan-ti2v"):
+    if kind in ("wan-i2v", "wan-ti2v", "hunyuan-i2v"):
         kwargs["image"] = first_frame(kind=kind)
     with torch.no_grad():
         out = pipe(**kwargs).frames
@@ -67,17 +71,33 @@ def test_prepared_fields_equal_the_pipelines_inputs(model_folders, kind):
     calls, _ = run_pipeline(kind, transformer(kind), guidance=2.0)
     assert len(calls) == 2  # conditional, then unconditional (the negative prompt)
     cond, uncond = calls
-    fields = enc.encode_prompts([PROMPT])
-    negative = enc.encode_prompts([NEGATIVE])
+    image = first_frame(kind=kind) if kind == "hunyuan-i2v" else None  # its LLaVA reads the image with the prompt
+    fields = enc.encode_prompts([PROMPT], image)
+    negative = {k: v[None] for k, v in enc.encode_negative(NEGATIVE, HEIGHT, WIDTH).items()}
     assert torch.equal(fields["text"], cond["encoder_hidden_states"])
     assert torch.equal(negative["text"], uncond["encoder_hidden_states"])
     assert not torch.equal(fields["text"], negative["text"])
-    if kind == "hunyuan-t2v":
+    if kind == "hunyuan-i2v":
+        first = enc.encode_first_frame(image, FRAMES, HEIGHT, WIDTH)
+        assert torch.equal(first["condition"], cond["hidden_states"][:, enc.latent_channels:])
+        assert first["condition"][:, -1, 0].eq(1).all() and first["condition"][:, :, 1:].eq(0).all()
+        assert not torch.equal(fields["text"], enc.encode_prompts([PROMPT], first_frame(1))["text"])  # image-dependent
+        from pose_mcore.models.registry import family_of_preset
+        from pose_mcore.pose.conditioning import Conditioner
+
+        batch = {"latents": cond["hidden_states"][:, :4], **fields, **first}
+        conds = Conditioner(family_of_preset(TINY_PRESET[kind]).make_config(TINY_PRESET[kind]),
+                            {k: v[0] for k, v in negative.items()})(batch)
+        assert torch.equal(conds.inputs(cond["hidden_states"][:, :4]), cond["hidden_states"])
+        for name, want in (("cond", cond), ("uncond", uncond)):
+            for key, value in getattr(conds, name).items():
+                assert torch.equal(value.to(want[key].dtype), want[key]), (name, key)
+    if kind.startswith("hunyuan"):
         assert torch.equal(fields["text_mask"].float(), cond["encoder_attention_mask"])
         assert torch.equal(negative["text_mask"].float(), uncond["encoder_attention_mask"])
         assert torch.equal(fields["pooled"], cond["pooled_projections"])
         assert torch.equal(negative["pooled"], uncond["pooled_projections"])
-        assert 0 < fields["text_mask"].sum() < TEXT_LEN[kind]  # padding is masked
+        assert 0 < fields["text_mask"].sum() < fields["text_mask"].shape[-1]  # padding is masked
     if kind == "wan-i2v":
         image = enc.encode_first_frame(first_frame(), FRAMES, HEIGHT, WIDTH)
         assert torch.equal(image["image_states"], cond["encoder_hidden_states_image"])
@@ -101,7 +121,8 @@ def test_prepared_fields_equal_the_pipelines_inputs(model_folders, kind):
     assert set(enc.fields()) == {"wan-t2v": {"latents", "text"}, "wan-i2v": {"latents", "text", "image_states",
                                                                                "condition"},
                                  "wan-ti2v": {"latents", "text", "first_frame"},
-                                 "hunyuan-t2v": {"latents", "text", "text_mask", "pooled"}}[kind]
+                                 "hunyuan-t2v": {"latents", "text", "text_mask", "pooled"},
+                                 "hunyuan-i2v": {"latents", "text", "text_mask", "pooled", "condition"}}[kind]
 
 
 @pytest.mark.parametrize("kind", ("wan-t2v", "hunyuan-t2v"))
@@ -160,8 +181,7 @@ def test_one_step_sample_equals_the_pipeline(tp1, model_folders, kind, tmp_path)
     image = tmp_path / "first.png"
     first_frame(kind=kind).save(image)
     request = Request(PROMPT, image if kind.startswith("wan-") and kind != "wan-t2v" else None, 11, tmp_path / "o.mp4")
-    negative = {k: v[0] for k, v in enc.encode_prompts([""]).items()}
-    batch = conditioning(enc, generator.config, request, negative, FRAMES, *size(kind))
+    batch = conditioning(enc, generator.config, request, "", FRAMES, *size(kind))
     got = generate(generator, batch, enc.latent_shape(1, FRAMES, *size(kind)), seed=11)
     assert got.shape == want.shape
     assert_close_rel(got, want, 1e-5)

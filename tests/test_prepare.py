@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from devices import to_device
-from encoder_fixtures import HUNYUAN_TEMPLATE, TINY_PRESET
+from encoder_fixtures import HUNYUAN_I2V_TEMPLATE, HUNYUAN_TEMPLATE, TINY_PRESET
 from torch.utils.data import default_collate
 
 from pose_mcore.data.latents import LatentDataset
@@ -51,7 +51,7 @@ def _prepare(models, kind, inputs, out, *extra) -> int:
     args = ["--input", str(inputs), "--model", str(models[kind]), "--out", str(out), *SIZE, "--per-shard", "2",
             "--max-sequence-length", "12", "--negative-prompt", "blurry static", *extra]
     if kind.startswith("hunyuan"):
-        args += ["--prompt-template", str(models["template"])]
+        args += ["--prompt-template", str(models[f"template:{kind}"])]
     if kind == "wan-ti2v":  # Wan2.2's VAE downsamples 16x
         args += ["--height", "64", "--width", "96"]
     return prepare(args)
@@ -65,7 +65,7 @@ def models(model_folders):
 @pytest.fixture(scope="module")
 def prepared(models, inputs, tmp_path_factory):
     out = {}
-    for kind in ("wan-i2v", "wan-ti2v", "hunyuan-t2v"):
+    for kind in ("wan-i2v", "wan-ti2v", "hunyuan-t2v", "hunyuan-i2v"):
         out[kind] = tmp_path_factory.mktemp("data") / kind
         assert _prepare(models, kind, inputs, out[kind]) == 0
     return out
@@ -73,21 +73,24 @@ def prepared(models, inputs, tmp_path_factory):
 
 def test_fields_equal_the_encoders_on_the_same_clip(models, inputs, prepared):
     for kind, fields in (("wan-i2v", {"latents", "text", "image_states", "condition"}),
-                         ("hunyuan-t2v", {"latents", "text", "text_mask", "pooled"})):
+                         ("hunyuan-t2v", {"latents", "text", "text_mask", "pooled"}),
+                         ("hunyuan-i2v", {"latents", "text", "text_mask", "pooled", "condition"})):
         data = LatentDataset(prepared[kind] / "manifest.jsonl")
         assert len(data) == 4 and set(data.fields) == fields
         enc = ModelEncoders(models[kind], max_sequence_length=12,
-                            prompt_template=HUNYUAN_TEMPLATE if kind.startswith("hunyuan") else None)
+                            prompt_template={"hunyuan-t2v": HUNYUAN_TEMPLATE, "hunyuan-i2v": HUNYUAN_I2V_TEMPLATE}.get(kind))
         frames = read_clip(inputs / "good2.mp4", 5, 32, 48, fps=4)
-        want = {"latents": enc.encode_video(frames), **{k: v[0] for k, v in enc.encode_prompts([CAPTIONS[2]]).items()},
+        image = frames[0] if kind == "hunyuan-i2v" else None
+        want = {"latents": enc.encode_video(frames),
+                **{k: v[0] for k, v in enc.encode_prompts([CAPTIONS[2]], image).items()},
                 **{k: v[0] for k, v in enc.encode_first_frame(frames[0], 5, 32, 48).items()}}
         got = data[2]
         for field in fields:
             assert torch.equal(got[field], want[field]), (kind, field)
-        negative = enc.encode_prompts(["blurry static"])
+        negative = enc.encode_negative("blurry static", 32, 48)
         assert set(data.negative) == ({"text"} if kind.startswith("wan") else {"text", "text_mask", "pooled"})
         for field, value in data.negative.items():
-            assert torch.equal(value, negative[field][0]), (kind, field)
+            assert torch.equal(value, negative[field]), (kind, field)
 
 
 def test_bad_inputs_are_skipped_and_reported(prepared):
@@ -181,6 +184,8 @@ def test_training_steps_use_the_real_fields(tp1, prepared):
 
     _loss_changes(TINY_PRESET["wan-ti2v"], LatentDataset(prepared["wan-ti2v"] / "manifest.jsonl"), {
         "first_frame": lambda v: v + 0.5, "text": lambda v: v + 0.5})
+    _loss_changes(TINY_PRESET["hunyuan-i2v"], LatentDataset(prepared["hunyuan-i2v"] / "manifest.jsonl"), {
+        "condition": lambda v: v * 1.5, "text": lambda v: v + 0.5, "negative.text": lambda v: v + 0.5})
     _loss_changes(TINY_PRESET["hunyuan-t2v"], LatentDataset(prepared["hunyuan-t2v"] / "manifest.jsonl"), {
         "pooled": lambda v: v + 0.5, "text_mask": drop_last, "negative.pooled": lambda v: v + 0.5})
 

@@ -96,7 +96,8 @@ def encode_item(encoders: ModelEncoders, item: Item, args: argparse.Namespace) -
         raise VideoError(f"{item.path}: no caption (sidecar {item.path.with_suffix('.txt').name} or a caption column)")
     frames = read_clip(item.path, args.frames, args.height, args.width, args.fps)
     sample = {"latents": encoders.encode_video(frames)[None]}
-    sample.update(encoders.encode_prompts([item.caption]))
+    # HunyuanVideo-I2V's text encoder reads the first frame with the prompt
+    sample.update(encoders.encode_prompts([item.caption], frames[0] if encoders.reads_image_with_prompt else None))
     sample.update(encoders.encode_first_frame(frames[0], args.frames, args.height, args.width))
     return {k: (v.to(args.store_dtype) if v.is_floating_point() else v)[0].cpu() for k, v in sample.items()}
 
@@ -200,8 +201,8 @@ def run(args: argparse.Namespace) -> int:
     shards = [(k, items[s:s + args.per_shard]) for k, s in enumerate(range(0, len(items), args.per_shard))]
     mine = [(k, chunk) for k, chunk in shards[rank::world] if not (args.out / f"shard-{k:05d}.jsonl").is_file()]
     if rank == 0:
-        negative = encoders.encode_prompts([args.negative_prompt])
-        write_negative({k: v[0].to(args.store_dtype) if v.is_floating_point() else v[0] for k, v in negative.items()},
+        negative = encoders.encode_negative(args.negative_prompt, args.height, args.width)
+        write_negative({k: v.to(args.store_dtype) if v.is_floating_point() else v for k, v in negative.items()},
                        args.out)
     with tqdm(total=sum(len(c) for _, c in mine), desc=f"pose-prepare rank {rank}", unit="clip",
               disable=None if rank == 0 else True) as bar:

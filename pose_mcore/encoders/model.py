@@ -19,11 +19,14 @@ Fields, per sample (the dataset's manifest keys; :data:`FIELDS`):
 - ``image_states`` ``[N, E]`` (Wan2.1 I2V): CLIP ViT penultimate hidden states of the first frame;
 - ``condition`` ``[c, f, h, w]`` (Wan I2V with extra input channels): ``prepare_latents``' frame mask and
   the normalised VAE encoding of ``[first frame, zero frames]``;
-- ``first_frame`` ``[C, 1, h, w]`` (Wan2.2 TI2V, ``expand_timesteps``): the normalised VAE encoding of the
-  first frame alone.
+- ``first_frame`` ``[C, 1, h, w]`` (Wan2.2 TI2V, ``expand_timesteps``; HunyuanVideo-I2V token replace): the
+  normalised VAE encoding of the first frame alone.
 
 The negative (or empty) prompt is encoded once per dataset with the same function (``text``, and for
-HunyuanVideo ``text_mask`` and ``pooled``).
+HunyuanVideo ``text_mask`` and ``pooled``). HunyuanVideo-I2V's LLaVA text encoder reads the first frame with
+the prompt, so its ``text`` holds image tokens; its negative prompt is encoded with a black frame of the video's
+size, as its pipeline does. Its ``condition`` (latent concat) is ``[first-frame latent then zeros | frame
+mask]``, as the pipeline's ``__call__`` builds it.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ PIPELINES: dict[str, Family] = {
                                       optional=("image_encoder", "image_processor")),
     "HunyuanVideoPipeline": Family("hunyuan", ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
                                                "scheduler")),
+    "HunyuanVideoImageToVideoPipeline": Family("hunyuan", ("vae", "text_encoder", "tokenizer", "text_encoder_2",
+                                                           "tokenizer_2", "scheduler", "image_processor")),
 }
 """The diffusers pipelines whose folders pose_mcore reads."""
 
@@ -135,7 +140,13 @@ class ModelEncoders:
         self.family = self.kind.name
         self.has_image_encoder = getattr(self.pipe, "image_encoder", None) is not None
         self.expand_timesteps = bool(getattr(self.pipe.config, "expand_timesteps", False))
-        self.image_to_video = class_name == "WanImageToVideoPipeline"
+        self.image_to_video = class_name in ("WanImageToVideoPipeline", "HunyuanVideoImageToVideoPipeline")
+        self.image_condition_type = None
+        """HunyuanVideo-I2V: 'latent_concat' or 'token_replace', from the folder's transformer config."""
+        if class_name == "HunyuanVideoImageToVideoPipeline":
+            dit = self.folder / "transformer" / "config.json"
+            self.image_condition_type = (json.loads(dit.read_text()).get("image_condition_type") if dit.is_file()
+                                         else None) or "latent_concat"
         self.max_sequence_length = max_sequence_length or (512 if self.family == "wan" else 256)
         self.prompt_template = prompt_template
         vae = self.pipe.vae
@@ -152,7 +163,8 @@ class ModelEncoders:
         if self.has_image_encoder:
             out.append("image_states")
         if self.image_to_video:
-            out.append("first_frame" if self.expand_timesteps else "condition")
+            replace = self.expand_timesteps or self.image_condition_type == "token_replace"
+            out.append("first_frame" if replace else "condition")
         return tuple(out)
 
     def check_frames(self, frames: int, height: int, width: int) -> None:
@@ -165,18 +177,39 @@ class ModelEncoders:
                 raise EncoderError(f"--{name} {v}: must be a positive multiple of {2 * self.spatial} "
                                    "(VAE downsampling x DiT patch)")
 
+    @property
+    def reads_image_with_prompt(self) -> bool:
+        """Whether the prompt's encoding depends on the first frame (HunyuanVideo-I2V's LLaVA)."""
+        return self.image_condition_type is not None
+
     @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+    def encode_prompts(self, prompts: list[str], image: Image.Image | None = None) -> dict[str, torch.Tensor]:
         """``text`` (and for HunyuanVideo ``text_mask``, ``pooled``) of each prompt: ``[B, ...]``, exactly as
-        the pipeline's ``encode_prompt`` computes them."""
+        the pipeline's ``encode_prompt`` computes them (HunyuanVideo-I2V: with the first frame ``image``)."""
         if self.family == "wan":
             text, _ = self.pipe.encode_prompt(prompts, do_classifier_free_guidance=False,
                                               max_sequence_length=self.max_sequence_length, device=self.device)
             return {"text": text}
         kwargs = {} if self.prompt_template is None else {"prompt_template": self.prompt_template}
-        text, pooled, mask = self.pipe.encode_prompt(prompts, max_sequence_length=self.max_sequence_length,
+        if self.reads_image_with_prompt:
+            if image is None:
+                raise EncoderError(f"{self.folder}: HunyuanVideo-I2V encodes the prompt with the first frame")
+            kwargs.update(image=image, image_embed_interleave=2 if self.image_condition_type == "latent_concat" else 4)
+        text, pooled, mask = self.pipe.encode_prompt(prompt=prompts, max_sequence_length=self.max_sequence_length,
                                                      device=self.device, **kwargs)
         return {"text": text, "text_mask": mask, "pooled": pooled}
+
+    @torch.no_grad()
+    def encode_negative(self, prompt: str, height: int, width: int) -> dict[str, torch.Tensor]:
+        """The negative prompt's fields (unbatched), as the pipeline encodes it for classifier-free guidance
+        (HunyuanVideo-I2V: with a black frame of ``height x width`` and its default image interleave)."""
+        if not self.reads_image_with_prompt:
+            return {k: v[0] for k, v in self.encode_prompts([prompt]).items()}
+        kwargs = {} if self.prompt_template is None else {"prompt_template": self.prompt_template}
+        text, pooled, mask = self.pipe.encode_prompt(image=Image.new("RGB", (width, height), 0), prompt=[prompt],
+                                                     max_sequence_length=self.max_sequence_length, device=self.device,
+                                                     **kwargs)
+        return {"text": text[0], "text_mask": mask[0], "pooled": pooled[0]}
 
     @torch.no_grad()
     def encode_video(self, frames: list[Image.Image]) -> torch.Tensor:
@@ -213,7 +246,19 @@ class ModelEncoders:
         out = {}
         if self.has_image_encoder:
             out["image_states"] = self.pipe.encode_image(image, self.device)
-        if self.image_to_video:
+        if self.image_condition_type is not None:  # HunyuanVideo-I2V, as its __call__ builds the condition
+            pixels = self.pipe.video_processor.preprocess(image, height, width).to(self.device, self.pipe.vae.dtype)
+            _, image_latents = self.pipe.prepare_latents(
+                pixels, 1, self.latent_channels, height, width, frames, torch.float32, self.device,
+                latents=self._placeholder(frames, height, width), image_condition_type=self.image_condition_type)
+            if self.image_condition_type == "token_replace":
+                out["first_frame"] = image_latents
+            else:
+                image_latents[:, :, 1:] = 0
+                mask = image_latents.new_ones(image_latents.shape[0], 1, *image_latents.shape[2:])
+                mask[:, :, 1:] = 0
+                out["condition"] = torch.cat([image_latents, mask], dim=1)
+        elif self.image_to_video:
             pixels = self.pipe.video_processor.preprocess(image, height=height, width=width)
             pixels = pixels.to(self.device, dtype=torch.float32)
             prepared = self.pipe.prepare_latents(pixels, 1, self.latent_channels, height, width, frames, torch.float32,

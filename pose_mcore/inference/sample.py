@@ -86,21 +86,25 @@ def requests(args: argparse.Namespace) -> list[Request]:
     return out
 
 
-def conditioning(encoders: ModelEncoders, config: VideoDiTConfig, request: Request, negative: dict[str, torch.Tensor],
+def conditioning(encoders: ModelEncoders, config: VideoDiTConfig, request: Request, negative_prompt: str,
                  frames: int, height: int, width: int) -> dict[str, torch.Tensor]:
-    """The batch of one request for a generator of ``config`` (the dataset's fields, batch 1; no latents) and
-    its negative prompt."""
-    batch = encoders.encode_prompts([request.prompt])
+    """The batch of one request for a generator of ``config``: the dataset's fields (batch 1; no latents) and
+    the encoded ``negative_prompt`` (``negative_<field>``)."""
+    image = None
     if needs_image(config):
         if request.image is None:
             raise SampleError(f"the generator ({type(config).__name__}) is image-to-video: give --image")
         if not encoders.image_to_video:
             raise SampleError(f"{encoders.folder}: its pipeline does not encode images")
         image = read_clip(request.image, 1, height, width)[0]
-        batch.update(encoders.encode_first_frame(image, frames, height, width))
     elif request.image is not None:
         raise SampleError("the generator is text-to-video: --image does not apply")
-    return {**{k: v.cpu() for k, v in batch.items()}, **{f"negative.{k}": v.cpu() for k, v in negative.items()}}
+    batch = encoders.encode_prompts([request.prompt], image if encoders.reads_image_with_prompt else None)
+    batch.update({f"negative_{k}": v[None] for k, v in encoders.encode_negative(negative_prompt, height, width).items()
+                  if k in negative_fields(config)})
+    if image is not None:
+        batch.update(encoders.encode_first_frame(image, frames, height, width))
+    return {k: v.cpu() for k, v in batch.items()}
 
 
 @torch.no_grad()
@@ -109,12 +113,12 @@ def generate(model: torch.nn.Module, batch: dict[str, torch.Tensor], shape: tupl
     """The generator's sample ``[1, C, f, h, w]`` (fp32) for a conditioning batch (as :func:`conditioning`
     gives it), from the noise of ``seed``."""
     device = run_device()
-    negative = {k.removeprefix("negative."): v for k, v in batch.items() if k.startswith("negative.")}
-    fields = {k: v.to(device) for k, v in batch.items() if not k.startswith("negative.")}
+    fields = {k: v.to(device) for k, v in batch.items() if not k.startswith("negative_")}
+    negative = {k.removeprefix("negative_"): v[0].to(device) for k, v in batch.items() if k.startswith("negative_")}
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(shape, generator=gen, dtype=torch.float32)
     fields["latents"] = torch.zeros(shape, device=device)  # shape only: the condition is in its own fields
-    conds = Conditioner(model.config, {k: v.to(device) for k, v in negative.items()})(fields)
+    conds = Conditioner(model.config, negative)(fields)
     dtype = next(model.parameters()).dtype
 
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -170,14 +174,11 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.checkpoint, sequence_parallel=world > 1, params_dtype=dtype)
     except CheckpointError as e:
         raise SampleError(f"--checkpoint: {e}") from e
-    negative = None
     for request in todo:
         shared = [None, None]
         if info.rank == 0:
-            if negative is None:
-                negative = {k: v[0] for k, v in encoders.encode_prompts([args.negative_prompt]).items()
-                            if k in negative_fields(model.config)}
-            shared = [conditioning(encoders, model.config, request, negative, args.frames, args.height, args.width),
+            shared = [conditioning(encoders, model.config, request, args.negative_prompt, args.frames, args.height,
+                                   args.width),
                       encoders.latent_shape(1, args.frames, args.height, args.width)]
         if world > 1:
             dist.broadcast_object_list(shared, src=0)
