@@ -139,13 +139,15 @@ class Conditioner:
         return neg.expand_as(like)
 
     def _stand_in_condition(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The first frame's latent then zeros, with a first-frame mask in the family's channel order (Wan:
+        mask first; HunyuanVideo: mask last)."""
         cfg, latents = self.config, batch["latents"]
         first = torch.zeros_like(latents)
         first[:, :, :1] = batch["first_frame"]
         n_mask = self.extra_channels - cfg.out_channels
         mask = torch.zeros(latents.shape[0], n_mask, *latents.shape[2:], dtype=latents.dtype, device=latents.device)
         mask[:, :, :1] = 1
-        return torch.cat([mask, first], dim=1) if n_mask else first
+        return torch.cat([first, mask] if isinstance(cfg, HunyuanConfig) else [mask, first], dim=1)
 
     def _stand_in_image(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ph, pw = self.config.patch_size[1:]
