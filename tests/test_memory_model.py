@@ -116,9 +116,11 @@ def layouts(tmp_path_factory):
 
 @pytest.mark.slow
 def test_traces_of_parallel_layouts_equal_the_measured_ranks(layouts):
-    """The trace of rank 0 at TP=2 (sequence parallelism) and at CP=2 equals rank 0 of the real 2-rank run."""
+    """The trace of rank 0 at TP=2 (sequence parallelism; every phase and backbone mode) and at CP=2 (Phase II)
+    equals rank 0 of the real 2-rank run."""
     traced, real = layouts
     assert set(traced) == set(real) == {"tp2", "cp2"}
+    assert set(traced["tp2"]) == {"teacher", "phase1", "phase2-ema", "phase2-full", "phase2-frozen"}
     for layout in traced:
         for phase, t in traced[layout].items():
             r = real[layout][phase]
