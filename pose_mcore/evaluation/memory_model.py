@@ -322,15 +322,19 @@ def step_memory(cfg: VideoDiTConfig, batch: int, frames: int, height: int, width
     return _over_depth(cfg, at, extrapolate)
 
 
+def depth_fields(cfg: VideoDiTConfig) -> list[str]:
+    """The config's block counts (Wan: ``num_layers``; HunyuanVideo: also ``num_single_layers``)."""
+    return [f for f in ("num_layers", "num_single_layers") if hasattr(cfg, f)]
+
+
 def _over_depth(cfg: VideoDiTConfig, at: Callable[[dict[str, int]], StepMemory], extrapolate: bool) -> StepMemory:
     """``at({})`` (the model's own depth), or: ``at`` one block of each kind and two of one kind at a time,
     extended linearly to ``cfg``'s depth."""
     if not extrapolate:
         return at({})
-    depth_fields = [f for f in ("num_layers", "num_single_layers") if hasattr(cfg, f)]
-    ones = {f: 1 for f in depth_fields}
+    ones = {f: 1 for f in depth_fields(cfg)}
     base = at(ones)
-    deeper = {f: at({**ones, f: 2}) for f in depth_fields}
+    deeper = {f: at({**ones, f: 2}) for f in depth_fields(cfg)}
 
     def extend(value: Callable[[StepMemory], float]) -> float:
         return value(base) + sum((getattr(cfg, f) - 1) * (value(m) - value(base)) for f, m in deeper.items())
@@ -400,10 +404,14 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
                   sequence_parallel=tp > 1)
     family = family_of_preset(config.preset)
 
-    def at(depths: dict[str, int]) -> StepMemory:
+    def at(depths: dict[str, int], features: list[int] | None = None) -> StepMemory:
+        """A trace at ``depths``; in Phase II the head reads block outputs ``features`` (default: the last
+        block only, so that a deeper trace adds blocks, not features)."""
         run = dataclasses.replace(config, model={**config.model, **depths})
-        if depths and phase == "phase2":  # the head reads the default feature layers of the shallow model
-            run = dataclasses.replace(run, phase2=dataclasses.replace(run.phase2, feature_layers=None))
+        if depths and phase == "phase2":
+            blocks = sum(run.model.get(f, getattr(cfg, f)) for f in depth_fields(cfg))
+            run = dataclasses.replace(run, phase2=dataclasses.replace(
+                run.phase2, feature_layers=features if features is not None else [blocks - 1]))
         model_cfg = family.make_config(config.preset, **layout, **run.model)
         with cpu_autocast_backward(bf16):
             return _tracked(lambda: setup(run, model_cfg), fake)
@@ -420,7 +428,24 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
         return named, lambda: step.step([data])
 
     cfg = family.make_config(config.preset, **layout, **config.model)
-    return _over_depth(cfg, at, extrapolate)
+    memory = _over_depth(cfg, at, extrapolate)
+    if not (extrapolate and phase == "phase2"):
+        return memory
+    # The depth traces read one feature; each further feature layer of the run adds what a second one adds to
+    # a two-block trace (the captured block output and the head's work on it).
+    from pose_mcore.models.features import spread_layers
+
+    n_features = len(config.phase2.feature_layers or spread_layers(sum(getattr(cfg, f) for f in depth_fields(cfg))))
+    two = {**{f: 1 for f in depth_fields(cfg)}, depth_fields(cfg)[0]: 2}
+    one_feature, two_features = at(two, [1]), at(two, [0, 1])
+    per_feature = {k: getattr(two_features, k) - getattr(one_feature, k) for k in ("states", "step", "total", "flops")}
+    out = {k: getattr(memory, k) + (n_features - 1) * v for k, v in per_feature.items()}
+    out["total"] = max(out["total"], out["states"] + memory.trainable)
+    out["step"] = out["total"] - out["states"]
+    one, two_ = dict(one_feature.by_role), dict(two_features.by_role)
+    roles = tuple((name, math.ceil(n + (n_features - 1) * (two_.get(name, 0) - one.get(name, 0))))
+                  for name, n in memory.by_role)
+    return dataclasses.replace(memory, by_role=roles, **{k: math.ceil(v) for k, v in out.items()})
 
 
 def count_cpu_attention() -> None:

@@ -25,7 +25,11 @@ def feature_blocks(model: nn.Module) -> list[nn.Module]:
 
 def default_layers(model: nn.Module) -> list[int]:
     """Blocks at 1/4, 1/2, 3/4 of the depth and the last (distinct)."""
-    n = len(feature_blocks(model))
+    return spread_layers(len(feature_blocks(model)))
+
+
+def spread_layers(n: int) -> list[int]:
+    """Of ``n`` blocks, those at 1/4, 1/2, 3/4 of the depth and the last (distinct)."""
     return sorted({max(0, round(n * f) - 1) for f in (0.25, 0.5, 0.75, 1.0)})
 
 

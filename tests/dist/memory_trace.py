@@ -54,9 +54,10 @@ def main() -> None:
                 "real": phase_step_memory(run, phase, *SHAPE, text_len=7, bf16=False, fake=False),
                 "traced": phase_step_memory(run, phase, *SHAPE, text_len=7, bf16=False)}
         run = load_train_config(None, ["preset=tiny-i2v", "micro_batch_size=2", "model.num_layers=4"])
-        results["wan_i2v/phase1-extrapolated"] = {
-            "traced": phase_step_memory(run, "phase1", *SHAPE, text_len=7, bf16=False),
-            "extrapolated": phase_step_memory(run, "phase1", *SHAPE, text_len=7, bf16=False, extrapolate=True)}
+        for phase in ("phase1", "phase2"):  # Phase II: the head reads the 4 default feature layers of 4 blocks
+            results[f"wan_i2v/{phase}-extrapolated"] = {
+                "traced": phase_step_memory(run, phase, *SHAPE, text_len=7, bf16=False),
+                "extrapolated": phase_step_memory(run, phase, *SHAPE, text_len=7, bf16=False, extrapolate=True)}
         flops = model_flops(wan_config("tiny-i2v", num_layers=2), 2, *SHAPE, text_len=7)
     out = {k: {n: dataclasses.asdict(v) for n, v in d.items()} for k, d in results.items()}
     out["flops"] = flops
