@@ -437,7 +437,8 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
 
     n_features = len(config.phase2.feature_layers or spread_layers(sum(getattr(cfg, f) for f in depth_fields(cfg))))
     two = {**{f: 1 for f in depth_fields(cfg)}, depth_fields(cfg)[0]: 2}
-    one_feature, two_features = at(two, [1]), at(two, [0, 1])
+    last = sum(two.values()) - 1  # HunyuanVideo: the last dual-stream block and the single-stream one
+    one_feature, two_features = at(two, [last]), at(two, [last - 1, last])
     per_feature = {k: getattr(two_features, k) - getattr(one_feature, k) for k in ("states", "step", "total", "flops")}
     out = {k: getattr(memory, k) + (n_features - 1) * v for k, v in per_feature.items()}
     out["total"] = max(out["total"], out["states"] + memory.trainable)
