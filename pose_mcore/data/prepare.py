@@ -99,7 +99,12 @@ def encode_item(encoders: ModelEncoders, item: Item, args: argparse.Namespace) -
     # HunyuanVideo-I2V's text encoder reads the first frame with the prompt
     sample.update(encoders.encode_prompts([item.caption], frames[0] if encoders.reads_image_with_prompt else None))
     sample.update(encoders.encode_first_frame(frames[0], args.frames, args.height, args.width))
-    return {k: (v.to(args.store_dtype) if v.is_floating_point() else v)[0].cpu() for k, v in sample.items()}
+    return stored({k: v[0] for k, v in sample.items()}, args.store_dtype)
+
+
+def stored(fields: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Fields as the dataset stores them: floating ones in ``dtype``, on the CPU."""
+    return {k: (v.to(dtype) if v.is_floating_point() else v).cpu() for k, v in fields.items()}
 
 
 def prepare_shard(encoders: ModelEncoders, items: list[Item], index: int, start: int, args: argparse.Namespace,
@@ -202,8 +207,7 @@ def run(args: argparse.Namespace) -> int:
     mine = [(k, chunk) for k, chunk in shards[rank::world] if not (args.out / f"shard-{k:05d}.jsonl").is_file()]
     if rank == 0:
         negative = encoders.encode_negative(args.negative_prompt, args.height, args.width)
-        write_negative({k: v.to(args.store_dtype) if v.is_floating_point() else v for k, v in negative.items()},
-                       args.out)
+        write_negative(stored(negative, args.store_dtype), args.out)
     with tqdm(total=sum(len(c) for _, c in mine), desc=f"pose-prepare rank {rank}", unit="clip",
               disable=None if rank == 0 else True) as bar:
         for k, chunk in mine:

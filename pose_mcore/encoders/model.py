@@ -52,7 +52,7 @@ class EncoderError(ValueError):
 
 @dataclass(frozen=True)
 class Family:
-    """What a diffusers pipeline class needs and how its latents are normalised."""
+    """What a diffusers pipeline class needs from its folder."""
 
     name: str
     """pose_mcore model family: 'wan' or 'hunyuan'."""
@@ -128,7 +128,7 @@ class ModelEncoders:
                 raise EncoderError(f"{self.folder}/model_index.json: component {name!r} is missing")
             if not (self.folder / name).is_dir():
                 raise EncoderError(f"{self.folder}: component folder {name}/ is missing")
-        self.device, self.dtype = torch.device(device), dtype
+        self.device = torch.device(device)
         skip = {name: None for name in index  # the DiT, and what is not needed, is not loaded
                 if name in DIT_COMPONENTS or (_listed(index, name) and name not in needed)}
         try:
@@ -190,11 +190,17 @@ class ModelEncoders:
             text, _ = self.pipe.encode_prompt(prompts, do_classifier_free_guidance=False,
                                               max_sequence_length=self.max_sequence_length, device=self.device)
             return {"text": text}
-        kwargs = {} if self.prompt_template is None else {"prompt_template": self.prompt_template}
-        if self.reads_image_with_prompt:
-            if image is None:
-                raise EncoderError(f"{self.folder}: HunyuanVideo-I2V encodes the prompt with the first frame")
-            kwargs.update(image=image, image_embed_interleave=2 if self.image_condition_type == "latent_concat" else 4)
+        if not self.reads_image_with_prompt:
+            return self._hunyuan_prompts(prompts)
+        if image is None:
+            raise EncoderError(f"{self.folder}: HunyuanVideo-I2V encodes the prompt with the first frame")
+        return self._hunyuan_prompts(prompts, image=image,
+                                     image_embed_interleave=2 if self.image_condition_type == "latent_concat" else 4)
+
+    def _hunyuan_prompts(self, prompts: list[str], **kwargs: Any) -> dict[str, torch.Tensor]:
+        """HunyuanVideo's ``encode_prompt`` with this folder's template and length (``kwargs``: the I2V image)."""
+        if self.prompt_template is not None:
+            kwargs["prompt_template"] = self.prompt_template
         text, pooled, mask = self.pipe.encode_prompt(prompt=prompts, max_sequence_length=self.max_sequence_length,
                                                      device=self.device, **kwargs)
         return {"text": text, "text_mask": mask, "pooled": pooled}
@@ -203,13 +209,11 @@ class ModelEncoders:
     def encode_negative(self, prompt: str, height: int, width: int) -> dict[str, torch.Tensor]:
         """The negative prompt's fields (unbatched), as the pipeline encodes it for classifier-free guidance
         (HunyuanVideo-I2V: with a black frame of ``height x width`` and its default image interleave)."""
-        if not self.reads_image_with_prompt:
-            return {k: v[0] for k, v in self.encode_prompts([prompt]).items()}
-        kwargs = {} if self.prompt_template is None else {"prompt_template": self.prompt_template}
-        text, pooled, mask = self.pipe.encode_prompt(image=Image.new("RGB", (width, height), 0), prompt=[prompt],
-                                                     max_sequence_length=self.max_sequence_length, device=self.device,
-                                                     **kwargs)
-        return {"text": text[0], "text_mask": mask[0], "pooled": pooled[0]}
+        if self.reads_image_with_prompt:
+            fields = self._hunyuan_prompts([prompt], image=Image.new("RGB", (width, height), 0))
+        else:
+            fields = self.encode_prompts([prompt])
+        return {k: v[0] for k, v in fields.items()}
 
     @torch.no_grad()
     def encode_video(self, frames: list[Image.Image]) -> torch.Tensor:
@@ -219,22 +223,26 @@ class ModelEncoders:
         z = vae.encode(video.to(self.device, vae.dtype)).latent_dist.mode()
         return self.normalise(z)[0]
 
+    def _wan_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Wan's per-channel latent mean and ``1 / std``, shaped and typed like ``like``, as the pipeline builds
+        them."""
+        cfg = self.pipe.vae.config
+        mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(like.device, like.dtype)
+        inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(like.device, like.dtype)
+        return mean, inv_std
+
     def normalise(self, z: torch.Tensor) -> torch.Tensor:
         """VAE latents -> the DiT's latent space, as the pipeline computes it."""
-        cfg = self.pipe.vae.config
         if self.family == "hunyuan":
-            return z * cfg.scaling_factor
-        mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(z.device, z.dtype)
-        inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(z.device, z.dtype)
+            return z * self.pipe.vae.config.scaling_factor
+        mean, inv_std = self._wan_stats(z)
         return (z - mean) * inv_std
 
     def denormalise(self, latents: torch.Tensor) -> torch.Tensor:
         """The DiT's latent space -> VAE latents (the pipeline's decode path)."""
-        cfg = self.pipe.vae.config
         if self.family == "hunyuan":
-            return latents / cfg.scaling_factor
-        mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
-        inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
+            return latents / self.pipe.vae.config.scaling_factor
+        mean, inv_std = self._wan_stats(latents)
         return latents / inv_std + mean
 
     @torch.no_grad()

@@ -89,7 +89,7 @@ def requests(args: argparse.Namespace) -> list[Request]:
 def conditioning(encoders: ModelEncoders, config: VideoDiTConfig, request: Request, negative_prompt: str,
                  frames: int, height: int, width: int) -> dict[str, torch.Tensor]:
     """The batch of one request for a generator of ``config``: the dataset's fields (batch 1; no latents) and
-    the encoded ``negative_prompt`` (``negative_<field>``)."""
+    the encoded ``negative_prompt`` (``negative_<field>``, unbatched)."""
     image = None
     if needs_image(config):
         if request.image is None:
@@ -100,7 +100,7 @@ def conditioning(encoders: ModelEncoders, config: VideoDiTConfig, request: Reque
     elif request.image is not None:
         raise SampleError("the generator is text-to-video: --image does not apply")
     batch = encoders.encode_prompts([request.prompt], image if encoders.reads_image_with_prompt else None)
-    batch.update({f"negative_{k}": v[None] for k, v in encoders.encode_negative(negative_prompt, height, width).items()
+    batch.update({f"negative_{k}": v for k, v in encoders.encode_negative(negative_prompt, height, width).items()
                   if k in negative_fields(config)})
     if image is not None:
         batch.update(encoders.encode_first_frame(image, frames, height, width))
@@ -114,7 +114,7 @@ def generate(model: torch.nn.Module, batch: dict[str, torch.Tensor], shape: tupl
     gives it), from the noise of ``seed``."""
     device = run_device()
     fields = {k: v.to(device) for k, v in batch.items() if not k.startswith("negative_")}
-    negative = {k.removeprefix("negative_"): v[0].to(device) for k, v in batch.items() if k.startswith("negative_")}
+    negative = {k.removeprefix("negative_"): v.to(device) for k, v in batch.items() if k.startswith("negative_")}
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(shape, generator=gen, dtype=torch.float32)
     fields["latents"] = torch.zeros(shape, device=device)  # shape only: the condition is in its own fields

@@ -50,13 +50,15 @@ def negative_fields(config: VideoDiTConfig) -> tuple[str, ...]:
 def missing_fields(config: VideoDiTConfig, fields: Collection[str], negative: Collection[str] | None) -> list[str]:
     """What a dataset holding ``fields`` (and a negative prompt with ``negative`` fields, or None) lacks for
     ``config``, one line each."""
-    out = [f"field {f!r} is missing (the model is conditioned on {', '.join(required_fields(config))})"
-           for f in required_fields(config) if f not in fields]
+    return [f"field {f!r} is missing (the model is conditioned on {', '.join(required_fields(config))})"
+            for f in required_fields(config) if f not in fields] + missing_negative(config, negative)
+
+
+def missing_negative(config: VideoDiTConfig, negative: Collection[str] | None) -> list[str]:
+    """What an encoded negative prompt with ``negative`` fields (None: no negative prompt) lacks for ``config``."""
     if negative is None:
-        out.append("the encoded negative prompt (negative.safetensors) is missing")
-    else:
-        out += [f"negative prompt field {f!r} is missing" for f in negative_fields(config) if f not in negative]
-    return out
+        return ["the encoded negative prompt (negative.safetensors) is missing"]
+    return [f"negative prompt field {f!r} is missing" for f in negative_fields(config) if f not in negative]
 
 
 @dataclass
@@ -108,8 +110,7 @@ class Conditioner:
     def __init__(self, config: VideoDiTConfig, negative: dict[str, torch.Tensor] | None = None,
                  stand_ins: bool = False, image_tokens_seed: int = 7) -> None:
         self.config, self.negative, self.stand_ins = config, negative, stand_ins
-        problems = [] if stand_ins else missing_fields(config, required_fields(config),
-                                                       None if negative is None else negative.keys())
+        problems = [] if stand_ins else missing_negative(config, None if negative is None else negative.keys())
         if problems:
             raise ValueError("; ".join(problems))
         self.extra_channels = config.in_channels - config.out_channels
