@@ -67,7 +67,11 @@ def test_two_ranks_prepare_and_sample_tensor_parallel(model_folders, generator, 
     assert sample(_sample_args(model_folders, generator, tmp_path / "tp1.mp4")) == 0
     prepare_args = ["--input", str(inputs), "--model", str(model_folders[KIND]), "--out", str(tmp_path / "two"), *SIZE,
                     "--per-shard", "1", "--max-sequence-length", "12", "--negative-prompt", "blurry static"]
-    torchrun("prepare_sample.py", *prepare_args, "--", *_sample_args(model_folders, generator, tmp_path / "tp2.mp4"))
+    bad = _sample_args(model_folders, generator, tmp_path / "bad.mp4")
+    bad[bad.index("--image") + 1] = str(tmp_path / "missing.png")  # read by rank 0 only
+    torchrun("prepare_sample.py", *prepare_args, "--", *_sample_args(model_folders, generator, tmp_path / "tp2.mp4"),
+             "--", *bad, timeout=240)
+    assert not (tmp_path / "bad.mp4").exists()
     one, two = (LatentDataset(tmp_path / d / "manifest.jsonl") for d in ("one", "two"))
     assert len(one) == len(two) == 4
     for i in range(4):

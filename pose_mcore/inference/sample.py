@@ -26,8 +26,11 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -46,9 +49,15 @@ from pose_mcore.encoders.model import EncoderError, ModelEncoders  # noqa: E402
 from pose_mcore.parallel.state import destroy_parallel, initialize_parallel, run_device  # noqa: E402
 from pose_mcore.pose.conditioning import Conditioner, needs_image, negative_fields  # noqa: E402
 
+T = TypeVar("T")
+
 
 class SampleError(ValueError):
     """Bad arguments or inputs (exit 2)."""
+
+
+INPUT_ERRORS = (SampleError, EncoderError, VideoError)
+"""What a bad input raises: one line and exit 2."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +167,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def on_rank0(fn: Callable[[], T], rank: int, world: int, share: bool = True) -> T | None:
+    """``fn()`` on rank 0 only, its result broadcast to every rank (``share``; else the others get None). A
+    failure there is raised on every rank, so that a bad input seen by rank 0 ends all ranks (exit 2
+    everywhere) instead of leaving the others waiting in the next collective."""
+    result, error = None, None
+    if rank == 0:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - raised again below, on every rank
+            error = e
+    if world > 1:
+        shared = [result if share and error is None else None, None if error is None else str(error),
+                  isinstance(error, INPUT_ERRORS)]
+        dist.broadcast_object_list(shared, src=0)
+        result = shared[0] if share else result
+        if rank != 0 and shared[1] is not None:
+            raise SampleError(shared[1]) if shared[2] else RuntimeError(f"rank 0 failed: {shared[1]}")
+    if error is not None:
+        raise error
+    return result
+
+
+def _prompt_template(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SampleError(f"--prompt-template {path}: {e}") from e
+
+
 def run(args: argparse.Namespace) -> int:
     todo = requests(args)
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -165,23 +205,25 @@ def run(args: argparse.Namespace) -> int:
     device = run_device()
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(args.dtype) or (
         torch.bfloat16 if device.type == "cuda" else torch.float32)
-    encoders = None
-    if info.rank == 0:
-        template = json.loads(args.prompt_template.read_text()) if args.prompt_template else None
-        encoders = ModelEncoders(args.model, device, dtype, args.max_sequence_length, template)
+
+    def build_encoders() -> ModelEncoders:
+        encoders = ModelEncoders(args.model, device, dtype, args.max_sequence_length,
+                                 _prompt_template(args.prompt_template))
         encoders.check_frames(args.frames, args.height, args.width)
+        return encoders
+
+    encoders = on_rank0(build_encoders, info.rank, world, share=False)
     try:
         model = load_model(args.checkpoint, sequence_parallel=world > 1, params_dtype=dtype)
     except CheckpointError as e:
         raise SampleError(f"--checkpoint: {e}") from e
+
+    def request_inputs(request: Request) -> tuple[dict[str, torch.Tensor], tuple[int, ...]]:
+        return (conditioning(encoders, model.config, request, args.negative_prompt, args.frames, args.height,
+                             args.width), encoders.latent_shape(1, args.frames, args.height, args.width))
+
     for request in todo:
-        shared = [None, None]
-        if info.rank == 0:
-            shared = [conditioning(encoders, model.config, request, args.negative_prompt, args.frames, args.height,
-                                   args.width),
-                      encoders.latent_shape(1, args.frames, args.height, args.width)]
-        if world > 1:
-            dist.broadcast_object_list(shared, src=0)
+        shared = on_rank0(partial(request_inputs, request), info.rank, world)
         x0 = generate(model, *shared, request.seed, args.steps, args.shift, args.mode)
         if info.rank == 0:
             request.out.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     owns_groups = not dist.is_initialized()  # an embedding process (a test) keeps its own
     try:
         return run(parse_args(argv))
-    except (SampleError, EncoderError, VideoError) as e:
+    except INPUT_ERRORS as e:
         if int(os.environ.get("RANK", 0)) == 0:
             print(f"pose-sample: error: {e}", file=sys.stderr)
         return 2
