@@ -90,3 +90,23 @@ def test_resume_continues_from_the_fp32_main_weights(tp1, autocast_backward, tmp
     resumed.step([batch])
     for (name, a), b in zip(roles.named_parameters(), resumed_roles.parameters(), strict=True):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize(("precision", "device", "weights_bf16", "autocast"), [
+    ("auto", "cuda", True, True), ("auto", "cpu", False, False), ("bf16", "cuda", True, True),
+    ("amp", "cuda", False, True), ("fp32", "cuda", False, False)])
+def test_precision_policies(tp1, precision, device, weights_bf16, autocast):
+    """``precision``: bf16 weights and autocast, or (amp) fp32 weights under autocast; build_phase follows."""
+    from pose_mcore.config.train import TrainConfig
+    from pose_mcore.models.registry import family_of_preset
+    from pose_mcore.pose.build import build_phase
+    from pose_mcore.pose.conditioning import Conditioner
+
+    config = TrainConfig(preset="tiny-t2v", precision=precision)
+    assert (config.bf16(device), config.autocast(device)) == (weights_bf16, autocast)
+    family = family_of_preset(config.preset)
+    model_cfg = family.make_config(config.preset)
+    roles, phase = build_phase("phase1", config, family.model_class(model_cfg), Conditioner(model_cfg, stand_ins=True),
+                               torch.device("cpu"), bf16=config.bf16(device), autocast=config.autocast(device))
+    assert phase.bf16 is autocast
+    assert {p.dtype for p in roles.generator.parameters()} == {torch.bfloat16 if weights_bf16 else torch.float32}

@@ -121,7 +121,7 @@ def test_all_problems_at_once(capsys, tmp_path):
     (["phases=[phase1]", "teacher_checkpoint=/no/such/teacher"], "teacher_checkpoint='/no/such/teacher': not a pose"),
     (["--config", "/no/such.yaml"], "/no/such.yaml: cannot read the config"),
     (["data.kind=latents", "data.path=/no/manifest.jsonl"], "data.path='/no/manifest.jsonl': no such manifest"),
-    (["precision=fp16"], "precision='fp16': must be one of auto, bf16, fp32"),
+    (["precision=fp16"], "precision='fp16': must be one of auto, bf16, amp, fp32"),
     (["teacher.steps=-5"], "teacher.steps=-5: must be >= 1"),
     (["micro_batch_size=0"], "micro_batch_size=0: must be >= 1"),
     (["tensor_parallel=3"], "tensor_parallel=3: must divide the world size 1"),
@@ -205,7 +205,8 @@ def test_command_line_error_is_one_line_without_warnings(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU refusal")
-def test_bf16_needs_cuda(capsys, tmp_path):
-    lines = _refused(capsys, tmp_path, "precision=bf16")
-    assert lines == ["pose-train: error: precision='bf16': bf16 autocast needs CUDA (megatron-core's linear backward "
-                     "re-enters autocast on CUDA only); on the CPU use auto or fp32"]
+@pytest.mark.parametrize("precision", ["bf16", "amp"])
+def test_bf16_needs_cuda(capsys, tmp_path, precision):
+    lines = _refused(capsys, tmp_path, f"precision={precision}")
+    assert lines == [f"pose-train: error: precision='{precision}': bf16 autocast needs CUDA (megatron-core's linear "
+                     "backward re-enters autocast on CUDA only); on the CPU use auto or fp32"]

@@ -138,7 +138,8 @@ class TrainConfig:
     log_every: int = 10
     tensorboard: bool = False
     precision: str = "auto"
-    """'auto' (bf16 weights and autocast on CUDA, fp32 on the CPU), 'bf16' or 'fp32'."""
+    """'auto' (bf16 weights and autocast on CUDA, fp32 on the CPU), 'bf16', 'amp' (fp32 weights under bf16
+    autocast, CUDA: the engine before bf16 weights, and diffusers' recipe) or 'fp32'."""
     max_nonfinite: int = 5
     """Consecutive non-finite steps (skipped) before the run stops."""
     deterministic: bool = False
@@ -149,6 +150,10 @@ class TrainConfig:
         """Whether the run trains with bf16 weights and autocast (:class:`pose_mcore.pose.roles.Roles`) on a
         device of ``device_type``: ``precision=bf16``, or ``auto`` on CUDA."""
         return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
+
+    def autocast(self, device_type: str) -> bool:
+        """Whether forward passes run under bf16 autocast: with bf16 weights, or ``precision=amp``."""
+        return self.precision == "amp" or self.bf16(device_type)
 
 
 def _convert(value: Any, hint: Any, path: str) -> Any:

@@ -18,7 +18,7 @@ from pose_mcore.config.train import DataConfig, OptimConfig, TrainConfig, TrainC
 from pose_mcore.models.registry import ALL_PRESETS, family_of_preset
 
 PHASES = ("teacher", "phase1", "phase2")
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "amp", "fp32")
 DATA_KINDS = ("procedural", "latents")
 BACKBONES = ("ema", "frozen", "full")
 HEADS = ("semantic", "conv")
@@ -231,7 +231,7 @@ def validate_train_config(config: TrainConfig, world_size: int) -> VideoDiTConfi
     p.check("log_every", config.log_every, AT_LEAST_1)
     p.check("max_nonfinite", config.max_nonfinite, AT_LEAST_1)
     p.choice("precision", config.precision, PRECISIONS)
-    if config.precision == "bf16" and not torch.cuda.is_available():
+    if config.precision in ("bf16", "amp") and not torch.cuda.is_available():
         p.add("precision", config.precision, "bf16 autocast needs CUDA (megatron-core's linear backward re-enters "
                                              "autocast on CUDA only); on the CPU use auto or fp32")
     if not str(config.output_dir).strip():

@@ -21,20 +21,22 @@ from pose_mcore.pose.teacher import TeacherPhase
 
 def build_phase(name: str, config: TrainConfig, teacher: torch.nn.Module, conditioner: Conditioner,
                 device: torch.device, previous: Roles | None = None,
-                init_generator: Callable[[Roles], None] | None = None, bf16: bool = False) -> tuple[Roles, Phase]:
+                init_generator: Callable[[Roles], None] | None = None, bf16: bool = False,
+                autocast: bool | None = None) -> tuple[Roles, Phase]:
     """Roles and phase for ``name`` (one of :data:`PHASES`). Phase II takes over ``previous`` (Phase I's
     roles) or, without them, builds the roles Phase I would have handed over. ``init_generator`` sets a
     new generator's weights (e.g. from ``generator_checkpoint``). ``bf16``: bf16 weights for the roles that
-    allow it (:class:`Roles`) and bf16 autocast of the forward passes. New weights (LoRA, head) are drawn
-    from the phase's own seed, so a phase starts the same whatever ran before it in this process (a run
-    resumed at another layout, where the RNG states of the interrupted one do not apply)."""
+    allow it (:class:`Roles`); ``autocast``: bf16 autocast of the forward passes (default: with bf16).
+    New weights (LoRA, head) are drawn from the phase's own seed, so a phase starts the same whatever ran
+    before it in this process (a run resumed at another layout, where the RNG states of the interrupted one
+    do not apply)."""
     seed = config.seed + 1000 * PHASES.index(name)
     seed_everything(seed)
     init = init_generator or (lambda roles: None)
     engine = Engine(config.distributed_optimizer, config.overlap_grad_reduce)
     dtype = torch.bfloat16 if bf16 else torch.float32
     roles, phase = _build(name, config, teacher, conditioner, device, previous, init, engine, dtype, seed)
-    phase.bf16 = bf16
+    phase.bf16 = bf16 if autocast is None else autocast
     return roles, phase
 
 

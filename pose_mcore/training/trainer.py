@@ -113,7 +113,8 @@ class Trainer:
 
     def _build(self, name: str, teacher: torch.nn.Module, previous: Roles | None) -> tuple[Roles, Phase]:
         return build_phase(name, self.config, teacher, self.conditioner, self.device, previous,
-                           self._initial_generator, self.config.bf16(self.device.type))
+                           self._initial_generator, self.config.bf16(self.device.type),
+                           self.config.autocast(self.device.type))
 
     def _steps(self, name: str) -> int:
         return getattr(self.config, name).steps
