@@ -17,6 +17,7 @@ import torch
 from conftest import torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.cpu_only  # fake tensors on the CPU, CUDA hidden: nothing here runs on a GPU
 
 
 @pytest.fixture(scope="module")

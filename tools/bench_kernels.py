@@ -28,7 +28,11 @@ import torch
 import torch.nn.functional as F
 from pose_kernels import logit_query_attention, st_r1_penalty, st_r1_perturb
 
-from pose_mcore.evaluation.timing import PeakMemory, timed
+from pose_mcore.notices import quiet_third_party_warnings
+
+quiet_third_party_warnings()  # before megatron-core is imported (through pose_mcore.evaluation): it warns at import
+
+from pose_mcore.evaluation.timing import PeakMemory, timed  # noqa: E402
 
 # Peak HBM bandwidth (GB/s) of common training GPUs, by a substring of torch's device name.
 PEAK_GBPS = {"H200": 4800, "H100 SXM": 3350, "H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H100": 3350,

@@ -31,7 +31,7 @@ from pose_mcore.cli import resolve_config  # noqa: E402
 from pose_mcore.config.train import TrainConfig, TrainConfigError, load_train_config  # noqa: E402
 from pose_mcore.config.validate import PHASES  # noqa: E402
 from pose_mcore.evaluation.memory_model import bytes_by_name, count_cpu_attention, phase_states  # noqa: E402
-from pose_mcore.evaluation.timing import PeakMemory, timed_side_by_side  # noqa: E402
+from pose_mcore.evaluation.timing import timed_side_by_side  # noqa: E402
 from pose_mcore.models.registry import family_of_preset  # noqa: E402
 from pose_mcore.parallel.state import run_device  # noqa: E402
 from pose_mcore.pose.build import build_phase  # noqa: E402
@@ -54,7 +54,7 @@ def counted_flops(phase: Phase, batches: list[dict[str, torch.Tensor]]) -> int:
 def build(trainer: Trainer, config: TrainConfig, name: str) -> Phase:
     teacher = family_of_preset(config.preset).model_class(trainer.model_config).to(trainer.device)
     return build_phase(name, config, teacher, trainer.conditioner, trainer.device,
-                       bf16=config.bf16(trainer.device.type))[1]
+                       bf16=config.bf16(trainer.device.type), autocast=config.autocast(trainer.device.type))[1]
 
 
 def gathered_max(value: float) -> float:
@@ -101,20 +101,16 @@ def main() -> int:
               f"{'peak GiB':>9} {'TFLOP/s':>8} {'MFU':>6}", flush=True)
     for name in args.phase or config.phases:
         variants = {"baseline": build(trainer, baseline, name), "config": build(trainer, config, name)}
-        flops = {v: counted_flops(p, micro_batches) for v, p in variants.items()}
+        flops = counted_flops(variants["config"], micro_batches)  # the same model work for both engines
+        peaks: dict[str, float] = {}
         times = timed_side_by_side({v: lambda p=p: p.step(micro_batches) for v, p in variants.items()}, cuda,
-                                   args.steps)
-        peaks = {}
-        for v, phase in variants.items():
-            with PeakMemory(cuda) as peak:
-                phase.step(micro_batches)
-            peaks[v] = peak.peak_mb / 1024
+                                   args.steps, peaks)
         rows = {}
         for v, phase in variants.items():
             seconds = gathered_max(times[v] / 1e3)
             states = gathered_max(sum(n for _, n in bytes_by_name(phase_states(phase.roles, phase))) / 2**30)
-            peak = gathered_max(peaks[v]) if cuda else float("nan")
-            tflops = gathered_max(flops[v]) / seconds / 1e12
+            peak = gathered_max(peaks[v] / 1024) if cuda else float("nan")
+            tflops = gathered_max(flops) / seconds / 1e12
             rows[v] = (seconds, tokens / seconds, states, peak, tflops)
         if rank0:
             for v, (seconds, rate, states, peak, tflops) in rows.items():

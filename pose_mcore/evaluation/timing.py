@@ -70,15 +70,22 @@ def timed(fn: Callable[[], object], cuda: bool, reps: int) -> float:
     return timed_side_by_side({"fn": fn}, cuda, reps)["fn"]
 
 
-def timed_side_by_side(fns: dict[str, Callable[[], object]], cuda: bool, reps: int) -> dict[str, float]:
+def timed_side_by_side(fns: dict[str, Callable[[], object]], cuda: bool, reps: int,
+                       peaks: dict[str, float] | None = None) -> dict[str, float]:
     """Median milliseconds of each function, their runs interleaved (a, b, a, b, ...) after one warm-up
-    each, so that a machine's drift (other load, clocks) falls on all of them alike."""
+    each, so that a machine's drift (other load, clocks) falls on all of them alike. ``peaks``, when given,
+    receives each function's largest :class:`PeakMemory` over the timed runs (MiB)."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
-            times[name].append(_once(fn, cuda))
+            if peaks is None:
+                times[name].append(_once(fn, cuda))
+                continue
+            with PeakMemory(cuda) as mem:
+                times[name].append(_once(fn, cuda))
+            peaks[name] = max(peaks.get(name, 0.0), mem.peak_mb)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
