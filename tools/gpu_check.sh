@@ -6,27 +6,30 @@
 #
 #   1. the default pipeline (teacher, Phase I, Phase II) on one GPU in bf16 autocast, GPU_CHECK_STEPS steps
 #      per phase (and at TP=2 where two GPUs exist)
-#   2. the test suite on the GPU (kernels as compiled Triton, models on CUDA, multi-rank tests on CPU ranks
-#      when there are fewer GPUs than ranks), in parallel processes when pytest-xdist is installed; tests
-#      marked cpu_only (CUDA hidden by construction: the memory model's fake-tensor traces) are left to
-#      the CPU CI unless GPU_CHECK_TESTS says otherwise
-#   3. the kernel benchmark at Wan2.1-14B shapes (tools/bench_kernels.py)
-#   4. the DiT training-step benchmark against diffusers (tools/bench_model.py)
-#   5. the training engine at a real model's size: Wan2.1-T2V-1.3B at 21x60x104 latents (480p, 81 frames),
+#   2. the kernel benchmark at Wan2.1-14B shapes (tools/bench_kernels.py)
+#   3. the DiT training-step benchmark against diffusers (tools/bench_model.py)
+#   4. the training engine at a real model's size: Wan2.1-T2V-1.3B at 21x60x104 latents (480p, 81 frames),
 #      micro-batch 1, every block recomputed, teacher, Phase I and Phase II steps: the engine before this
 #      one (fp32 weights under bf16 autocast, replicated Adam, reduction after backward: precision=amp)
 #      against the config's (bf16 weights, fp32 main weights) (tools/bench_train.py: s/step, peak GiB, MFU)
+#   5. the test suite on the GPU (kernels as compiled Triton, models on CUDA, multi-rank tests on CPU ranks
+#      when there are fewer GPUs than ranks), in parallel processes when pytest-xdist is installed, with the
+#      time left of GPU_CHECK_BUDGET (at least 2 minutes); tests marked cpu_only (CUDA hidden by
+#      construction: the memory model's fake-tensor traces) are left to the CPU CI unless GPU_CHECK_TESTS
+#      says otherwise
 # and prints one summary table ($OUT/gpu_check_summary.md). Logs go to $OUT (default outputs/gpu-check).
 # Without a GPU it says so and exits 1.
 #
-# Environment: PYTHON (default python3), OUT, GPU_CHECK_STEPS (pipeline steps per phase, default 100),
-# GPU_CHECK_TESTS (pytest arguments, default: -m "not cpu_only" tests), GPU_CHECK_WORKERS (pytest-xdist
-# processes, default: half the cores, at most 8; 0 runs the tests in one process).
+# Environment: PYTHON (default python3), OUT, GPU_CHECK_BUDGET (seconds for the whole check, default 480;
+# the tests get what the steps before them left), GPU_CHECK_STEPS (pipeline steps per phase, default 100),
+# GPU_CHECK_TESTS (pytest arguments split at spaces, default: -m "not cpu_only" tests), GPU_CHECK_WORKERS
+# (pytest-xdist processes, default: half the cores, at most 8; 0 or 1 runs the tests in one process).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"
 OUT="${OUT:-outputs/gpu-check}"
 STEPS="${GPU_CHECK_STEPS:-100}"
+BUDGET="${GPU_CHECK_BUDGET:-480}"
 mkdir -p "$OUT"
 
 if ! "$PYTHON" -c "import torch, pose_mcore" 2>/dev/null; then
@@ -87,6 +90,15 @@ if [[ "$gpus" -ge 2 ]]; then
     phase2.steps=50
 fi
 
+step "kernel benchmark (Wan2.1-14B shapes)" "$OUT/bench_kernels.log" 60 "$PYTHON" tools/bench_kernels.py
+step "DiT step benchmark vs diffusers" "$OUT/bench_model.log" 75 "$PYTHON" tools/bench_model.py --reps 3
+step "engine, Wan2.1-1.3B 480p, 1 GPU" "$OUT/bench_train.log" 150 "$PYTHON" -m torch.distributed.run --standalone \
+  --nproc-per-node 1 tools/bench_train.py --config tiny-cpu --steps 1 \
+  --baseline precision=amp distributed_optimizer=false overlap_grad_reduce=false \
+  -- preset=wan2.1-t2v-1.3b micro_batch_size=1 global_batch_size=1 data.frames=21 data.height=60 data.width=104 \
+  data.size=16 model.recompute_granularity=full model.recompute_method=uniform model.recompute_num_layers=1 \
+  phase1.fake_updates=1 phase2.head_dim=64 phase2.head_queries=16 phase2.head_heads=4
+
 workers="${GPU_CHECK_WORKERS:-$(( $(nproc) / 2 < 8 ? $(nproc) / 2 : 8 ))}"
 parallel=()
 if [[ "$workers" -gt 1 ]] && "$PYTHON" -c "import xdist" 2>/dev/null; then
@@ -97,17 +109,9 @@ if [[ -n "${GPU_CHECK_TESTS:-}" ]]; then
 else
   tests=(-m "not cpu_only" tests)
 fi
-step "test suite on the GPU" "$OUT/tests.log" 270 "$PYTHON" -m pytest -q -p no:cacheprovider --durations=15 \
-  "${parallel[@]}" "${tests[@]}"
-
-step "kernel benchmark (Wan2.1-14B shapes)" "$OUT/bench_kernels.log" 60 "$PYTHON" tools/bench_kernels.py
-step "DiT step benchmark vs diffusers" "$OUT/bench_model.log" 75 "$PYTHON" tools/bench_model.py --reps 3
-step "engine, Wan2.1-1.3B 480p, 1 GPU" "$OUT/bench_train.log" 150 "$PYTHON" -m torch.distributed.run --standalone \
-  --nproc-per-node 1 tools/bench_train.py --config tiny-cpu --steps 1 \
-  --baseline precision=amp distributed_optimizer=false overlap_grad_reduce=false \
-  -- preset=wan2.1-t2v-1.3b micro_batch_size=1 global_batch_size=1 data.frames=21 data.height=60 data.width=104 \
-  data.size=16 model.recompute_granularity=full model.recompute_method=uniform model.recompute_num_layers=1 \
-  phase1.fake_updates=1 phase2.head_dim=64 phase2.head_queries=16 phase2.head_heads=4
+left=$((BUDGET - SECONDS))
+step "test suite on the GPU" "$OUT/tests.log" $((left > 120 ? left : 120)) "$PYTHON" -m pytest -q \
+  -p no:cacheprovider --durations=15 "${parallel[@]}" "${tests[@]}"
 
 cat "$OUT/gpu_check_summary.md"
 echo
