@@ -141,8 +141,8 @@ class Optimizer:
         # the buffers' device, also where this rank's shards hold only padding
         device = next(ddp.buffers[0].grad_data.device for ddp in self.ddps if ddp.buffers)
         sq = torch.zeros(2, dtype=torch.float64, device=device)  # [tensor-parallel slices, replicated]
-        for p in self.params:
-            sq[0 if p.tensor_parallel else 1] += p.grad.double().pow(2).sum()
+        for p in self.params:  # fp32 norms per tensor (no full-size temporary), summed in fp64
+            sq[0 if p.tensor_parallel else 1] += torch.linalg.vector_norm(p.grad, dtype=torch.float32).double().square()
         group = self.ddps[0].dp_cp_group
         if self.distributed and group.size() > 1:
             dist.all_reduce(sq, group=group)
