@@ -4,6 +4,7 @@ is in place before megatron-core is imported (it warns at import)."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 THIRD_PARTY_NOTICES = (
@@ -15,8 +16,15 @@ THIRD_PARTY_NOTICES = (
 )
 """Message patterns (regular expressions matched at the start of the message)."""
 
+QUIET_LOGGERS = ("torch.utils.cpp_extension",)
+"""Loggers kept to errors: a CUDA build of torch on a machine without CUDA logs "No CUDA runtime is found"
+when megatron-core imports the extension builder."""
+
 
 def quiet_third_party_warnings() -> None:
-    """Ignore the warnings of :data:`THIRD_PARTY_NOTICES` in this process."""
+    """Ignore the warnings of :data:`THIRD_PARTY_NOTICES` and the loggers of :data:`QUIET_LOGGERS` in this
+    process."""
     for message in THIRD_PARTY_NOTICES:
         warnings.filterwarnings("ignore", message=message)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
