@@ -56,3 +56,19 @@ def test_load_full_state_dict_names_missing_and_unexpected(tp1):
         load_full_state_dict(model, {"weight": torch.zeros(3, 2), "extra": torch.zeros(1)})
     with pytest.raises(ValueError, match=r"bias: shape \(4,\) does not fit the model's \(3,\)"):
         load_full_state_dict(model, {"weight": torch.zeros(3, 2), "bias": torch.zeros(4)})
+
+
+def test_rank0_failures_travel_as_themselves_or_named():
+    """What on_rank0 sends the other ranks: the exception itself when it pickles, else a RuntimeError naming
+    it (a lock does not pickle); one process: the result, or the exception raised as it is."""
+    import threading
+
+    from pose_mcore.parallel.rank0 import _portable, on_rank0
+
+    error = ValueError("bad --image")
+    assert _portable(error) is error and _portable(None) is None
+    unpicklable = _portable(TypeError(threading.Lock()))
+    assert isinstance(unpicklable, RuntimeError) and str(unpicklable).startswith("rank 0 failed: TypeError: ")
+    assert on_rank0(lambda: 3) == 3
+    with pytest.raises(ValueError, match="bad --image"):
+        on_rank0(lambda: (_ for _ in ()).throw(error))

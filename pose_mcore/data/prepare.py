@@ -37,6 +37,7 @@ from pose_mcore.checkpoint.io import atomic_destination
 from pose_mcore.data.latents import shard_entries, write_manifest, write_negative
 from pose_mcore.data.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoError, read_clip
 from pose_mcore.encoders.model import EncoderError, ModelEncoders
+from pose_mcore.parallel.rank0 import on_rank0
 
 FILE_COLUMNS = ("file", "video", "path")
 CAPTION_COLUMNS = ("caption", "text", "prompt")
@@ -214,12 +215,7 @@ def run(args: argparse.Namespace) -> int:
             prepare_shard(encoders, chunk, k, k * args.per_shard, args, bar)
     if dist.is_initialized():
         dist.barrier()
-    code = finish(args.out, len(shards), len(items), time.perf_counter() - start_time) if rank == 0 else 0
-    if dist.is_initialized():
-        codes = [code]
-        dist.broadcast_object_list(codes, src=0)
-        code = codes[0]
-    return code
+    return on_rank0(lambda: finish(args.out, len(shards), len(items), time.perf_counter() - start_time))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,11 +26,9 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -46,18 +44,13 @@ from pose_mcore.config.base import VideoDiTConfig  # noqa: E402
 from pose_mcore.data.video import VideoError, read_clip, write_mp4  # noqa: E402
 from pose_mcore.diffusion.samplers import student_sample  # noqa: E402
 from pose_mcore.encoders.model import EncoderError, ModelEncoders  # noqa: E402
+from pose_mcore.parallel.rank0 import on_rank0  # noqa: E402
 from pose_mcore.parallel.state import destroy_parallel, initialize_parallel, run_device  # noqa: E402
 from pose_mcore.pose.conditioning import Conditioner, needs_image, negative_fields  # noqa: E402
-
-T = TypeVar("T")
 
 
 class SampleError(ValueError):
     """Bad arguments or inputs (exit 2)."""
-
-
-INPUT_ERRORS = (SampleError, EncoderError, VideoError)
-"""What a bad input raises: one line and exit 2."""
 
 
 @dataclass(frozen=True)
@@ -167,28 +160,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def on_rank0(fn: Callable[[], T], rank: int, world: int, share: bool = True) -> T | None:
-    """``fn()`` on rank 0 only, its result broadcast to every rank (``share``; else the others get None). A
-    failure there is raised on every rank, so that a bad input seen by rank 0 ends all ranks (exit 2
-    everywhere) instead of leaving the others waiting in the next collective."""
-    result, error = None, None
-    if rank == 0:
-        try:
-            result = fn()
-        except Exception as e:  # noqa: BLE001 - raised again below, on every rank
-            error = e
-    if world > 1:
-        shared = [result if share and error is None else None, None if error is None else str(error),
-                  isinstance(error, INPUT_ERRORS)]
-        dist.broadcast_object_list(shared, src=0)
-        result = shared[0] if share else result
-        if rank != 0 and shared[1] is not None:
-            raise SampleError(shared[1]) if shared[2] else RuntimeError(f"rank 0 failed: {shared[1]}")
-    if error is not None:
-        raise error
-    return result
-
-
 def _prompt_template(path: Path | None) -> dict | None:
     if path is None:
         return None
@@ -212,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         encoders.check_frames(args.frames, args.height, args.width)
         return encoders
 
-    encoders = on_rank0(build_encoders, info.rank, world, share=False)
+    encoders = on_rank0(build_encoders, share=False)
     try:
         model = load_model(args.checkpoint, sequence_parallel=world > 1, params_dtype=dtype)
     except CheckpointError as e:
@@ -223,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
                              args.width), encoders.latent_shape(1, args.frames, args.height, args.width))
 
     for request in todo:
-        shared = on_rank0(partial(request_inputs, request), info.rank, world)
+        shared = on_rank0(partial(request_inputs, request))
         x0 = generate(model, *shared, request.seed, args.steps, args.shift, args.mode)
         if info.rank == 0:
             request.out.parent.mkdir(parents=True, exist_ok=True)
@@ -240,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     owns_groups = not dist.is_initialized()  # an embedding process (a test) keeps its own
     try:
         return run(parse_args(argv))
-    except INPUT_ERRORS as e:
+    except (SampleError, EncoderError, VideoError) as e:
         if int(os.environ.get("RANK", 0)) == 0:
             print(f"pose-sample: error: {e}", file=sys.stderr)
         return 2
