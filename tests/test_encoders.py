@@ -44,14 +44,16 @@ def first_frame(seed: int = 0, kind: str = "wan-i2v") -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (*size(kind), 3), dtype=np.uint8))
 
 
-def run_pipeline(kind: str, model, guidance: float, seed: int = 0) -> tuple[list[dict], torch.Tensor]:
-    """The transformer's keyword inputs of every call of a one-step pipeline run, and its output latents."""
+def run_pipeline(kind: str, model, guidance: float, seed: int = 0, output_type: str = "latent"
+                 ) -> tuple[list[dict], torch.Tensor]:
+    """The transformer's keyword inputs of every call of a one-step pipeline run, and its output (latents, or
+    float frames ``[B, F, H, W, 3]`` for ``output_type="np"``)."""
     pipe = pipeline(kind, model)
     pipe.set_progress_bar_config(disable=True)
     calls = []
     pipe.transformer.register_forward_pre_hook(lambda m, a, kw: calls.append(dict(kw)), with_kwargs=True)
     kwargs = dict(prompt=PROMPT, height=size(kind)[0], width=size(kind)[1], num_frames=FRAMES, num_inference_steps=1,
-                  max_sequence_length=TEXT_LEN[kind], output_type="latent", generator=torch.Generator().manual_seed(seed))
+                  max_sequence_length=TEXT_LEN[kind], output_type=output_type, generator=torch.Generator().manual_seed(seed))
     if kind.startswith("hunyuan"):
         kwargs.update(prompt_template=TEMPLATES[kind], guidance_scale=1.0)
         if guidance > 1:
@@ -89,6 +91,8 @@ def test_prepared_fields_equal_the_pipelines_inputs(model_folders, kind):
         conds = Conditioner(family_of_preset(TINY_PRESET[kind]).make_config(TINY_PRESET[kind]),
                             {k: v[0] for k, v in negative.items()})(batch)
         assert torch.equal(conds.inputs(cond["hidden_states"][:, :4]), cond["hidden_states"])
+        noise = torch.randn(cond["hidden_states"][:, :4].shape, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(conds.start(noise), cond["hidden_states"][:, :4])  # 0.999 noise + 0.001 image latent
         for name, want in (("cond", cond), ("uncond", uncond)):
             for key, value in getattr(conds, name).items():
                 assert torch.equal(value.to(want[key].dtype), want[key]), (name, key)
@@ -164,11 +168,13 @@ def test_folder_errors(model_folders, tmp_path):
         enc.check_frames(5, 40, WIDTH)
 
 
-@pytest.mark.parametrize("kind", ("wan-i2v", "wan-ti2v", "hunyuan-t2v"))
+@pytest.mark.parametrize("kind", ("wan-i2v", "wan-ti2v", "hunyuan-t2v", "hunyuan-i2v"))
 def test_one_step_sample_equals_the_pipeline(tp1, model_folders, kind, tmp_path):
+    """Latents and decoded video. HunyuanVideo-I2V (latent concat): the pipeline starts from 0.999 noise +
+    0.001 image latent and returns the latents and video without the conditioning image's frames."""
     from pose_mcore.checkpoint.convert import import_checkpoint
     from pose_mcore.checkpoint.load import load_model
-    from pose_mcore.inference.sample import Request, conditioning, generate
+    from pose_mcore.inference.sample import Request, SampleError, conditioning, generate, video
 
     model = transformer(kind)
     model.save_pretrained(tmp_path / "diffusers")
@@ -176,12 +182,21 @@ def test_one_step_sample_equals_the_pipeline(tp1, model_folders, kind, tmp_path)
     overrides = {"image_condition_type": "token_replace"} if kind == "wan-ti2v" else None
     import_checkpoint(tmp_path / "diffusers", tmp_path / "generator", overrides=overrides)
     _, want = run_pipeline(kind, model, guidance=1.0, seed=11)
+    _, want_video = run_pipeline(kind, model, guidance=1.0, seed=11, output_type="np")
     enc = encoders(model_folders[kind], kind)
     generator = load_model(tmp_path / "generator")
     image = tmp_path / "first.png"
     first_frame(kind=kind).save(image)
-    request = Request(PROMPT, image if kind.startswith("wan-") and kind != "wan-t2v" else None, 11, tmp_path / "o.mp4")
+    request = Request(PROMPT, image if kind != "hunyuan-t2v" else None, 11, tmp_path / "o.mp4")
     batch = conditioning(enc, generator.config, request, "", FRAMES, *size(kind))
     got = generate(generator, batch, enc.latent_shape(1, FRAMES, *size(kind)), seed=11)
+    frames = video(enc, generator.config, got)
+    if kind == "hunyuan-i2v":
+        assert got.shape[2] == want.shape[2] + 1 and len(frames) == FRAMES - enc.temporal
+        got = got[:, :, 1:]
+        with pytest.raises(SampleError, match="--frames 1: .* leaves out the first 4 frames; give at least 9"):
+            conditioning(enc, generator.config, request, "", 1, *size(kind))
     assert got.shape == want.shape
     assert_close_rel(got, want, 1e-5)
+    assert frames.shape == want_video.shape[1:] and frames.dtype == np.uint8
+    assert np.abs(frames.astype(np.float64) - want_video[0] * 255).max() <= 0.5 + 1e-3  # rounding to uint8

@@ -115,3 +115,24 @@ def test_full_backbone_with_activation_checkpointing(tp1):
         assert p.requires_grad == (n not in names), n
         if n in names:
             assert torch.equal(p, backbone[n]), n
+
+
+@pytest.mark.parametrize("preset", ("tiny-hunyuan-i2v", "tiny-hunyuan-i2v-token-replace", "tiny-i2v"))
+def test_generator_starts_as_the_pipelines(tp1, preset):
+    """HunyuanVideo-I2V's generator input at t = 1 is 0.999 noise + 0.001 first-frame latent (diffusers'
+    pipeline start), so the exported generator sees in diffusers what it trained on; Wan's is the noise."""
+    roles, phase, cfg = phase1_setup(preset)
+    batch = batch_for(cfg)
+    conds = phase.conditioner(batch)
+    noise = torch.randn_like(batch["latents"])
+    seen = []
+    roles.generator.register_forward_pre_hook(lambda m, args: seen.append(args[0][:, : cfg.out_channels].clone()))
+    with torch.no_grad():
+        phase.generate(conds, noise)
+    first = batch["first_frame"]
+    if cfg.image_condition_type == "token_replace":  # the first frame is replaced by the clean latent
+        want = torch.cat([first, (0.999 * noise + 0.001 * first)[:, :, 1:]], dim=2)
+    else:
+        want = 0.999 * noise + 0.001 * first if preset.startswith("tiny-hunyuan") else noise
+    torch.testing.assert_close(seen[0], want, rtol=0, atol=1e-6)
+    assert not torch.equal(want, noise) or preset == "tiny-i2v"

@@ -13,10 +13,13 @@ named ``00000.mp4`` ... in the ``--out`` folder; the seed of line ``i`` is ``see
 
 One step is ``x0 = noise - G(noise, t=1)``, the noise drawn as the diffusers pipelines draw it
 (``torch.Generator().manual_seed(seed)``, CPU, fp32): the output equals the diffusers pipeline's
-(``WanPipeline`` / ``WanImageToVideoPipeline`` / ``HunyuanVideoPipeline``) with the exported generator
-as its transformer, ``num_inference_steps=1``, ``guidance_scale=1.0`` and a
-``FlowMatchEulerDiscreteScheduler`` (the Wan folders ship UniPC, whose one step differs), the same
-seed and ``max_sequence_length``. More steps use the training sampler
+(``WanPipeline`` / ``WanImageToVideoPipeline`` / ``HunyuanVideoPipeline`` /
+``HunyuanVideoImageToVideoPipeline``) with the exported generator as its transformer,
+``num_inference_steps=1``, ``guidance_scale=1.0`` and a ``FlowMatchEulerDiscreteScheduler`` (the Wan
+folders ship UniPC, whose one step differs), the same seed and ``max_sequence_length``. As there,
+HunyuanVideo-I2V starts from ``0.999 * noise + 0.001 * image latent``, and with latent concatenation its
+video leaves out its first 4 frames (the conditioning image and the three after it: ``--frames 33``
+gives 29); ``--save-latents`` keeps every latent frame. More steps use the training sampler
 (:func:`pose_mcore.diffusion.samplers.student_sample`).
 """
 
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
@@ -41,6 +45,7 @@ quiet_third_party_warnings()  # before megatron-core is imported: it warns at im
 from pose_mcore.checkpoint.io import CheckpointError, atomic_destination  # noqa: E402
 from pose_mcore.checkpoint.load import load_model  # noqa: E402
 from pose_mcore.config.base import VideoDiTConfig  # noqa: E402
+from pose_mcore.config.hunyuan import HunyuanConfig  # noqa: E402
 from pose_mcore.data.video import VideoError, read_clip, write_mp4  # noqa: E402
 from pose_mcore.diffusion.samplers import student_sample  # noqa: E402
 from pose_mcore.encoders.model import EncoderError, ModelEncoders  # noqa: E402
@@ -92,6 +97,9 @@ def conditioning(encoders: ModelEncoders, config: VideoDiTConfig, request: Reque
                  frames: int, height: int, width: int) -> dict[str, torch.Tensor]:
     """The batch of one request for a generator of ``config``: the dataset's fields (batch 1; no latents) and
     the encoded ``negative_prompt`` (``negative_<field>``, unbatched)."""
+    if drops_first_frames(config) and frames <= encoders.temporal:
+        raise SampleError(f"--frames {frames}: HunyuanVideo-I2V with latent concatenation leaves out the first "
+                          f"{encoders.temporal} frames; give at least {2 * encoders.temporal + 1}")
     image = None
     if needs_image(config):
         if request.image is None:
@@ -127,7 +135,20 @@ def generate(model: torch.nn.Module, batch: dict[str, torch.Tensor], shape: tupl
         kwargs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in conds.cond.items()}
         return model(conds.inputs(x).to(dtype), conds.timestep(t, x), **kwargs).sample.float()
 
-    return conds.output(student_sample(velocity, noise.to(device), steps, shift, mode, generator=gen))
+    return conds.output(student_sample(velocity, conds.start(noise.to(device)), steps, shift, mode, generator=gen))
+
+
+def drops_first_frames(config: VideoDiTConfig) -> bool:
+    """Whether the video leaves out the first VAE frame group: HunyuanVideo-I2V with latent concatenation,
+    whose diffusers pipeline (and official sampler) drop it."""
+    return isinstance(config, HunyuanConfig) and config.image_condition_type == "latent_concat"
+
+
+def video(encoders: ModelEncoders, config: VideoDiTConfig, x0: torch.Tensor) -> np.ndarray:
+    """The uint8 frames ``[F, H, W, 3]`` of one sample's latents ``x0 [1, C, f, h, w]``, as the model's
+    diffusers pipeline makes them."""
+    frames = encoders.decode(x0)[0]
+    return frames[encoders.temporal:] if drops_first_frames(config) else frames
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -199,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         if info.rank == 0:
             request.out.parent.mkdir(parents=True, exist_ok=True)
             with atomic_destination(request.out, overwrite=True) as tmp:
-                write_mp4(encoders.decode(x0)[0], tmp, args.fps)
+                write_mp4(video(encoders, model.config, x0), tmp, args.fps)
             if args.save_latents:
                 with atomic_destination(request.out.with_suffix(".safetensors"), overwrite=True) as tmp:
                     save_file({"latents": x0[0].cpu().contiguous()}, tmp)

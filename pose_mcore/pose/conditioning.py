@@ -61,6 +61,10 @@ def missing_negative(config: VideoDiTConfig, negative: Collection[str] | None) -
     return [f"negative prompt field {f!r} is missing" for f in negative_fields(config) if f not in negative]
 
 
+HUNYUAN_I2V_START_NOISE = 0.999
+"""The noise share of HunyuanVideo-I2V's starting latent (the rest is the first frame's latent)."""
+
+
 @dataclass
 class Conditions:
     """What a model needs beside ``x_t`` and the timestep, for one batch."""
@@ -77,6 +81,19 @@ class Conditions:
     frame_tokens: int | None = None
     """Wan2.2 TI2V: the tokens of one latent frame; the first frame's tokens get timestep 0 (diffusers'
     ``expand_timesteps``). None: one timestep per sample."""
+    start_image: torch.Tensor | None = None
+    """HunyuanVideo-I2V: the clean first-frame latent ``[b, c, 1, h, w]`` that the pipelines mix into the
+    starting noise (:meth:`start`); None for the other models."""
+
+    def start(self, noise: torch.Tensor) -> torch.Tensor:
+        """The generator's input at ``t = 1``: ``noise``, or for HunyuanVideo-I2V ``0.999 * noise + 0.001 *
+        image latent`` on every frame, as diffusers' ``HunyuanVideoImageToVideoPipeline`` (and the official
+        sampler's ``i2v_stability``) start; training starts the same way, so the exported generator sees in
+        diffusers what it was trained on."""
+        if self.start_image is None:
+            return noise
+        share = torch.tensor(HUNYUAN_I2V_START_NOISE, device=noise.device)  # fp32 arithmetic, as the pipeline's
+        return noise * share + self.start_image.to(noise) * (1 - share)
 
     def inputs(self, x_t: torch.Tensor) -> torch.Tensor:
         """The DiT's input for ``x_t``: its first frame replaced, the condition channels appended."""
@@ -159,7 +176,7 @@ class Conditioner:
     def __call__(self, batch: dict[str, torch.Tensor]) -> Conditions:
         cfg = self.config
         text = batch["text"]
-        channels = image = first_frame = frame_tokens = None
+        channels = image = first_frame = frame_tokens = start_image = None
         if self.extra_channels:
             channels = self._field(batch, "condition")
             if channels is None:
@@ -190,7 +207,9 @@ class Conditioner:
             if cfg.guidance_embeds:
                 cond["guidance"] = uncond["guidance"] = torch.full((text.shape[0],), 1000.0, device=text.device)
             if cfg.image_condition_type == "token_replace":
-                first_frame = batch["first_frame"]
+                first_frame = start_image = batch["first_frame"]
+            elif channels is not None:  # latent concat: [first-frame latent, zeros | mask]
+                start_image = channels[:, : cfg.out_channels, :1]
         else:
             raise TypeError(f"no conditioning for {type(cfg).__name__}")
-        return Conditions(cond, uncond, channels, text, image, first_frame, frame_tokens)
+        return Conditions(cond, uncond, channels, text, image, first_frame, frame_tokens, start_image)

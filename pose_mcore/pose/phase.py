@@ -72,7 +72,9 @@ class Phase:
             return model(conds.inputs(x_t), conds.timestep(t, x_t), **kwargs).sample.float()
 
     def generate(self, conds: Conditions, x_T: torch.Tensor) -> torch.Tensor:
-        """The generator's one-step sample ``x0 = x_T - G(x_T, 1, c)``."""
+        """The generator's one-step sample ``x0 = x_T - G(x_T, 1, c)`` from the noise ``x_T`` (as
+        :meth:`Conditions.start` makes it the generator's input)."""
+        x_T = conds.start(x_T)
         t = torch.ones(x_T.shape[0], device=x_T.device)
         return conds.output(x_T - self.velocity(self.roles.generator, x_T, t, conds, conds.cond))
 
