@@ -72,6 +72,7 @@ def test_two_ranks_prepare_and_sample_tensor_parallel(model_folders, generator, 
     torchrun("prepare_sample.py", *prepare_args, "--", *_sample_args(model_folders, generator, tmp_path / "tp2.mp4"),
              "--", *bad, timeout=240)
     assert not (tmp_path / "bad.mp4").exists()
+    assert not list((tmp_path / "two-bad").glob("shard-*")) and not (tmp_path / "two-bad" / "negative.safetensors").exists()
     one, two = (LatentDataset(tmp_path / d / "manifest.jsonl") for d in ("one", "two"))
     assert len(one) == len(two) == 4
     for i in range(4):

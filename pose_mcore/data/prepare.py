@@ -201,14 +201,18 @@ def run(args: argparse.Namespace) -> int:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
     args.out.mkdir(parents=True, exist_ok=True)
-    if rank == 0 and not record.is_file():
-        with atomic_destination(record, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(settings, indent=1) + "\n")
-    shards = [(k, items[s:s + args.per_shard]) for k, s in enumerate(range(0, len(items), args.per_shard))]
-    mine = [(k, chunk) for k, chunk in shards[rank::world] if not (args.out / f"shard-{k:05d}.jsonl").is_file()]
-    if rank == 0:
+
+    def write_shared() -> None:
+        """The settings record and the encoded negative prompt: rank 0 writes them, a failure ends every rank."""
+        if not record.is_file():
+            with atomic_destination(record, overwrite=True) as tmp:
+                tmp.write_text(json.dumps(settings, indent=1) + "\n")
         negative = encoders.encode_negative(args.negative_prompt, args.height, args.width)
         write_negative(stored(negative, args.store_dtype), args.out)
+
+    on_rank0(write_shared, share=False)
+    shards = [(k, items[s:s + args.per_shard]) for k, s in enumerate(range(0, len(items), args.per_shard))]
+    mine = [(k, chunk) for k, chunk in shards[rank::world] if not (args.out / f"shard-{k:05d}.jsonl").is_file()]
     with tqdm(total=sum(len(c) for _, c in mine), desc=f"pose-prepare rank {rank}", unit="clip",
               disable=None if rank == 0 else True) as bar:
         for k, chunk in mine:
