@@ -87,6 +87,11 @@ def test_fields_equal_the_encoders_on_the_same_clip(models, inputs, prepared):
         got = data[2]
         for field in fields:
             assert torch.equal(got[field], want[field]), (kind, field)
+        stored = data.sources[data.samples[2]["file"]].shape(data.samples[2]["text"])[0]
+        if kind.startswith("wan"):  # stored without the zero rows after the prompt, read back padded
+            assert 1 <= stored < data.samples[2]["text_length"] == 12 and want["text"][stored:].eq(0).all()
+        else:  # masked text is stored as encoded
+            assert stored == want["text"].shape[0] and "text_length" not in data.samples[2]
         negative = enc.encode_negative("blurry static", 32, 48)
         assert set(data.negative) == ({"text"} if kind.startswith("wan") else {"text", "text_mask", "pooled"})
         for field, value in data.negative.items():
@@ -227,3 +232,23 @@ def test_a_real_preset_refuses_a_dataset_without_its_fields(tp1, prepared, tmp_p
     with pytest.raises(TrainConfigError) as e:
         _train("wan-i2v", prepared["hunyuan-t2v"] / "manifest.jsonl", tmp_path / "out", preset="wan2.1-i2v-14b")
     assert "field 'image_states' is missing" in str(e.value) and "field 'condition' is missing" in str(e.value)
+
+
+def test_text_is_stored_trimmed_and_read_back_exactly(tmp_path):
+    from pose_mcore.data.latents import DatasetError, write_latent_dataset
+
+    texts = [torch.zeros(9, 5), torch.randn(9, 5), torch.randn(9, 5)]
+    texts[1][4:] = 0
+    texts[1][2] = 0  # a zero row inside the prompt stays
+    samples = [{"latents": torch.randn(4, 2, 3, 3), "text": t} for t in texts]
+    manifest = write_latent_dataset(samples, tmp_path / "d")
+    data = LatentDataset(manifest)
+    for i, t in enumerate(texts):
+        assert torch.equal(data[i]["text"], t)
+    rows = [data.sources[e["file"]].shape(e["text"])[0] for e in data.samples]
+    assert rows == [1, 4, 9]
+    lines = manifest.read_text().splitlines()
+    lines[1] = lines[1].replace('"text_length": 9', '"text_length": 3')
+    manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=r"manifest.jsonl:2: text_length 3 is not an integer of at least the 4"):
+        LatentDataset(manifest)

@@ -5,7 +5,11 @@ with a key for each conditioning field it holds (:data:`pose_mcore.encoders.FIEL
 ``pooled``, ``image_states``, ``condition``, ``first_frame``; paths relative to the manifest). Every
 sample holds the same fields. ``negative.safetensors`` beside the manifest holds the encoded negative
 (or empty) prompt (``text`` and, for HunyuanVideo, ``text_mask`` and ``pooled``), the unconditional
-input of classifier-free guidance. Tensors are read per sample with positioned reads. The manifest,
+input of classifier-free guidance. A sample's ``text`` without a ``text_mask`` (Wan: the text encoder's
+states with zero rows after the prompt's tokens, which the model attends to as zeros) is stored without
+its trailing zero rows and ``"text_length": N`` in its line; it is read back padded with zeros to ``N``
+rows, bit for bit what was encoded (a 480p Wan clip's 4 MiB of bf16 text becomes 8 KiB per prompt
+token). Tensors are read per sample with positioned reads. The manifest,
 every shard's header and every key are checked when the dataset is opened, so a missing or malformed
 shard fails at once, naming the file, line and key.
 """
@@ -17,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
@@ -67,6 +72,10 @@ class LatentDataset(Dataset):
             for field in fields:
                 if entry[field] not in keys:
                     raise DatasetError(f"{manifest}:{n}: key {entry[field]!r} ({field}) is not in {file}")
+            length = entry.get("text_length")
+            if length is not None and not (isinstance(length, int) and length >= sources[file].shape(entry["text"])[0]):
+                raise DatasetError(f"{manifest}:{n}: text_length {length!r} is not an integer of at least the "
+                                   f"{sources[file].shape(entry['text'])[0]} text rows stored")
             self.samples.append(entry)
         if not self.samples:
             raise DatasetError(f"{manifest}: no samples")
@@ -93,17 +102,29 @@ class LatentDataset(Dataset):
         entry = self.samples[index]
         source = self.sources[entry["file"]]
         out = {field: _float(source.get(entry[field])) for field in self.fields}
+        if "text_length" in entry:
+            out["text"] = F.pad(out["text"], (0, 0, 0, entry["text_length"] - out["text"].shape[0]))
         if "first_frame" not in out:  # the VAEs are causal: the first latent frame encodes the first frame alone
             out["first_frame"] = out["latents"][:, :1].clone()
         return out
 
 
+def trim_text(text: torch.Tensor) -> torch.Tensor:
+    """``text [L, d]`` without its trailing all-zero rows (at least one row kept)."""
+    rows = text.ne(0).any(dim=-1).nonzero()
+    return text[: int(rows[-1]) + 1 if len(rows) else 1]
+
+
 def shard_entries(samples: Iterable[dict[str, torch.Tensor]], path: Path, names: Iterable[str]
                   ) -> list[dict[str, str]]:
-    """Write one shard of ``samples`` (named ``names``) atomically; return their manifest entries."""
+    """Write one shard of ``samples`` (named ``names``) atomically; return their manifest entries. Text without
+    a mask is stored trimmed (see the module's doc)."""
     tensors, entries = {}, []
     for name, sample in zip(names, samples, strict=True):
-        entry = {"file": path.name}
+        entry, sample = {"file": path.name}, dict(sample)
+        if "text_mask" not in sample:
+            entry["text_length"] = sample["text"].shape[0]
+            sample["text"] = trim_text(sample["text"])
         for field in FIELDS:
             if field in sample:
                 tensors[entry.setdefault(field, f"{name}.{field}")] = sample[field].contiguous()
