@@ -60,6 +60,7 @@ BAD_VALUES: dict[str, list] = {
     "phase2.t_min": [1.2],
     "phase2.t_max": [2.0],
     "phase2.shift": [-5.0],
+    "vae_tile": [0, 20],
 }
 for _section in ("teacher.optim", "phase1.optim_g", "phase1.optim_fake", "phase2.optim_g", "phase2.optim_d"):
     BAD_VALUES.update({f"{_section}.lr": [0, -1e-4], f"{_section}.eps": [0], f"{_section}.weight_decay": [-0.1],

@@ -149,6 +149,15 @@ def test_video_latents_are_the_vaes_normalised_mode(model_folders, kind):
     assert decoded.shape == (1, FRAMES, HEIGHT, WIDTH, 3) and decoded.dtype == np.uint8
     vae_only = ModelEncoders(model_folders[kind], decode_only=True)  # the trainer's sample videos
     assert vae_only.pipe.text_encoder is None and np.array_equal(vae_only.decode(latents[None]), decoded)
+    # --vae-tile 32: the VAE's own tiling with 32-pixel tiles overlapping by 8 (these clips are 48 wide)
+    tiled = ModelEncoders(model_folders[kind], vae_tile=32)
+    tiled_latents, tiled_video = tiled.encode_video(frames), tiled.decode(latents[None])
+    assert not torch.equal(tiled_latents, latents) and not np.array_equal(tiled_video, decoded)  # tiling acted
+    vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=24,
+                      tile_sample_stride_width=24)
+    assert torch.equal(enc.encode_video(frames), tiled_latents) and np.array_equal(enc.decode(latents[None]), tiled_video)
+    with pytest.raises(EncoderError, match="--vae-tile 20: must be a positive multiple of 32"):
+        ModelEncoders(model_folders[kind], decode_only=True, vae_tile=20)
 
 
 def test_folder_errors(model_folders, tmp_path):

@@ -127,6 +127,9 @@ class TrainConfig:
     model_dir: str | None = None
     """The diffusers model folder the dataset was prepared with (pose-prepare --model): when set, sample
     videos are decoded by its VAE and written as MP4 (otherwise GIF grids of latent channels)."""
+    vae_tile: int | None = None
+    """Decode the sample videos in spatial VAE tiles of this many pixels (as ``pose-prepare --vae-tile``;
+    e.g. 256 for 720p on a rank that also holds a 14B model); None: untiled."""
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     phase1: Phase1Config = field(default_factory=Phase1Config)

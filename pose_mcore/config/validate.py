@@ -141,6 +141,8 @@ def _phases(p: Problems, c: TrainConfig) -> None:
                              "pose-convert import)")
     if c.model_dir is not None and not (Path(c.model_dir) / "model_index.json").is_file():
         p.add("model_dir", c.model_dir, "not a diffusers model folder (no model_index.json there)")
+    if c.vae_tile is not None and (c.vae_tile <= 0 or c.vae_tile % 32):
+        p.add("vae_tile", c.vae_tile, "must be a positive multiple of 32 (4x the VAE's 8x or 16x downsampling)")
     if "teacher" not in c.phases and c.teacher_checkpoint is None:
         p.add("teacher_checkpoint", None, f"phases {c.phases} need a teacher: set teacher_checkpoint or add "
                                           "the 'teacher' phase")

@@ -3,7 +3,7 @@ encoders (:class:`pose_mcore.encoders.ModelEncoders`).
 
     pose-prepare --input DIR | LIST.csv | LIST.jsonl --model MODEL_DIR --out DATA_DIR
                  [--height 480 --width 832 --frames 81] [--fps F] [--negative-prompt TEXT]
-                 [--per-shard 64] [--dtype bf16|fp32] [--max-sequence-length N]
+                 [--per-shard 64] [--dtype bf16|fp32] [--max-sequence-length N] [--vae-tile PX]
 
 Input: a folder of video / image files, each with a sidecar caption (``clip.mp4`` + ``clip.txt``), or
 a CSV / JSONL listing with a file column (``file``, ``video`` or ``path``; relative to the listing) and
@@ -165,6 +165,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="text tokens (default: the pipeline's, Wan 512, HunyuanVideo 256)")
     p.add_argument("--prompt-template", type=Path, default=None,
                    help="HunyuanVideo: a JSON file {template, crop_start} replacing the pipeline's default")
+    p.add_argument("--vae-tile", type=int, default=None, metavar="PX",
+                   help="encode in spatial tiles of PX pixels (e.g. 256; a multiple of 4x the VAE's downsampling)")
     args = p.parse_args(argv)
     if args.per_shard < 1:
         raise PrepareError(f"--per-shard {args.per_shard}: must be positive")
@@ -186,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype]
     args.store_dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     template = json.loads(args.prompt_template.read_text()) if args.prompt_template else None
-    encoders = ModelEncoders(args.model, device, args.store_dtype, args.max_sequence_length, template)
+    encoders = ModelEncoders(args.model, device, args.store_dtype, args.max_sequence_length, template,
+                             vae_tile=args.vae_tile)
     encoders.check_frames(args.frames, args.height, args.width)
     items = list_items(args.input)
     if not items:
@@ -194,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {"input": str(args.input.resolve()), "items": len(items), "model": str(args.model.resolve()),
                 **{k: getattr(args, k) for k in ("height", "width", "frames", "fps", "negative_prompt", "per_shard",
                                                  "max_sequence_length")},
+                **({"vae_tile": args.vae_tile} if args.vae_tile else {}),  # absent: as recorded before it existed
                 "dtype": str(args.store_dtype).removeprefix("torch."), "prompt_template": template}
     record = args.out / "prepare.json"
     if record.is_file() and json.loads(record.read_text()) != settings:

@@ -100,12 +100,15 @@ class ModelEncoders:
     :class:`EncoderError` naming the missing component), then loads the pipeline without its
     transformer. ``prompt_template`` and ``max_sequence_length`` are the pipeline's arguments of the
     same names (their defaults are the pipeline's). ``decode_only``: load the VAE alone (the trainer's
-    sample videos; a 14B run's rank 0 has no room for an 11 GB text encoder).
+    sample videos; a 14B run's rank 0 has no room for an 11 GB text encoder). ``vae_tile``: encode and
+    decode in spatial tiles of that many pixels, overlapping by a quarter (the VAE's ``enable_tiling``;
+    diffusers' default is 256): a 720p x 81-frame video in and out of the VAE within a few GB, its
+    values blended across tile seams.
     """
 
     def __init__(self, folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  max_sequence_length: int | None = None, prompt_template: dict[str, Any] | None = None,
-                 decode_only: bool = False) -> None:
+                 decode_only: bool = False, vae_tile: int | None = None) -> None:
         import diffusers
         import transformers
 
@@ -152,6 +155,12 @@ class ModelEncoders:
         vae = self.pipe.vae
         self.latent_channels = vae.config.z_dim if self.family == "wan" else vae.config.latent_channels
         self.temporal, self.spatial = self.pipe.vae_scale_factor_temporal, self.pipe.vae_scale_factor_spatial
+        if vae_tile:
+            if vae_tile < 0 or vae_tile % (4 * self.spatial):
+                raise EncoderError(f"--vae-tile {vae_tile}: must be a positive multiple of {4 * self.spatial} "
+                                   f"(this VAE's {self.spatial}x downsampling, tiles overlapping by a quarter)")
+            vae.enable_tiling(tile_sample_min_height=vae_tile, tile_sample_min_width=vae_tile,
+                              tile_sample_stride_height=vae_tile * 3 // 4, tile_sample_stride_width=vae_tile * 3 // 4)
 
     # ---- what the DiT sees -------------------------------------------------------------------------------
 

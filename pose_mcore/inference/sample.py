@@ -4,7 +4,7 @@ encoders and VAE (:class:`pose_mcore.encoders.ModelEncoders`).
     pose-sample --checkpoint GEN_DIR --model MODEL_DIR --prompt "..." [--image first.png] --out video.mp4
     pose-sample --checkpoint GEN_DIR --model MODEL_DIR --prompts prompts.jsonl --out videos/
                 [--steps 1|2|4] [--mode renoise|euler] [--shift S] [--seed S] [--height --width --frames]
-                [--fps 16] [--negative-prompt TEXT] [--dtype bf16|fp32] [--save-latents]
+                [--fps 16] [--negative-prompt TEXT] [--dtype bf16|fp32] [--save-latents] [--vae-tile PX]
 
 Under torchrun the generator runs tensor-parallel (with sequence parallelism) over all ranks; rank 0
 encodes the prompt and image, shares the conditioning, decodes and writes. ``--prompts``: a JSONL file
@@ -175,6 +175,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="generator and encoder dtype (default: bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--max-sequence-length", type=int, default=None)
     p.add_argument("--prompt-template", type=Path, default=None, help="HunyuanVideo: JSON {template, crop_start}")
+    p.add_argument("--vae-tile", type=int, default=None, metavar="PX",
+                   help="encode and decode in spatial tiles of PX pixels (e.g. 256), for large videos")
     args = p.parse_args(argv)
     if args.steps < 1:
         raise SampleError(f"--steps {args.steps}: must be positive")
@@ -200,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
 
     def build_encoders() -> ModelEncoders:
         encoders = ModelEncoders(args.model, device, dtype, args.max_sequence_length,
-                                 _prompt_template(args.prompt_template))
+                                 _prompt_template(args.prompt_template), vae_tile=args.vae_tile)
         encoders.check_frames(args.frames, args.height, args.width)
         return encoders
 

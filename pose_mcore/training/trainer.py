@@ -240,7 +240,8 @@ class Trainer:
             save_video_grid(pair, path.with_suffix(".gif"))
             return
         if self._decoder is None:
-            self._decoder = ModelEncoders(self.config.model_dir, self.device, decode_only=True)
+            self._decoder = ModelEncoders(self.config.model_dir, self.device, decode_only=True,
+                                          vae_tile=self.config.vae_tile)
         frames = np.concatenate([self._decoder.decode(v[None]) for v in pair])  # the data's videos, then the samples
         n = len(frames) // 2
         grid = np.concatenate([np.concatenate(list(frames[:n]), axis=2), np.concatenate(list(frames[n:]), axis=2)],
