@@ -9,15 +9,16 @@ transformers of wan_reference / hunyuan_reference, whose dims fit ``TINY_PRESET[
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 WORDS = ("a the red green blue square disk cross moving left right up down fast slow video of on in with and "
          "low quality blurry static bright cat dog runs jumps").split()
-KINDS = ("wan-t2v", "wan-i2v", "wan-ti2v", "hunyuan-t2v", "hunyuan-i2v")
+KINDS = ("wan-t2v", "wan-i2v", "wan-ti2v", "hunyuan-t2v", "hunyuan-i2v", "hunyuan-i2v-replace")
 TINY_PRESET = {"wan-t2v": "tiny-t2v", "wan-i2v": "tiny-i2v", "wan-ti2v": "tiny-ti2v-i2v", "hunyuan-t2v": "tiny-hunyuan-t2v",
-               "hunyuan-i2v": "tiny-hunyuan-i2v"}
+               "hunyuan-i2v": "tiny-hunyuan-i2v", "hunyuan-i2v-replace": "tiny-hunyuan-i2v-token-replace"}
 """The tiny pose_mcore preset whose DiT fits each folder's encoders."""
 
 
@@ -136,12 +137,19 @@ def pipeline(kind: str, transformer=None, image_to_video: bool = True):
                   "wan-ti2v": (WanImageToVideoPipeline if image_to_video else WanPipeline,
                                lambda: dict(_wan_parts(False, wan22=True), expand_timesteps=True)),
                   "hunyuan-t2v": (HunyuanVideoPipeline, _hunyuan_parts),
-                  "hunyuan-i2v": (HunyuanVideoImageToVideoPipeline, _hunyuan_i2v_parts)}[kind]
+                  "hunyuan-i2v": (HunyuanVideoImageToVideoPipeline, _hunyuan_i2v_parts),
+                  "hunyuan-i2v-replace": (HunyuanVideoImageToVideoPipeline, _hunyuan_i2v_parts)}[kind]
     parts = {k: v.eval() if isinstance(v, torch.nn.Module) else v for k, v in parts().items()}  # as loaded
     return cls(transformer=transformer, **parts)
 
 
 def model_folder(kind: str, path: Path) -> Path:
-    """Write a tiny diffusers model folder of ``kind`` without a transformer; return it."""
+    """Write a tiny diffusers model folder of ``kind`` without a transformer; return it. HunyuanVideo-I2V with
+    token replacement ('hunyuan-i2v-replace') is the I2V folder whose transformer config says so (the
+    weights are not needed)."""
     pipeline(kind, image_to_video=False).save_pretrained(path)
+    if kind == "hunyuan-i2v-replace":
+        (path / "transformer").mkdir()
+        (path / "transformer" / "config.json").write_text(json.dumps(
+            {"_class_name": "HunyuanVideoTransformer3DModel", "image_condition_type": "token_replace"}))
     return path

@@ -17,7 +17,8 @@ from pose_mcore.encoders import EncoderError, ModelEncoders
 
 PROMPT, NEGATIVE = "a red square moving left", "blurry static low quality"
 FRAMES, HEIGHT, WIDTH = 5, 32, 48
-TEXT_LEN = {"wan-t2v": 12, "wan-i2v": 512, "wan-ti2v": 12, "hunyuan-t2v": 10, "hunyuan-i2v": 10}
+TEXT_LEN = {"wan-t2v": 12, "wan-i2v": 512, "wan-ti2v": 12, "hunyuan-t2v": 10, "hunyuan-i2v": 10,
+            "hunyuan-i2v-replace": 10}
 """Text tokens: diffusers' Wan I2V attention takes the last 512 context tokens as text."""
 
 
@@ -26,7 +27,8 @@ def size(kind: str) -> tuple[int, int]:
     return (2 * HEIGHT, 2 * WIDTH) if kind == "wan-ti2v" else (HEIGHT, WIDTH)
 
 
-TEMPLATES = {"hunyuan-t2v": HUNYUAN_TEMPLATE, "hunyuan-i2v": HUNYUAN_I2V_TEMPLATE}
+TEMPLATES = {"hunyuan-t2v": HUNYUAN_TEMPLATE, "hunyuan-i2v": HUNYUAN_I2V_TEMPLATE,
+             "hunyuan-i2v-replace": HUNYUAN_I2V_TEMPLATE}
 
 
 def encoders(folder, kind: str) -> ModelEncoders:
@@ -35,7 +37,8 @@ def encoders(folder, kind: str) -> ModelEncoders:
 
 def transformer(kind: str):
     if kind.startswith("hunyuan"):
-        return diffusers_hunyuan("i2v_concat" if kind == "hunyuan-i2v" else "t2v", seed=5)
+        return diffusers_hunyuan({"hunyuan-t2v": "t2v", "hunyuan-i2v": "i2v_concat",
+                                  "hunyuan-i2v-replace": "i2v_replace"}[kind], seed=5)
     return diffusers_wan(kind == "wan-i2v", seed=5)
 
 
@@ -60,7 +63,7 @@ def run_pipeline(kind: str, model, guidance: float, seed: int = 0, output_type: 
             kwargs.update(negative_prompt=NEGATIVE, true_cfg_scale=guidance)
     else:
         kwargs.update(negative_prompt=NEGATIVE, guidance_scale=guidance)
-    if kind in ("wan-i2v", "wan-ti2v", "hunyuan-i2v"):
+    if kind not in ("wan-t2v", "hunyuan-t2v"):
         kwargs["image"] = first_frame(kind=kind)
     with torch.no_grad():
         out = pipe(**kwargs).frames
@@ -73,16 +76,21 @@ def test_prepared_fields_equal_the_pipelines_inputs(model_folders, kind):
     calls, _ = run_pipeline(kind, transformer(kind), guidance=2.0)
     assert len(calls) == 2  # conditional, then unconditional (the negative prompt)
     cond, uncond = calls
-    image = first_frame(kind=kind) if kind == "hunyuan-i2v" else None  # its LLaVA reads the image with the prompt
+    hunyuan_i2v = kind.startswith("hunyuan-i2v")
+    image = first_frame(kind=kind) if hunyuan_i2v else None  # its LLaVA reads the image with the prompt
     fields = enc.encode_prompts([PROMPT], image)
     negative = {k: v[None] for k, v in enc.encode_negative(NEGATIVE, HEIGHT, WIDTH).items()}
     assert torch.equal(fields["text"], cond["encoder_hidden_states"])
     assert torch.equal(negative["text"], uncond["encoder_hidden_states"])
     assert not torch.equal(fields["text"], negative["text"])
-    if kind == "hunyuan-i2v":
+    if hunyuan_i2v:
         first = enc.encode_first_frame(image, FRAMES, HEIGHT, WIDTH)
-        assert torch.equal(first["condition"], cond["hidden_states"][:, enc.latent_channels:])
-        assert first["condition"][:, -1, 0].eq(1).all() and first["condition"][:, :, 1:].eq(0).all()
+        if kind == "hunyuan-i2v":  # latent concat: [first-frame latent, zeros | first-frame mask] channels
+            assert torch.equal(first["condition"], cond["hidden_states"][:, enc.latent_channels:])
+            assert first["condition"][:, -1, 0].eq(1).all() and first["condition"][:, :, 1:].eq(0).all()
+        else:  # token replace: the clean first-frame latent replaces the noisy one
+            assert set(first) == {"first_frame"} and cond["hidden_states"].shape[1] == enc.latent_channels
+            assert torch.equal(first["first_frame"], cond["hidden_states"][:, :, :1])
         assert not torch.equal(fields["text"], enc.encode_prompts([PROMPT], first_frame(1))["text"])  # image-dependent
         from pose_mcore.models.registry import family_of_preset
         from pose_mcore.pose.conditioning import Conditioner
@@ -92,7 +100,8 @@ def test_prepared_fields_equal_the_pipelines_inputs(model_folders, kind):
                             {k: v[0] for k, v in negative.items()})(batch)
         assert torch.equal(conds.inputs(cond["hidden_states"][:, :4]), cond["hidden_states"])
         noise = torch.randn(cond["hidden_states"][:, :4].shape, generator=torch.Generator().manual_seed(0))
-        assert torch.equal(conds.start(noise), cond["hidden_states"][:, :4])  # 0.999 noise + 0.001 image latent
+        start = conds.start(noise)  # 0.999 noise + 0.001 image latent; token replace: its first frame replaced
+        assert torch.equal(conds.inputs(start)[:, :4], cond["hidden_states"][:, :4])
         for name, want in (("cond", cond), ("uncond", uncond)):
             for key, value in getattr(conds, name).items():
                 assert torch.equal(value.to(want[key].dtype), want[key]), (name, key)
@@ -126,7 +135,8 @@ def test_prepared_fields_equal_the_pipelines_inputs(model_folders, kind):
                                                                                "condition"},
                                  "wan-ti2v": {"latents", "text", "first_frame"},
                                  "hunyuan-t2v": {"latents", "text", "text_mask", "pooled"},
-                                 "hunyuan-i2v": {"latents", "text", "text_mask", "pooled", "condition"}}[kind]
+                                 "hunyuan-i2v": {"latents", "text", "text_mask", "pooled", "condition"},
+                                 "hunyuan-i2v-replace": {"latents", "text", "text_mask", "pooled", "first_frame"}}[kind]
 
 
 @pytest.mark.parametrize("kind", ("wan-t2v", "hunyuan-t2v"))
@@ -177,7 +187,7 @@ def test_folder_errors(model_folders, tmp_path):
         enc.check_frames(5, 40, WIDTH)
 
 
-@pytest.mark.parametrize("kind", ("wan-i2v", "wan-ti2v", "hunyuan-t2v", "hunyuan-i2v"))
+@pytest.mark.parametrize("kind", ("wan-i2v", "wan-ti2v", "hunyuan-t2v", "hunyuan-i2v", "hunyuan-i2v-replace"))
 def test_one_step_sample_equals_the_pipeline(tp1, model_folders, kind, tmp_path):
     """Latents and decoded video. HunyuanVideo-I2V (latent concat): the pipeline starts from 0.999 noise +
     0.001 image latent and returns the latents and video without the conditioning image's frames."""

@@ -136,3 +136,42 @@ def test_generator_starts_as_the_pipelines(tp1, preset):
         want = 0.999 * noise + 0.001 * first if preset.startswith("tiny-hunyuan") else noise
     torch.testing.assert_close(seen[0], want, rtol=0, atol=1e-6)
     assert not torch.equal(want, noise) or preset == "tiny-i2v"
+
+
+def test_text_dropout_with_a_negative_prompt_of_another_length(tp1):
+    """HunyuanVideo-I2V's negative prompt has another number of (image) tokens than the prompt: the teacher's
+    text dropout pads the shorter with masked zeros, and each sample's velocity is its own unpadded one."""
+    from conftest import assert_close_rel
+    from devices import to_device
+
+    from pose_mcore.models.registry import family_of_preset
+    from pose_mcore.parallel.state import run_device
+    from pose_mcore.pose.conditioning import Conditioner
+
+    preset = "tiny-hunyuan-i2v-token-replace"
+    family = family_of_preset(preset)
+    cfg = family.make_config(preset)
+    torch.manual_seed(0)
+    model = family.model_class(cfg).to(run_device()).eval()
+    gen = torch.Generator().manual_seed(1)
+    batch = to_device({"latents": torch.randn(2, cfg.out_channels, 3, 4, 6, generator=gen),
+                       "first_frame": torch.randn(2, cfg.out_channels, 1, 4, 6, generator=gen),
+                       "text": torch.randn(2, 5, cfg.text_dim, generator=gen),
+                       "text_mask": torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]),
+                       "pooled": torch.randn(2, cfg.pooled_dim, generator=gen)})
+    negative = to_device({"text": torch.randn(7, cfg.text_dim, generator=gen),
+                          "text_mask": torch.tensor([1, 1, 1, 1, 1, 1, 0]),
+                          "pooled": torch.randn(cfg.pooled_dim, generator=gen)})
+    conds = Conditioner(cfg, negative)(batch)
+    text, mask = "encoder_hidden_states", "encoder_attention_mask"
+    assert conds.uncond[text].shape[1] == 7 and conds.cond[text].shape[1] == 5
+    kwargs = conds.dropped(torch.tensor([True, False], device=run_device()))
+    assert kwargs[text].shape[1] == 7 and kwargs[text][1, 5:].eq(0).all() and kwargs[mask][1, 3:].eq(0).all()
+    assert torch.equal(kwargs[text][0], negative["text"]) and torch.equal(kwargs[text][1, :5], batch["text"][1])
+    x, t = conds.inputs(batch["latents"]), torch.full((2,), 700.0, device=run_device())
+    with torch.no_grad():
+        mixed = model(x, t, **kwargs).sample
+        alone = [model(x[i:i + 1], t[i:i + 1], **{k: v[i:i + 1] for k, v in kw.items()}).sample
+                 for i, kw in ((0, conds.uncond), (1, conds.cond))]
+    for i in range(2):
+        assert_close_rel(mixed[i:i + 1], alone[i], 1e-5)

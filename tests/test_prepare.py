@@ -51,7 +51,7 @@ def _prepare(models, kind, inputs, out, *extra) -> int:
     args = ["--input", str(inputs), "--model", str(models[kind]), "--out", str(out), *SIZE, "--per-shard", "2",
             "--max-sequence-length", "12", "--negative-prompt", "blurry static", *extra]
     if kind.startswith("hunyuan"):
-        args += ["--prompt-template", str(models[f"template:{kind}"])]
+        args += ["--prompt-template", str(models[f"template:{kind.removesuffix('-replace')}"])]
     if kind == "wan-ti2v":  # Wan2.2's VAE downsamples 16x
         args += ["--height", "64", "--width", "96"]
     return prepare(args)
@@ -65,7 +65,7 @@ def models(model_folders):
 @pytest.fixture(scope="module")
 def prepared(models, inputs, tmp_path_factory):
     out = {}
-    for kind in ("wan-i2v", "wan-ti2v", "hunyuan-t2v", "hunyuan-i2v"):
+    for kind in ("wan-i2v", "wan-ti2v", "hunyuan-t2v", "hunyuan-i2v", "hunyuan-i2v-replace"):
         out[kind] = tmp_path_factory.mktemp("data") / kind
         assert _prepare(models, kind, inputs, out[kind]) == 0
     return out
@@ -191,6 +191,8 @@ def test_training_steps_use_the_real_fields(tp1, prepared):
         "first_frame": lambda v: v + 0.5, "text": lambda v: v + 0.5})
     _loss_changes(TINY_PRESET["hunyuan-i2v"], LatentDataset(prepared["hunyuan-i2v"] / "manifest.jsonl"), {
         "condition": lambda v: v * 1.5, "text": lambda v: v + 0.5, "negative.text": lambda v: v + 0.5})
+    _loss_changes(TINY_PRESET["hunyuan-i2v-replace"], LatentDataset(prepared["hunyuan-i2v-replace"] / "manifest.jsonl"),
+                  {"first_frame": lambda v: v + 0.5, "text": lambda v: v + 0.5, "negative.text": lambda v: v + 0.5})
     _loss_changes(TINY_PRESET["hunyuan-t2v"], LatentDataset(prepared["hunyuan-t2v"] / "manifest.jsonl"), {
         "pooled": lambda v: v + 0.5, "text_mask": drop_last, "negative.pooled": lambda v: v + 0.5})
 
@@ -208,7 +210,7 @@ def _train(kind: str, manifest, out, preset: str | None = None, model_dir=None):
     return Trainer(load_train_config(None, overrides)).run()
 
 
-@pytest.mark.parametrize("kind", ("wan-i2v", "hunyuan-t2v"))
+@pytest.mark.parametrize("kind", ("wan-i2v", "hunyuan-t2v", "hunyuan-i2v-replace"))
 def test_a_run_trains_on_a_prepared_dataset(tp1, models, prepared, kind, tmp_path):
     from pose_mcore.config.train import TrainConfigError
 

@@ -16,6 +16,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from pose_mcore.config.base import VideoDiTConfig
 from pose_mcore.config.hunyuan import HunyuanConfig
@@ -61,6 +62,9 @@ def missing_negative(config: VideoDiTConfig, negative: Collection[str] | None) -
     return [f"negative prompt field {f!r} is missing" for f in negative_fields(config) if f not in negative]
 
 
+MASKED_TEXT = ("text", "text_mask")
+"""The per-token fields of masked text, whose length may differ between the prompt and the negative."""
+
 HUNYUAN_I2V_START_NOISE = 0.999
 """The noise share of HunyuanVideo-I2V's starting latent (the rest is the first frame's latent)."""
 
@@ -94,6 +98,20 @@ class Conditions:
             return noise
         share = torch.tensor(HUNYUAN_I2V_START_NOISE, device=noise.device)  # fp32 arithmetic, as the pipeline's
         return noise * share + self.start_image.to(noise) * (1 - share)
+
+    def dropped(self, drop: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The conditional kwargs with the samples where ``drop [b]`` is true made unconditional (text
+        dropout). Masked text of different lengths is first padded to the longer with masked zeros, which
+        changes nothing: a masked token is seen by no other."""
+        cond, uncond = dict(self.cond), dict(self.uncond)
+        text, mask = "encoder_hidden_states", "encoder_attention_mask"
+        if mask in cond and cond[text].shape[1] != uncond[text].shape[1]:
+            length = max(cond[text].shape[1], uncond[text].shape[1])
+            for kwargs in (cond, uncond):
+                for name in (text, mask):
+                    v = kwargs[name]
+                    kwargs[name] = F.pad(v, (0, 0) * (v.dim() - 2) + (0, length - v.shape[1]))
+        return {k: torch.where(drop.view(-1, *[1] * (v.dim() - 1)), uncond[k], v) for k, v in cond.items()}
 
     def inputs(self, x_t: torch.Tensor) -> torch.Tensor:
         """The DiT's input for ``x_t``: its first frame replaced, the condition channels appended."""
@@ -148,13 +166,17 @@ class Conditioner:
         return None
 
     def _uncond(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """The negative prompt's ``name`` for every sample of the batch. Masked text (HunyuanVideo) keeps its
+        own length, as the pipelines encode it (HunyuanVideo-I2V's negative prompt has another number of
+        image tokens than the prompt)."""
         if self.negative is None:  # stand-in: no negative prompt
             return torch.zeros_like(like)
         neg = self.negative[name].to(like.device, like.dtype)
-        if neg.shape != like.shape[1:]:
+        own_length = name in MASKED_TEXT and "text_mask" in self.negative
+        if neg.shape[own_length:] != like.shape[1 + own_length:]:
             raise ValueError(f"negative prompt {name} has shape {tuple(neg.shape)}; the batch's is "
                              f"{tuple(like.shape[1:])}")
-        return neg.expand_as(like)
+        return neg.expand(like.shape[0], *neg.shape)
 
     def _stand_in_condition(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The first frame's latent then zeros, with a first-frame mask in the family's channel order (Wan:

@@ -31,8 +31,7 @@ class TeacherPhase(Phase):
         x0 = batch["latents"]
         draws = self.draws(batch, "teacher")
         drop = (draws.uniform() < self.cfg.uncond_prob).to(self.device)
-        kwargs = {k: torch.where(drop.view(-1, *[1] * (v.dim() - 1)), conds.uncond[k], v)
-                  for k, v in conds.cond.items()}
+        kwargs = conds.dropped(drop)
         t = draws.times(0.0, 1.0, self.cfg.shift)
         eps = draws.noise(x0)
         v = self.velocity(self.roles.generator, add_noise(x0, eps, t), t, conds, kwargs)
