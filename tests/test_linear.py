@@ -1,0 +1,56 @@
+"""pose_mcore's parallel linears (pose_mcore/layers/linear.py): unsplit (TP=1) they run as one fused
+``F.linear``; their outputs and gradients equal megatron-core's own path of the same layer, for every bias
+mode, and under bf16 autocast the output keeps the activation dtype. TP=2 against TP=1 is checked on the
+whole models (tests/test_model_parallel.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_close_rel
+from devices import to_device
+
+from pose_mcore.layers.linear import ColumnParallelLinear, RowParallelLinear
+from pose_mcore.models.registry import family_of_preset
+from pose_mcore.parallel.state import run_device
+
+CASES = {
+    "column": (ColumnParallelLinear, dict(gather_output=False, skip_bias_add=False)),
+    "column-skip-bias": (ColumnParallelLinear, dict(gather_output=False, skip_bias_add=True)),
+    "column-gather": (ColumnParallelLinear, dict(gather_output=True, skip_bias_add=False)),
+    "row": (RowParallelLinear, dict(input_is_parallel=True, skip_bias_add=False)),
+    "row-skip-bias": (RowParallelLinear, dict(input_is_parallel=True, skip_bias_add=True)),
+}
+
+
+def _run(layer: torch.nn.Module, x: torch.Tensor, amp: bool) -> tuple[torch.Tensor, ...]:
+    x = x.clone().requires_grad_()
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        out, bias = layer(x)
+        if bias is not None:
+            out = out + bias
+    (out.float() * torch.linspace(-1, 1, out.shape[-1], device=out.device)).square().sum().backward()
+    return out, x.grad, layer.weight.grad, layer.bias.grad
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16_autocast"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_unsplit_linear_equals_megatrons_path(tp1, case, amp):
+    if amp and run_device().type != "cuda":
+        pytest.skip("megatron's linear backward takes autocast on CUDA only (custom_fwd for 'cuda')")
+    cls, kwargs = CASES[case]
+    cfg = family_of_preset("tiny-t2v").make_config("tiny-t2v")
+    torch.manual_seed(0)
+    layer = cls(24, 40, config=cfg, init_method=cfg.init_method, bias=True, is_expert=False, **kwargs).to(run_device())
+    with torch.no_grad():
+        layer.bias.normal_()
+    assert layer.unsplit
+    x = to_device(torch.randn(7, 3, 24, generator=torch.Generator().manual_seed(1)))
+    got = [t.detach().clone() for t in _run(layer, x, amp)]
+    layer.zero_grad(set_to_none=True)
+    layer.unsplit = False  # megatron's path of the same layer
+    want = _run(layer, x, amp)
+    assert got[0].dtype == (torch.bfloat16 if amp else torch.float32) and got[0].dtype == want[0].dtype
+    rel = 1e-2 if amp else 1e-6  # bf16: one rounding of the output, summed in another order
+    for name, g, w in zip(("output", "d input", "d weight", "d bias"), got, want, strict=True):
+        assert_close_rel(g.float(), w.float(), rel, name)
