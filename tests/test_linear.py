@@ -54,3 +54,18 @@ def test_unsplit_linear_equals_megatrons_path(tp1, case, amp):
     rel = 1e-2 if amp else 1e-6  # bf16: one rounding of the output, summed in another order
     for name, g, w in zip(("output", "d input", "d weight", "d bias"), got, want, strict=True):
         assert_close_rel(g.float(), w.float(), rel, name)
+
+
+def test_a_transposed_input_is_not_copied_for_backward(tp1):
+    """A non-contiguous input keeps megatron's path, which saves the view itself (F.linear would save a
+    contiguous copy: a block's worth of text context per cross-attention linear)."""
+    cfg = family_of_preset("tiny-t2v").make_config("tiny-t2v")
+    layer = ColumnParallelLinear(24, 40, config=cfg, init_method=cfg.init_method, bias=True, gather_output=False,
+                                 skip_bias_add=False, is_expert=False).to(run_device())
+    x = to_device(torch.randn(3, 7, 24)).requires_grad_()
+    ours = {p.untyped_storage().data_ptr() for p in layer.parameters()} | {x.untyped_storage().data_ptr()}
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.untyped_storage().data_ptr()) or t,
+                                                  lambda t: t):
+        layer(x.transpose(0, 1))
+    assert saved and set(saved) <= ours  # the input's own storage and the weight: no copy

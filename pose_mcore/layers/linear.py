@@ -10,8 +10,10 @@ the bf16 matmul. Here the bias is cast to the output's dtype first. Layers whose
 With one tensor-parallel rank there is nothing to split, scatter or reduce: the layer runs as
 ``F.linear`` (the GEMM with the bias in its epilogue, as transformer-engine's linear and diffusers' do),
 the same values and gradients as megatron's path without its separate bias pass and no-op
-communication functions. The parameters, their initialisation and sharding metadata are megatron's
-either way; with more ranks megatron's parallel path runs.
+communication functions. A non-contiguous input (a transposed view) keeps megatron's path, which saves
+the view for backward where ``F.linear`` would save a contiguous copy. The parameters, their
+initialisation and sharding metadata are megatron's either way; with more ranks megatron's parallel path
+runs.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class ColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None, **kwargs: Any
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.unsplit:
+        if self.unsplit and x.is_contiguous():
             return _fused(x, self.weight if weight is None else weight, self.bias, self.returns_bias)
         out, bias = super().forward(x, weight, **kwargs)
         return (_add_bias(out, bias), None) if self.add_bias else (out, bias)
@@ -70,7 +72,7 @@ class RowParallelLinear(tensor_parallel.RowParallelLinear):
         self.unsplit = _unsplit(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.unsplit:
+        if self.unsplit and x.is_contiguous():
             return _fused(x, self.weight, self.bias, not self.add_bias)
         out, bias = super().forward(x)
         return (_add_bias(out, bias), None) if self.add_bias else (out, bias)

@@ -132,10 +132,11 @@ class WanModel(MegatronModule):
         x = self.patch_embedding(hidden_states)
         rotary = rope_3d(cfg.rope_axes_dim, grid, cfg.rope_theta, device=x.device)
         mod, head_emb = self._timestep_modulation(timestep, n_tokens, x.dtype)
-        context = self.text_embedder(encoder_hidden_states).transpose(0, 1)
+        # [L, b, d], made contiguous once: every block's key and value linears read it
+        context = self.text_embedder(encoder_hidden_states).transpose(0, 1).contiguous()
         image_context = None
         if self.image_embedder is not None and encoder_hidden_states_image is not None:
-            image_context = self.image_embedder(encoder_hidden_states_image).transpose(0, 1)
+            image_context = self.image_embedder(encoder_hidden_states_image).transpose(0, 1).contiguous()
 
         sp = cfg.sequence_parallel  # this rank's token shard (all tokens without SP and CP)
         x = split_video(x, sp)
