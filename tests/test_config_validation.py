@@ -144,6 +144,15 @@ def test_broken_config_file_and_unreadable_teacher(capsys, tmp_path):
     assert any("teacher_checkpoint" in line for line in lines), lines
 
 
+def test_vae_tile_fits_the_model_folders_vae(capsys, tmp_path, model_folders):
+    """Wan2.2's VAE downsamples 16x: a 32-pixel tile (enough for an 8x VAE) is refused at start-up."""
+    assert not any("vae_tile" in line for line in _refused(
+        capsys, tmp_path, f"model_dir={model_folders['wan-t2v']}", "vae_tile=32", "micro_batch_size=0"))
+    lines = _refused(capsys, tmp_path, f"model_dir={model_folders['wan-ti2v']}", "vae_tile=32")
+    assert any("vae_tile=32: must be a positive multiple of 64 (this VAE's 16x downsampling" in line
+               for line in lines), lines
+
+
 def test_dataset_smaller_than_a_batch(capsys, tmp_path):
     lines = _refused(capsys, tmp_path, "data.size=4", "micro_batch_size=8")
     assert any("global_batch_size=8: dataset of 4 samples" in line for line in lines), lines

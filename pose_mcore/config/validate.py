@@ -15,6 +15,7 @@ from pose_kernels import MAX_QUERIES
 
 from pose_mcore.config.base import ConfigError, VideoDiTConfig
 from pose_mcore.config.train import DataConfig, OptimConfig, TrainConfig, TrainConfigError
+from pose_mcore.encoders.model import vae_spatial_factor, vae_tile_problem
 from pose_mcore.models.registry import ALL_PRESETS, family_of_preset
 
 PHASES = ("teacher", "phase1", "phase2")
@@ -141,8 +142,11 @@ def _phases(p: Problems, c: TrainConfig) -> None:
                              "pose-convert import)")
     if c.model_dir is not None and not (Path(c.model_dir) / "model_index.json").is_file():
         p.add("model_dir", c.model_dir, "not a diffusers model folder (no model_index.json there)")
-    if c.vae_tile is not None and (c.vae_tile <= 0 or c.vae_tile % 32):
-        p.add("vae_tile", c.vae_tile, "must be a positive multiple of 32 (4x the VAE's 8x or 16x downsampling)")
+    if c.vae_tile is not None:
+        folder = c.model_dir if c.model_dir is not None and Path(c.model_dir).is_dir() else None
+        problem = vae_tile_problem(c.vae_tile, vae_spatial_factor(folder) if folder else 8)
+        if problem:
+            p.add("vae_tile", c.vae_tile, problem)
     if "teacher" not in c.phases and c.teacher_checkpoint is None:
         p.add("teacher_checkpoint", None, f"phases {c.phases} need a teacher: set teacher_checkpoint or add "
                                           "the 'teacher' phase")

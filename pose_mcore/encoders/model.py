@@ -78,6 +78,23 @@ PIPELINES: dict[str, Family] = {
 """The diffusers pipelines whose folders pose_mcore reads."""
 
 
+def vae_spatial_factor(folder: str | Path) -> int:
+    """The spatial downsampling of a model folder's VAE, read from ``vae/config.json`` as its pipeline
+    reads it (Wan: ``scale_factor_spatial``; HunyuanVideo: ``spatial_compression_ratio``; else 8)."""
+    path = Path(folder) / "vae" / "config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    return int(config.get("scale_factor_spatial") or config.get("spatial_compression_ratio") or 8)
+
+
+def vae_tile_problem(tile: int, spatial: int) -> str | None:
+    """Why ``tile`` pixels cannot tile a VAE that downsamples ``spatial`` x (tiles overlap by a quarter, so
+    the tile and its stride must both be whole latents), or None."""
+    if tile <= 0 or tile % (4 * spatial):
+        return (f"must be a positive multiple of {4 * spatial} (this VAE's {spatial}x downsampling, tiles "
+                "overlapping by a quarter)")
+    return None
+
+
 def _read_index(folder: Path) -> dict[str, Any]:
     index = folder / "model_index.json"
     if not index.is_file():
@@ -155,10 +172,10 @@ class ModelEncoders:
         vae = self.pipe.vae
         self.latent_channels = vae.config.z_dim if self.family == "wan" else vae.config.latent_channels
         self.temporal, self.spatial = self.pipe.vae_scale_factor_temporal, self.pipe.vae_scale_factor_spatial
-        if vae_tile:
-            if vae_tile < 0 or vae_tile % (4 * self.spatial):
-                raise EncoderError(f"--vae-tile {vae_tile}: must be a positive multiple of {4 * self.spatial} "
-                                   f"(this VAE's {self.spatial}x downsampling, tiles overlapping by a quarter)")
+        if vae_tile is not None:
+            problem = vae_tile_problem(vae_tile, self.spatial)
+            if problem:
+                raise EncoderError(f"--vae-tile {vae_tile}: {problem}")
             vae.enable_tiling(tile_sample_min_height=vae_tile, tile_sample_min_width=vae_tile,
                               tile_sample_stride_height=vae_tile * 3 // 4, tile_sample_stride_width=vae_tile * 3 // 4)
 
