@@ -138,6 +138,10 @@ def test_wrong_model_folder_stops_before_any_work(models, inputs, tmp_path, caps
     code = prepare(["--input", str(inputs), "--model", str(models["wan-i2v"]), "--out", str(tmp_path / "out"),
                     "--frames", "6"])
     assert code == 2 and "4k+1" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    code = prepare(["--input", str(inputs), "--model", str(models["wan-i2v"]), "--out", str(tmp_path / "out"),
+                    *SIZE, "--vae-tile", "20"])
+    assert code == 2 and "--vae-tile 20: must be a positive multiple of 32" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def _loss_changes(preset: str, data: LatentDataset, edits: dict) -> None:

@@ -59,6 +59,8 @@ def test_sample_writes_the_video_and_its_latents(model_folders, generator, tmp_p
     assert sample(args) == 2 and "is image-to-video: give --image" in capsys.readouterr().err
     assert sample(_sample_args(model_folders, generator, tmp_path / "x.mp4", "--frames", "6")) == 2
     assert "4k+1" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
+    assert sample(_sample_args(model_folders, generator, tmp_path / "x.mp4", "--vae-tile", "20")) == 2
+    assert "--vae-tile 20: must be a positive multiple" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
 
 
 @pytest.mark.slow
