@@ -1,6 +1,6 @@
 """pose_mcore's parallel linears (pose_mcore/layers/linear.py): unsplit (TP=1) they run as one fused
 ``F.linear``; their outputs and gradients equal megatron-core's own path of the same layer, for every bias
-mode, and under bf16 autocast the output keeps the activation dtype. TP=2 against TP=1 is checked on the
+mode, and under bf16 autocast the output keeps the activation dtype and bf16's accuracy. TP=2 against TP=1 is checked on the
 whole models (tests/test_model_parallel.py)."""
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ def _run(layer: torch.nn.Module, x: torch.Tensor, amp: bool) -> tuple[torch.Tens
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16_autocast"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_unsplit_linear_equals_megatrons_path(tp1, case, amp):
-    if amp and run_device().type != "cuda":
-        pytest.skip("megatron's linear backward takes autocast on CUDA only (custom_fwd for 'cuda')")
+    """Against megatron's path in fp32 (under autocast megatron's backward runs on CUDA only, so the bf16
+    run is held to the fp32 reference, to bf16's rounding)."""
     cls, kwargs = CASES[case]
     cfg = family_of_preset("tiny-t2v").make_config("tiny-t2v")
     torch.manual_seed(0)
@@ -49,9 +49,10 @@ def test_unsplit_linear_equals_megatrons_path(tp1, case, amp):
     got = [t.detach().clone() for t in _run(layer, x, amp)]
     layer.zero_grad(set_to_none=True)
     layer.unsplit = False  # megatron's path of the same layer
-    want = _run(layer, x, amp)
-    assert got[0].dtype == (torch.bfloat16 if amp else torch.float32) and got[0].dtype == want[0].dtype
-    rel = 1e-2 if amp else 1e-6  # bf16: one rounding of the output, summed in another order
+    want = _run(layer, x, False)
+    # the activation dtype; a returned bias is added by the caller in fp32
+    assert got[0].dtype == (torch.bfloat16 if amp and not case.endswith("skip-bias") else torch.float32)
+    rel = 2e-2 if amp else 1e-6  # bf16: inputs and weights rounded to 8 bits (errors seen: 7e-3)
     for name, g, w in zip(("output", "d input", "d weight", "d bias"), got, want, strict=True):
         assert_close_rel(g.float(), w.float(), rel, name)
 
