@@ -258,3 +258,24 @@ def test_text_is_stored_trimmed_and_read_back_exactly(tmp_path):
     manifest.write_text("\n".join(lines) + "\n")
     with pytest.raises(DatasetError, match=r"manifest.jsonl:2: text_length 3 is not an integer of at least the 4"):
         LatentDataset(manifest)
+
+
+def test_read_ahead_gives_every_clip_in_order(inputs):
+    """Threads decoding ahead give the clips (and the failures of bad files) in input order, the same as
+    decoding one at a time."""
+    import argparse
+
+    from pose_mcore.data.prepare import list_items, read_ahead
+
+    items = list_items(inputs)
+    args = argparse.Namespace(frames=5, height=32, width=48, fps=4.0)
+    one = list(read_ahead(items, args, 0))
+    for depth in (1, 3, 8):  # 8: more threads than clips
+        ahead = list(read_ahead(items, args, depth))
+        assert [item for item, _ in ahead] == items == [item for item, _ in one]
+        for (_, a), (_, b) in zip(ahead, one, strict=True):
+            if isinstance(b, Exception):
+                assert type(a) is type(b) and str(a) == str(b)
+            else:
+                assert [np.asarray(f).tolist() for f in a] == [np.asarray(f).tolist() for f in b]
+    assert sum(isinstance(f, Exception) for _, f in one) == 3  # the broken, short and uncaptioned files

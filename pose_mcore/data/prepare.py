@@ -4,15 +4,17 @@ encoders (:class:`pose_mcore.encoders.ModelEncoders`).
     pose-prepare --input DIR | LIST.csv | LIST.jsonl --model MODEL_DIR --out DATA_DIR
                  [--height 480 --width 832 --frames 81] [--fps F] [--negative-prompt TEXT]
                  [--per-shard 64] [--dtype bf16|fp32] [--max-sequence-length N] [--vae-tile PX]
+                 [--read-ahead 2]
 
 Input: a folder of video / image files, each with a sidecar caption (``clip.mp4`` + ``clip.txt``), or
 a CSV / JSONL listing with a file column (``file``, ``video`` or ``path``; relative to the listing) and
 a caption column (``caption``, ``text`` or ``prompt``). The items are cut, in order, into shards of
 ``--per-shard``; under torchrun rank ``r`` prepares shards ``r, r + world, ...``. Each finished shard is
 ``shard-K.safetensors`` plus ``shard-K.jsonl`` (its manifest lines and skipped files), both written
-atomically, so running the command again skips finished shards (resume; any world size). Rank 0 then
-writes ``negative.safetensors`` (the negative / empty prompt, encoded once), ``manifest.jsonl`` (only
-complete samples) and ``report.json`` (counts and every skipped file with its reason).
+atomically, so running the command again skips finished shards (resume; any world size). Rank 0
+writes ``negative.safetensors`` (the negative / empty prompt, encoded once) first, and at the end
+``manifest.jsonl`` (only complete samples) and ``report.json`` (counts and every skipped file with its
+reason). While a clip is encoded, threads decode the next ``--read-ahead`` clips.
 
 Exit codes: 0 done (skipped files are listed, not fatal); 1 no sample could be prepared; 2 bad
 arguments or a model folder that cannot serve (nothing written).
@@ -26,11 +28,16 @@ import json
 import os
 import sys
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from PIL import Image
 from tqdm import tqdm
 
 from pose_mcore.checkpoint.io import atomic_destination
@@ -91,14 +98,45 @@ def list_items(source: Path) -> list[Item]:
     return items
 
 
-def encode_item(encoders: ModelEncoders, item: Item, args: argparse.Namespace) -> dict[str, torch.Tensor]:
-    """Every conditioning field of one item (unbatched), in the stored dtype."""
+def read_item(item: Item, args: argparse.Namespace) -> list[Image.Image]:
+    """An item's frames at the dataset's size and rate; VideoError for an unreadable or uncaptioned one."""
     if item.caption is None:
         raise VideoError(f"{item.path}: no caption (sidecar {item.path.with_suffix('.txt').name} or a caption column)")
-    frames = read_clip(item.path, args.frames, args.height, args.width, args.fps)
+    return read_clip(item.path, args.frames, args.height, args.width, args.fps)
+
+
+def read_ahead(items: list[Item], args: argparse.Namespace, depth: int
+               ) -> Iterator[tuple[Item, list[Image.Image] | VideoError]]:
+    """``(item, frames or its VideoError)`` in order, the next ``depth`` items decoded by threads while the
+    caller encodes (PyAV and Pillow release the GIL); at most ``depth + 1`` clips in memory. ``depth`` 0:
+    one at a time in this thread."""
+
+    def read(item: Item) -> list[Image.Image] | VideoError:
+        try:
+            return read_item(item, args)
+        except VideoError as e:
+            return e
+
+    if depth == 0:
+        yield from ((item, read(item)) for item in items)
+        return
+    rest = iter(items)
+    with ThreadPoolExecutor(max_workers=depth) as pool:
+        pending = deque((item, pool.submit(read, item)) for item in islice(rest, depth))
+        while pending:
+            item, future = pending.popleft()
+            later = next(rest, None)
+            if later is not None:
+                pending.append((later, pool.submit(read, later)))
+            yield item, future.result()
+
+
+def encode_item(encoders: ModelEncoders, frames: list[Image.Image], caption: str, args: argparse.Namespace
+                ) -> dict[str, torch.Tensor]:
+    """Every conditioning field of one clip (unbatched), in the stored dtype."""
     sample = {"latents": encoders.encode_video(frames)[None]}
     # HunyuanVideo-I2V's text encoder reads the first frame with the prompt
-    sample.update(encoders.encode_prompts([item.caption], frames[0] if encoders.reads_image_with_prompt else None))
+    sample.update(encoders.encode_prompts([caption], frames[0] if encoders.reads_image_with_prompt else None))
     sample.update(encoders.encode_first_frame(frames[0], args.frames, args.height, args.width))
     return stored({k: v[0] for k, v in sample.items()}, args.store_dtype)
 
@@ -112,13 +150,13 @@ def prepare_shard(encoders: ModelEncoders, items: list[Item], index: int, start:
                   bar: tqdm) -> None:
     """Encode one shard's items; write its tensors, then its ``.jsonl`` (the shard's done marker)."""
     samples, names, skipped = [], [], []
-    for i, item in enumerate(items):
-        try:
-            samples.append(encode_item(encoders, item, args))
+    for i, (item, frames) in enumerate(read_ahead(items, args, args.read_ahead)):
+        if isinstance(frames, VideoError):
+            skipped.append({"file": str(item.path), "reason": str(frames)})
+            tqdm.write(f"pose-prepare: skipped {frames}", file=sys.stderr)
+        else:
+            samples.append(encode_item(encoders, frames, item.caption, args))
             names.append(f"{start + i:08d}")
-        except VideoError as e:
-            skipped.append({"file": str(item.path), "reason": str(e)})
-            tqdm.write(f"pose-prepare: skipped {e}", file=sys.stderr)
         bar.update(1)
     out = Path(args.out)
     entries = shard_entries(samples, out / f"shard-{index:05d}.safetensors", names) if samples else []
@@ -165,11 +203,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="text tokens (default: the pipeline's, Wan 512, HunyuanVideo 256)")
     p.add_argument("--prompt-template", type=Path, default=None,
                    help="HunyuanVideo: a JSON file {template, crop_start} replacing the pipeline's default")
+    p.add_argument("--read-ahead", type=int, default=2, metavar="N",
+                   help="clips decoded by N threads while the encoders work (0: none)")
     p.add_argument("--vae-tile", type=int, default=None, metavar="PX",
                    help="encode in spatial tiles of PX pixels (e.g. 256; a multiple of 4x the VAE's downsampling)")
     args = p.parse_args(argv)
     if args.per_shard < 1:
         raise PrepareError(f"--per-shard {args.per_shard}: must be positive")
+    if args.read_ahead < 0:
+        raise PrepareError(f"--read-ahead {args.read_ahead}: must be >= 0")
     if args.fps is not None and args.fps <= 0:
         raise PrepareError(f"--fps {args.fps}: must be positive")
     return args
