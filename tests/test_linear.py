@@ -33,11 +33,11 @@ def _run(layer: torch.nn.Module, x: torch.Tensor, amp: bool) -> tuple[torch.Tens
     return out, x.grad, layer.weight.grad, layer.bias.grad
 
 
-@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16_autocast"])
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_unsplit_linear_equals_megatrons_path(tp1, case, amp):
-    """Against megatron's path in fp32 (under autocast megatron's backward runs on CUDA only, so the bf16
-    run is held to the fp32 reference, to bf16's rounding)."""
+    """Against megatron's path in fp32; ``bf16``: bf16 weights and inputs under bf16 autocast (how
+    ``precision=bf16`` trains) against that fp32 result, to bf16's rounding."""
     cls, kwargs = CASES[case]
     cfg = family_of_preset("tiny-t2v").make_config("tiny-t2v")
     torch.manual_seed(0)
@@ -46,15 +46,33 @@ def test_unsplit_linear_equals_megatrons_path(tp1, case, amp):
         layer.bias.normal_()
     assert layer.unsplit
     x = to_device(torch.randn(7, 3, 24, generator=torch.Generator().manual_seed(1)))
-    got = [t.detach().clone() for t in _run(layer, x, amp)]
-    layer.zero_grad(set_to_none=True)
     layer.unsplit = False  # megatron's path of the same layer
     want = _run(layer, x, False)
-    # the activation dtype; a returned bias is added by the caller in fp32
-    assert got[0].dtype == (torch.bfloat16 if amp and not case.endswith("skip-bias") else torch.float32)
+    layer.zero_grad(set_to_none=True)
+    layer.unsplit = True
+    if amp:
+        layer.to(torch.bfloat16)
+    got = _run(layer, x.to(torch.bfloat16) if amp else x, amp)
+    # the activation dtype; a returned bias is added by the caller, in the bias's dtype
+    assert got[0].dtype == (torch.bfloat16 if amp else torch.float32)
     rel = 2e-2 if amp else 1e-6  # bf16: inputs and weights rounded to 8 bits (errors seen: 7e-3)
     for name, g, w in zip(("output", "d input", "d weight", "d bias"), got, want, strict=True):
         assert_close_rel(g.float(), w.float(), rel, name)
+
+
+def test_cast_weights_keep_megatrons_path(tp1):
+    """fp32 weights under bf16 autocast (``precision=amp``): F.linear would keep each weight's bf16 copy for
+    backward; megatron's function keeps only the input (and the fp32 weight itself)."""
+    cfg = family_of_preset("tiny-t2v").make_config("tiny-t2v")
+    layer = ColumnParallelLinear(24, 40, config=cfg, init_method=cfg.init_method, bias=True, gather_output=False,
+                                 skip_bias_add=False, is_expert=False).to(run_device())
+    x = to_device(torch.randn(7, 3, 24)).to(torch.bfloat16).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t), \
+            torch.autocast(run_device().type, dtype=torch.bfloat16):
+        out, _ = layer(x)
+    assert out.dtype == torch.bfloat16
+    assert not [t for t in saved if t.numel() == layer.weight.numel() and t.dtype == torch.bfloat16]
 
 
 def test_a_transposed_input_is_not_copied_for_backward(tp1):

@@ -10,10 +10,12 @@ the bf16 matmul. Here the bias is cast to the output's dtype first. Layers whose
 With one tensor-parallel rank there is nothing to split, scatter or reduce: the layer runs as
 ``F.linear`` (the GEMM with the bias in its epilogue, as transformer-engine's linear and diffusers' do),
 the same values and gradients as megatron's path without its separate bias pass and no-op
-communication functions. A non-contiguous input (a transposed view) keeps megatron's path, which saves
-the view for backward where ``F.linear`` would save a contiguous copy. The parameters, their
-initialisation and sharding metadata are megatron's either way; with more ranks megatron's parallel path
-runs.
+communication functions. Two inputs keep megatron's path, where ``F.linear`` would save a copy for
+backward: a non-contiguous input (a transposed view; ``F.linear`` saves it made contiguous) and weights
+that autocast casts (fp32 weights under bf16 autocast, ``precision=amp``: ``F.linear`` saves the bf16
+copy of every weight until backward, megatron's function casts again in backward). The parameters,
+their initialisation and sharding metadata are megatron's either way; with more ranks megatron's
+parallel path runs.
 """
 
 from __future__ import annotations
@@ -38,6 +40,14 @@ def _unsplit(layer: torch.nn.Module) -> bool:
             and not config.defer_embedding_wgrad_compute and not layer.explicit_expert_comm)
 
 
+def _fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``F.linear`` saves nothing for backward that megatron's path does not: ``x`` contiguous and
+    ``weight`` not cast by autocast."""
+    device = x.device.type
+    cast = torch.is_autocast_enabled(device) and weight.dtype != torch.get_autocast_dtype(device)
+    return x.is_contiguous() and not cast
+
+
 def _fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, returns_bias: bool
            ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """An unsplit layer's ``(output, bias)``: the bias in the GEMM, or returned for the caller to add."""
@@ -56,8 +66,9 @@ class ColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None, **kwargs: Any
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.unsplit and x.is_contiguous():
-            return _fused(x, self.weight if weight is None else weight, self.bias, self.returns_bias)
+        weight = self.weight if weight is None else weight
+        if self.unsplit and _fusable(x, weight):
+            return _fused(x, weight, self.bias, self.returns_bias)
         out, bias = super().forward(x, weight, **kwargs)
         return (_add_bias(out, bias), None) if self.add_bias else (out, bias)
 
@@ -72,7 +83,7 @@ class RowParallelLinear(tensor_parallel.RowParallelLinear):
         self.unsplit = _unsplit(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.unsplit and x.is_contiguous():
+        if self.unsplit and _fusable(x, self.weight):
             return _fused(x, self.weight, self.bias, not self.add_bias)
         out, bias = super().forward(x)
         return (_add_bias(out, bias), None) if self.add_bias else (out, bias)
