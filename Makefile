@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # On a machine with a GPU and an installed CUDA torch (the Docker image, or any environment with
 # pose_mcore installed): creates no venv, downloads nothing. PYTHON picks the interpreter.
