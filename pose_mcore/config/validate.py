@@ -142,9 +142,8 @@ def _phases(p: Problems, c: TrainConfig) -> None:
                              "pose-convert import)")
     if c.model_dir is not None and not (Path(c.model_dir) / "model_index.json").is_file():
         p.add("model_dir", c.model_dir, "not a diffusers model folder (no model_index.json there)")
-    if c.vae_tile is not None:
-        folder = c.model_dir if c.model_dir is not None and Path(c.model_dir).is_dir() else None
-        problem = vae_tile_problem(c.vae_tile, vae_spatial_factor(folder) if folder else 8)
+    if c.vae_tile is not None:  # 8 without a folder, or where its VAE config is missing
+        problem = vae_tile_problem(c.vae_tile, vae_spatial_factor(c.model_dir) if c.model_dir else 8)
         if problem:
             p.add("vae_tile", c.vae_tile, problem)
     if "teacher" not in c.phases and c.teacher_checkpoint is None:

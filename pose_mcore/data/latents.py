@@ -73,9 +73,11 @@ class LatentDataset(Dataset):
                 if entry[field] not in keys:
                     raise DatasetError(f"{manifest}:{n}: key {entry[field]!r} ({field}) is not in {file}")
             length = entry.get("text_length")
-            if length is not None and not (isinstance(length, int) and length >= sources[file].shape(entry["text"])[0]):
-                raise DatasetError(f"{manifest}:{n}: text_length {length!r} is not an integer of at least the "
-                                   f"{sources[file].shape(entry['text'])[0]} text rows stored")
+            if length is not None:
+                rows = sources[file].shape(entry["text"])[0]
+                if not (isinstance(length, int) and length >= rows):
+                    raise DatasetError(f"{manifest}:{n}: text_length {length!r} is not an integer of at least the "
+                                       f"{rows} text rows stored")
             self.samples.append(entry)
         if not self.samples:
             raise DatasetError(f"{manifest}: no samples")

@@ -66,9 +66,9 @@ class ColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None, **kwargs: Any
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        weight = self.weight if weight is None else weight
-        if self.unsplit and _fusable(x, weight):
-            return _fused(x, weight, self.bias, self.returns_bias)
+        w = self.weight if weight is None else weight
+        if self.unsplit and _fusable(x, w):
+            return _fused(x, w, self.bias, self.returns_bias)
         out, bias = super().forward(x, weight, **kwargs)
         return (_add_bias(out, bias), None) if self.add_bias else (out, bias)
 
