@@ -117,6 +117,23 @@ def test_full_backbone_with_activation_checkpointing(tp1):
             assert torch.equal(p, backbone[n]), n
 
 
+@pytest.mark.parametrize(("preset", "layers"), [("tiny-t2v", [0]), ("tiny-hunyuan-t2v", [0, 1]),
+                                               ("tiny-hunyuan-t2v", [0, 2]), ("tiny-hunyuan-t2v", None)])
+def test_every_trained_backbone_parameter_gets_a_gradient(tp1, preset, layers):
+    """megatron-core's overlapped gradient reduction (DP or CP > 1) starts a bucket once every parameter in it
+    has a gradient, and asserts so after the first step: a trained discriminator backbone must train only
+    what its features depend on. HunyuanVideo with the last feature layer a dual-stream block (layers [0, 1]
+    of 2 + 2 blocks) leaves that block's text-only parts without one."""
+    roles, _, cfg = phase1_setup(preset)
+    phase = phase2_setup(roles, cfg, backbone="full", feature_layers=layers)
+    trained = [(n, p) for n, p in roles.disc_backbone.named_parameters() if p.requires_grad]
+    loss, _ = phase.discriminator_loss(batch_for(cfg))
+    grads = torch.autograd.grad(loss, [p for _, p in trained], allow_unused=True)
+    assert [n for (n, _), g in zip(trained, grads, strict=True) if g is None] == []
+    frozen = {n for n, p in roles.disc_backbone.named_parameters() if not p.requires_grad}
+    assert any(".mlp_ctx." in n for n in frozen) == (layers == [0, 1]), sorted(frozen)
+
+
 @pytest.mark.parametrize("preset", ("tiny-hunyuan-i2v", "tiny-hunyuan-i2v-token-replace", "tiny-i2v"))
 def test_generator_starts_as_the_pipelines(tp1, preset):
     """HunyuanVideo-I2V's generator input at t = 1 is 0.999 noise + 0.001 first-frame latent (diffusers'

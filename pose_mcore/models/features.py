@@ -34,10 +34,13 @@ def spread_layers(n: int) -> list[int]:
 
 
 def unused_by_features(model: nn.Module, layers: Sequence[int]) -> list[nn.Parameter]:
-    """Parameters that cannot change the outputs of blocks ``layers``: the blocks after the last of them and
-    the output layers (a discriminator backbone trained through its features gives them no gradient)."""
-    blocks = feature_blocks(model)[max(layers) + 1:]
-    out = [p for block in blocks for p in block.parameters()]
+    """Parameters that cannot change the outputs of blocks ``layers``: the blocks after the last of them, the
+    output layers, and in the last of them the parts that make only its text stream (HunyuanVideo's
+    dual-stream blocks; a feature is the video tokens). A discriminator backbone trained through its
+    features gives them no gradient."""
+    last, *after = feature_blocks(model)[max(layers):]
+    out = [p for block in after for p in block.parameters()]
+    out += [p for name in getattr(last, "text_only", ()) for p in last.get_submodule(name).parameters()]
     for name in model.output_layers:
         part = getattr(model, name)
         out += [part] if isinstance(part, nn.Parameter) else list(part.parameters())

@@ -126,6 +126,10 @@ class HunyuanDualBlockSubmodules:
 class HunyuanDualBlock(MegatronModule):
     """Dual-stream block: video and text keep separate weights and share one attention."""
 
+    text_only = ("attention.linear_q_ctx", "attention.q_norm_ctx", "attention.linear_proj_ctx", "mlp_ctx")
+    """Submodules that make only the text stream's output (text queries, its attention projection, its MLP):
+    the block's video output does not depend on them."""
+
     def __init__(self, config: HunyuanConfig, submodules: HunyuanDualBlockSubmodules) -> None:
         super().__init__(config)
         d, eps = config.hidden_size, config.layernorm_epsilon
