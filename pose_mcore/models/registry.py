@@ -75,7 +75,7 @@ def build_empty(config: VideoDiTConfig, device: torch.device | str) -> torch.nn.
     memory, no random init), for weights loaded right after. Keeps the attributes megatron-core and
     pose_mcore set on parameters (TP partitioning, sequence-parallel tags), which ``to_empty`` drops."""
     if detect_fake_mode() is not None:  # a memory trace (evaluation/memory_model.py): fake tensors cost nothing
-        return family_of_config(config).model_class(config)
+        return family_of_config(config).model_class(config).to(device)
     with torch.device("meta"):
         model = family_of_config(config).model_class(config)
     attributes = {name: dict(vars(p)) for name, p in model.named_parameters()}
