@@ -61,10 +61,18 @@ def global_batch(cfg, micro: int, accumulation: int, dp_rank: int = 0, dp_size: 
     return [to_device(b) for b in BatchStream(data, micro, accumulation, 11, dp_rank, dp_size).next()]
 
 
-def two_phase_steps(preset: str, micro: int, accumulation: int, init: dict | None = None, engine=None,
+TWO_PHASE_CASES = {"tiny-t2v": ("tiny-t2v", {}), "tiny-i2v": ("tiny-i2v", {}),
+                   "tiny-hunyuan-t2v": ("tiny-hunyuan-t2v", {}),
+                   "tiny-t2v-feature-r1": ("tiny-t2v", {"backbone": "full", "r1_on": "features"})}
+"""name -> (preset, Phase II settings) of the runs :func:`two_phase_steps` makes in the layout tests."""
+
+
+def two_phase_steps(case: str, micro: int, accumulation: int, init: dict | None = None, engine=None,
                     **model_overrides) -> dict:
-    """One Phase I and one Phase II step on the first global batch, from ``init``'s weights when given
-    (whole tensors); returns the metrics and the roles' whole weights before and after."""
+    """One Phase I and one Phase II step of ``case`` (:data:`TWO_PHASE_CASES`) on the first global batch, from
+    ``init``'s weights when given (whole tensors); returns the metrics and the roles' whole weights before and
+    after."""
+    preset, phase2_settings = TWO_PHASE_CASES[case]
     roles, phase1, cfg = phase1_setup(preset, engine=engine, **model_overrides)
     if init is not None:
         load_full_state_dict(roles.generator, init["init.generator"])
@@ -73,13 +81,14 @@ def two_phase_steps(preset: str, micro: int, accumulation: int, init: dict | Non
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
     batches = global_batch(cfg, micro, accumulation, dp_rank, dp_size)
     out["phase1"] = phase1.step(batches)
-    phase2 = phase2_setup(roles, cfg, engine=engine)
+    phase2 = phase2_setup(roles, cfg, engine=engine, **phase2_settings)
     if init is not None:
         roles.head.load_state_dict(init["init.head"])
     out["init.head"] = {k: v.clone() for k, v in roles.head.state_dict().items()}
     out["phase2"] = phase2.step(batches)
-    for name in ("generator", "base", "ema"):
-        out[f"after.{name}"] = full_state_dict(getattr(roles, name))
+    for name in ("generator", "base", "ema", "disc_backbone"):
+        if getattr(roles, name) is not None:
+            out[f"after.{name}"] = full_state_dict(getattr(roles, name))
     out["after.head"] = {k: v.clone() for k, v in roles.head.state_dict().items()}
     return out
 

@@ -127,6 +127,8 @@ def test_all_problems_at_once(capsys, tmp_path):
     (["micro_batch_size=0"], "micro_batch_size=0: must be >= 1"),
     (["tensor_parallel=3"], "tensor_parallel=3: must divide the world size 1"),
     (["phase2.feature_layers=[0,7]"], "phase2.feature_layers=[0, 7]: must be a non-empty list of block indices in [0, 2)"),
+    (["phase2.r1_on=inputs"], "phase2.r1_on='inputs': must be one of logit, features"),
+    (["phase2.r1_on=features"], "phase2.r1_on='features': needs phase2.backbone=full (not 'ema')"),
 ])
 def test_reported_cases(capsys, tmp_path, args, message):
     lines = _refused(capsys, tmp_path, *args)

@@ -7,11 +7,13 @@ import math
 import pytest
 import torch
 
+from pose_mcore.models.features import Features
 from pose_mcore.pose.losses import (
     adversarial_d_loss,
     adversarial_g_loss,
     consistency_loss,
     distribution_matching_loss,
+    feature_st_r1_loss,
     flow_matching_loss,
     st_r1_loss,
 )
@@ -71,3 +73,27 @@ def test_st_r1_equals_plain_formula(shape):
     eps_ms = torch.rand(shape[0], generator=gen) + 0.5
     plain = ((d_pert - d_clean) ** 2).reshape(shape[0], -1).sum(1) / eps_ms
     assert st_r1_loss(d_pert, d_clean, eps_ms).item() == pytest.approx(plain.mean().item(), rel=1e-6)
+
+
+def test_feature_st_r1_equals_its_formula(tp1):
+    """Per sample: each layer's squared difference averaged over the video's tokens and channels, averaged
+    over layers, over ``eps_ms``; padding rows (past the token grid) left out; mean over the batch. The
+    gradient reaches the perturbed and the clean features."""
+    gen = torch.Generator().manual_seed(0)
+    grid, tokens, batch, dim = (2, 3, 2), 12, 3, 5
+    pert = Features([0, 1], [torch.randn(tokens + 4, batch, dim, generator=gen, requires_grad=True) for _ in range(2)],
+                    grid=grid)
+    clean = Features([0, 1], [torch.randn(tokens + 4, batch, dim, generator=gen, requires_grad=True) for _ in range(2)],
+                     grid=grid)
+    for f in (pert, clean):  # padding rows that would dominate the penalty if counted
+        with torch.no_grad():
+            for h in f.hidden:
+                h[tokens:] = 1e3 * (1 + torch.arange(len(f.hidden[0]) - tokens))[:, None, None]
+    eps_ms = torch.rand(batch, generator=gen) + 0.5
+    want = sum(((a[:tokens] - b[:tokens]) ** 2).mean(dim=(0, 2))
+               for a, b in zip(pert.hidden, clean.hidden, strict=True)) / 2
+    loss = feature_st_r1_loss(pert, clean, eps_ms)
+    assert loss.item() == pytest.approx((want / eps_ms).mean().item(), rel=1e-6)
+    loss.backward()
+    assert all(h.grad[:tokens].abs().sum() > 0 and h.grad[tokens:].abs().sum() == 0
+               for h in pert.hidden + clean.hidden)

@@ -192,3 +192,22 @@ def test_text_dropout_with_a_negative_prompt_of_another_length(tp1):
                  for i, kw in ((0, conds.uncond), (1, conds.cond))]
     for i in range(2):
         assert_close_rel(mixed[i:i + 1], alone[i], 1e-5)
+
+
+@pytest.mark.parametrize("preset", ["tiny-i2v", "tiny-hunyuan-t2v"])
+def test_st_r1_on_the_features(tp1, preset):
+    """``r1_on=features`` differences the trained backbone's features instead of the logit: the penalty trains
+    the backbone and not the head (which it does not pass through), and a step takes it."""
+    roles, _, cfg = phase1_setup(preset)
+    phase = phase2_setup(roles, cfg, backbone="full", r1_on="features")
+    batch = batch_for(cfg)
+    loss, metrics = phase.discriminator_loss(batch)
+    r1 = metrics["r1"]
+    assert r1.item() > 0
+    backbone = [p for p in roles.disc_backbone.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(r1, [*backbone, *roles.head.parameters()], allow_unused=True)
+    n_backbone = len(backbone)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads[:n_backbone])
+    assert all(g is None or g.abs().sum() == 0 for g in grads[n_backbone:])
+    out = phase.step([batch])
+    assert out["stepped"] == 1.0 and out["r1"] > 0

@@ -88,6 +88,10 @@ class Phase2Config:
     t_adv_min: float = 0.7
     adv_loss: str = "hinge"
     r1_weight: float = 1.0
+    r1_on: str = "logit"
+    """What ST-R1 differences between the perturbed and the clean real sample: 'logit' (the head's output, the
+    paper's Eq. 4) or 'features' (the backbone's block outputs at ``feature_layers``, the spec's variant;
+    needs ``backbone=full``: the EMA and the frozen backbone's features depend on nothing D trains)."""
     sigma_s: float = 0.05
     sigma_t: float = 0.05
     consistency_weight: float = 10.0

@@ -24,6 +24,7 @@ DATA_KINDS = ("procedural", "latents")
 BACKBONES = ("ema", "frozen", "full")
 HEADS = ("semantic", "conv")
 ADV_LOSSES = ("hinge", "non_saturating")
+R1_TARGETS = ("logit", "features")
 
 Rule = tuple[Callable[[Any], bool], str]
 
@@ -179,6 +180,10 @@ def _phase2(p: Problems, c: TrainConfig, model: VideoDiTConfig | None) -> None:
     p.choice("phase2.backbone", s.backbone, BACKBONES)
     p.choice("phase2.head", s.head, HEADS)
     p.choice("phase2.adv_loss", s.adv_loss, ADV_LOSSES)
+    p.choice("phase2.r1_on", s.r1_on, R1_TARGETS)
+    if s.r1_on == "features" and s.backbone in BACKBONES and s.backbone != "full":
+        p.add("phase2.r1_on", s.r1_on, f"needs phase2.backbone=full (not {s.backbone!r}): the features of a backbone "
+                                       "the discriminator does not train would give the penalty nothing to train")
     dim_ok = p.check("phase2.head_dim", s.head_dim, AT_LEAST_1)
     p.check("phase2.head_queries", s.head_queries,
             (lambda v: 1 <= v <= MAX_QUERIES, f"must be in [1, {MAX_QUERIES}] (the kernel's limit)"))

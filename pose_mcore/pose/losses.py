@@ -6,6 +6,9 @@ import torch
 import torch.nn.functional as F
 from pose_kernels import st_r1_penalty
 
+from pose_mcore.models.features import Features
+from pose_mcore.parallel.context import gather_shards, token_shard_group
+
 
 def _per_sample_mean(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).mean(dim=1)
@@ -51,6 +54,21 @@ def adversarial_g_loss(d_fake: torch.Tensor, kind: str = "hinge") -> torch.Tenso
 def st_r1_loss(d_pert: torch.Tensor, d_clean: torch.Tensor, eps_ms: torch.Tensor) -> torch.Tensor:
     """ST-R1: ``mean_b((D(x_pert) - D(x_t))_b^2 / mean_b(eps^2))`` (summed over non-batch dims for features)."""
     return st_r1_penalty(d_pert, d_clean, eps_ms).mean()
+
+
+def feature_st_r1_loss(pert: Features, clean: Features, eps_ms: torch.Tensor) -> torch.Tensor:
+    """ST-R1 on the backbone's features (the spec's variant): per sample, the squared difference of every
+    feature layer averaged over the video's tokens and channels, averaged over the layers and divided by
+    ``eps_ms``; then the mean over the batch. Padding tokens are left out, and the token shards of a
+    sequence- or context-parallel layout are summed (:func:`gather_shards`, so the gradients keep the
+    convention of the token-split region)."""
+    n = clean.valid_tokens()
+    # per-sample sums over this rank's real tokens; [s, b, d] -> [b, s, d] (a view: a copy only for b > 1)
+    local = sum(st_r1_penalty(a[:n].transpose(0, 1), b[:n].transpose(0, 1), eps_ms)
+                for a, b in zip(pert.hidden, clean.hidden, strict=True)) if n else eps_ms.new_zeros(eps_ms.shape)
+    total = gather_shards(local[None], token_shard_group(clean.sequence_parallel)).sum(0)
+    f, h, w = clean.grid
+    return (total / (f * h * w * clean.hidden[0].shape[-1] * len(clean.hidden))).mean()
 
 
 def consistency_loss(x0: torch.Tensor, x0_teacher: torch.Tensor) -> torch.Tensor:

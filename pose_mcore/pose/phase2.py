@@ -1,7 +1,7 @@
 """Phase II, unified adversarial equilibrium: the EMA generator as discriminator backbone (or the
 frozen teacher, or a trained copy: the ablation modes), a trained head on its multi-layer features,
-hinge (or non-saturating) losses, the spatio-temporal finite-difference R1 on real samples, and the
-frame consistency loss for image-to-video."""
+hinge (or non-saturating) losses, the spatio-temporal finite-difference R1 on real samples (on the
+logit, or on the backbone's features), and the frame consistency loss for image-to-video."""
 
 from __future__ import annotations
 
@@ -12,10 +12,16 @@ from pose_mcore.config.base import VideoDiTConfig
 from pose_mcore.config.train import Phase2Config
 from pose_mcore.diffusion.flow import add_noise, x0_from_velocity
 from pose_mcore.engine.optimizer import Engine, Optimizer
-from pose_mcore.models.features import capture_features, default_layers, unused_by_features
+from pose_mcore.models.features import Features, capture_features, default_layers, unused_by_features
 from pose_mcore.pose.conditioning import Conditioner, Conditions
 from pose_mcore.pose.heads import ConvHead, SemanticHead
-from pose_mcore.pose.losses import adversarial_d_loss, adversarial_g_loss, consistency_loss, st_r1_loss
+from pose_mcore.pose.losses import (
+    adversarial_d_loss,
+    adversarial_g_loss,
+    consistency_loss,
+    feature_st_r1_loss,
+    st_r1_loss,
+)
 from pose_mcore.pose.phase import MicroBatches, Phase
 from pose_mcore.pose.roles import Roles
 
@@ -54,18 +60,25 @@ class Phase2(Phase):
     def optimizers(self) -> dict[str, Optimizer]:
         return {"generator": self.opt_g, "discriminator": self.opt_d}
 
-    def discriminate(self, x_t: torch.Tensor, t: torch.Tensor, conds: Conditions) -> torch.Tensor:
-        """``D(x_t, t, c)``: the head on the backbone's features of the noised input."""
+    def features(self, x_t: torch.Tensor, t: torch.Tensor, conds: Conditions) -> Features:
+        """The backbone's outputs at the feature layers for the noised input ``x_t``."""
         with self.roles.backbone() as backbone:
-            x_in = conds.inputs(x_t)
-            with capture_features(backbone, self.layers, x_in) as feats:
+            with capture_features(backbone, self.layers, conds.inputs(x_t)) as feats:
                 self.velocity(backbone, x_t, t, conds, conds.cond)
+        return feats
+
+    def logit(self, feats: Features, t: torch.Tensor, conds: Conditions) -> torch.Tensor:
+        """The head's logit on backbone features."""
         with self.amp():
             return self.roles.head(feats, t, conds.text, conds.image).float()
 
+    def discriminate(self, x_t: torch.Tensor, t: torch.Tensor, conds: Conditions) -> torch.Tensor:
+        """``D(x_t, t, c)``: the head on the backbone's features of the noised input."""
+        return self.logit(self.features(x_t, t, conds), t, conds)
+
     def discriminator_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Hinge (or non-saturating) loss on a real and a generated sample at the same noise level, plus the
-        spatio-temporal R1 on the real one."""
+        spatio-temporal R1 on the real one (on the logit, or on the backbone's features)."""
         conds, draws = self.conditioner(batch), self.draws(batch, "discriminator")
         real = batch["latents"]
         with torch.no_grad():
@@ -73,14 +86,18 @@ class Phase2(Phase):
         t = draws.times(self.cfg.t_adv_min, 1.0, 1.0)  # the same t for the real and the fake sample of a pair
         x_real = add_noise(real, draws.noise(real), t)
         x_fake = add_noise(fake, draws.noise(fake), t)
-        d_real, d_fake = self.discriminate(x_real, t, conds), self.discriminate(x_fake, t, conds)
+        feats_real = self.features(x_real, t, conds)
+        d_real, d_fake = self.logit(feats_real, t, conds), self.discriminate(x_fake, t, conds)
         loss = adversarial_d_loss(d_real, d_fake, self.cfg.adv_loss)
         r1 = torch.zeros((), device=loss.device)
         if self.cfg.r1_weight > 0:  # each sample perturbed from its own seed: the same on any rank
             pert = [st_r1_perturb(x_real[i:i + 1], self.cfg.sigma_s, self.cfg.sigma_t, seed)
                     for i, seed in enumerate(draws.seeds())]
             x_pert, eps_ms = torch.cat([x for x, _ in pert]), torch.cat([e for _, e in pert])
-            r1 = st_r1_loss(self.discriminate(x_pert, t, conds), d_real, eps_ms)
+            if self.cfg.r1_on == "features":
+                r1 = feature_st_r1_loss(self.features(x_pert, t, conds), feats_real, eps_ms)
+            else:
+                r1 = st_r1_loss(self.discriminate(x_pert, t, conds), d_real, eps_ms)
             loss = loss + self.cfg.r1_weight * r1
         return loss, {"r1": r1, "d_real": d_real.mean(), "d_fake": d_fake.mean()}
 

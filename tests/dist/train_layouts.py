@@ -22,7 +22,9 @@ from pose_mcore.parallel.state import destroy_parallel, initialize_parallel  # n
 
 LAYOUTS = {"tp2_dp2": (2, 1, 1), "cp2_tp2": (2, 2, 2)}
 """name -> (tp, cp, micro-batch size); the global batch is 4 in both."""
-LAYOUT_PRESETS = {"tiny-t2v": ("tp2_dp2", "cp2_tp2"), "tiny-i2v": ("tp2_dp2",), "tiny-hunyuan-t2v": ("cp2_tp2",)}
+LAYOUT_CASES = {"tiny-t2v": ("tp2_dp2", "cp2_tp2"), "tiny-i2v": ("tp2_dp2",), "tiny-hunyuan-t2v": ("cp2_tp2",),
+                "tiny-t2v-feature-r1": ("cp2_tp2",)}
+"""case of tests/phase_fixtures.py -> the layouts it runs in."""
 
 
 def main() -> None:
@@ -36,9 +38,9 @@ def main() -> None:
         for layout, (tp, cp, micro) in LAYOUTS.items():
             initialize_parallel(tp, cp, seed=7)
             results[layout] = {
-                preset: two_phase_steps(preset, micro, 2, init, Engine(distributed_optimizer=True),
-                                        tensor_model_parallel_size=tp, context_parallel_size=cp, sequence_parallel=True)
-                for preset, init in reference.items() if layout in LAYOUT_PRESETS[preset]}
+                case: two_phase_steps(case, micro, 2, init, Engine(distributed_optimizer=True),
+                                      tensor_model_parallel_size=tp, context_parallel_size=cp, sequence_parallel=True)
+                for case, init in reference.items() if layout in LAYOUT_CASES[case]}
     if dist.get_rank() == 0:
         torch.save(results, args.out)
     destroy_parallel()
