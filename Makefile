@@ -20,8 +20,10 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# One intra-op thread per test process: two processes on two cores, no OpenMP threads spinning against
+# each other (tests that compare thread counts set theirs); the longest test files first (tests/conftest.py).
 test: lint
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 # On a machine with a GPU and an installed CUDA torch (the Docker image, or any environment with
 # pose_mcore installed): creates no venv, downloads nothing. PYTHON picks the interpreter.

@@ -39,9 +39,9 @@ SMALL = {  # HunyuanVideo (True) or Wan: one block of each kind, one fake-score 
 LAYOUTS = {"tp1": (1, 1), "tp2": (2, 1), "cp2": (1, 2)}  # name -> (tensor parallel, context parallel)
 
 
-def _steps(step: Phase, data: dict[str, torch.Tensor], conditioner: Conditioner) -> None:
-    """Two steps of a phase and its one-step sample, as the trainer runs them."""
-    for _ in range(2):
+def _steps(step: Phase, data: dict[str, torch.Tensor], conditioner: Conditioner, steps: int) -> None:
+    """``steps`` steps of a phase and its one-step sample, as the trainer runs them."""
+    for _ in range(steps):
         step.step([data])
     with torch.no_grad():
         step.generate(conditioner(data), torch.randn(data["latents"].shape).to(data["latents"]))
@@ -65,7 +65,8 @@ def phase_run(preset: str, tp: int, cp: int, phases: tuple[str, ...] = ("teacher
             roles, step = build_phase(name, run, teacher, conditioner, device, roles)
             if spoil is not None and i == len(phases) - 1:
                 spoil(step)
-            _steps(step, data, conditioner)
+            # a second step where DDP overlaps its reduction (DP x CP > 1): it checks the first one's gradients
+            _steps(step, data, conditioner, 2 if cp > 1 else 1)
             teacher = roles.generator if name == "teacher" else None
 
 
