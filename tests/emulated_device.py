@@ -5,8 +5,9 @@ step makes on the CPU while the run's device is the accelerator then fails here 
 ("Expected all tensors to be on the same device"), without a GPU.
 
 What it stands in for: ``run_device()``, ``torch.cuda.current_device()`` (where megatron-core allocates its
-sequence-parallel and DDP buffers) and moving modules (``module.to(device)`` moves fake parameters in
-place, as ``param.data = ...`` does). What it cannot: autocast (no autocast for ``meta``: runs are fp32),
+sequence-parallel and DDP buffers) and moving modules (``module.to(device)`` replaces each fake parameter
+and buffer by one on the accelerator, keeping its attributes; call it before optimisers hold them, as the
+trainer does). What it cannot: autocast (no autocast for ``meta``: runs are fp32),
 the Triton kernels (fake tensors take the torch references), host reads of values (``.item()`` reads 1, as
 in the memory model's traces). Needs a process whose default device is the CPU and that has no CUDA.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
+from unittest import mock
 
 import torch
 from megatron.core import parallel_state
@@ -50,16 +52,6 @@ def _moved(t: torch.Tensor) -> torch.Tensor:
         moved = torch.nn.Parameter(moved, requires_grad=t.requires_grad)
     moved.__dict__.update({k: v for k, v in t.__dict__.items() if k not in moved.__dict__})  # not the fake device
     return moved
-
-
-@contextlib.contextmanager
-def _patched(owner: object, name: str, value: object) -> Iterator[None]:
-    original = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, original)
 
 
 @contextlib.contextmanager
@@ -98,11 +90,11 @@ def emulated_accelerator() -> Iterator[torch.device]:
     parallel_state._set_global_memory_buffer()
     with contextlib.ExitStack() as stack:
         for m in importers:
-            stack.enter_context(_patched(m, "run_device", lambda: DEVICE))
-        stack.enter_context(_patched(torch.cuda, "current_device", lambda: DEVICE))
-        stack.enter_context(_patched(torch.nn.Module, "to", to))
-        stack.enter_context(_patched(torch, "autocast", autocast))
-        stack.enter_context(_patched(torch, "is_autocast_enabled", autocast_enabled))
+            stack.enter_context(mock.patch.object(m, "run_device", lambda: DEVICE))
+        stack.enter_context(mock.patch.object(torch.cuda, "current_device", lambda: DEVICE))
+        stack.enter_context(mock.patch.object(torch.nn.Module, "to", to))
+        stack.enter_context(mock.patch.object(torch, "autocast", autocast))
+        stack.enter_context(mock.patch.object(torch, "is_autocast_enabled", autocast_enabled))
         # torch.tensor(..., device=DEVICE) makes a plain meta tensor even under fake tensors: let it in (a real
         # CPU tensor let in becomes a fake CPU tensor, still caught on the wrong device)
         stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
