@@ -1,8 +1,7 @@
-"""Small phase set-ups shared by the phase tests and the TP=2 training-step script."""
+"""Small phase set-ups shared by the phase tests and the layout tests' training-step script."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import torch
@@ -10,16 +9,18 @@ from devices import to_device
 from megatron.core import parallel_state
 from torch.utils.data import default_collate
 
-from pose_mcore.config.train import OptimConfig, Phase1Config, Phase2Config
+from pose_mcore.config.train import OptimConfig, Phase1Config, Phase2Config, TeacherConfig
 from pose_mcore.data.procedural import ProceduralConfig, ProceduralVideos
 from pose_mcore.data.sampler import BatchStream
 from pose_mcore.models.registry import family_of_preset
-from pose_mcore.parallel.sharding import full_state_dict, load_full_state_dict
+from pose_mcore.parallel.replicas import replica_mismatches
+from pose_mcore.parallel.sharding import full_state_dict, gather_full, load_full_state_dict
 from pose_mcore.parallel.state import run_device
 from pose_mcore.pose.conditioning import Conditioner
 from pose_mcore.pose.phase1 import Phase1
 from pose_mcore.pose.phase2 import Phase2
 from pose_mcore.pose.roles import Roles
+from pose_mcore.pose.teacher import TeacherPhase
 
 PHASE1 = Phase1Config(fake_updates=2, optim_g=OptimConfig(lr=1e-3), optim_fake=OptimConfig(lr=1e-2), real_guidance=2.0)
 PHASE2 = Phase2Config(head_dim=16, head_queries=4, head_heads=2, optim_g=OptimConfig(lr=1e-3, betas=(0.5, 0.999)),
@@ -61,50 +62,93 @@ def global_batch(cfg, micro: int, accumulation: int, dp_rank: int = 0, dp_size: 
     return [to_device(b) for b in BatchStream(data, micro, accumulation, 11, dp_rank, dp_size).next()]
 
 
-TWO_PHASE_CASES = {"tiny-t2v": ("tiny-t2v", {}), "tiny-i2v": ("tiny-i2v", {}),
-                   "tiny-hunyuan-t2v": ("tiny-hunyuan-t2v", {}),
-                   "tiny-t2v-feature-r1": ("tiny-t2v", {"backbone": "full", "r1_on": "features"})}
-"""name -> (preset, Phase II settings) of the runs :func:`two_phase_steps` makes in the layout tests."""
+LAYOUT_CASES = {
+    "wan-teacher": ("tiny-t2v", "teacher", {}),
+    "wan-phase1": ("tiny-t2v", "phase1", {}),
+    "wan-ema-semantic": ("tiny-t2v", "phase2", {}),
+    "wan-frozen-semantic": ("tiny-t2v", "phase2", {"backbone": "frozen"}),
+    "wan-full-semantic-feature-r1": ("tiny-t2v", "phase2", {"backbone": "full", "r1_on": "features"}),
+    "wan-full-conv": ("tiny-t2v", "phase2", {"backbone": "full", "head": "conv"}),
+    "wan-i2v-phase1": ("tiny-i2v", "phase1", {}),
+    "wan-i2v-ema-semantic": ("tiny-i2v", "phase2", {}),
+    "hunyuan-teacher": ("tiny-hunyuan-t2v", "teacher", {}),
+    "hunyuan-phase1": ("tiny-hunyuan-t2v", "phase1", {}),
+    "hunyuan-ema-semantic": ("tiny-hunyuan-t2v", "phase2", {}),
+    "hunyuan-frozen-semantic": ("tiny-hunyuan-t2v", "phase2", {"backbone": "frozen"}),
+    "hunyuan-full-semantic": ("tiny-hunyuan-t2v", "phase2", {"backbone": "full"}),
+    "hunyuan-ema-conv": ("tiny-hunyuan-t2v", "phase2", {"head": "conv"}),
+}
+"""name -> (preset, phase, Phase II settings): one step of every phase, each backbone mode and each head, of
+both families (and Wan I2V: image conditions, the consistency loss), in the layout tests."""
+
+TEACHER = TeacherConfig(optim=OptimConfig(lr=1e-3))
 
 
-def two_phase_steps(case: str, micro: int, accumulation: int, init: dict | None = None, engine=None,
-                    **model_overrides) -> dict:
-    """One Phase I and one Phase II step of ``case`` (:data:`TWO_PHASE_CASES`) on the first global batch, from
-    ``init``'s weights when given (whole tensors); returns the metrics and the roles' whole weights before and
-    after."""
-    preset, phase2_settings = TWO_PHASE_CASES[case]
-    roles, phase1, cfg = phase1_setup(preset, engine=engine, **model_overrides)
-    if init is not None:
-        load_full_state_dict(roles.generator, init["init.generator"])
-        load_full_state_dict(roles.base, init["init.base"])
-    out = {"init.generator": full_state_dict(roles.generator), "init.base": full_state_dict(roles.base)}
-    dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
-    batches = global_batch(cfg, micro, accumulation, dp_rank, dp_size)
-    out["phase1"] = phase1.step(batches)
-    phase2 = phase2_setup(roles, cfg, engine=engine, **phase2_settings)
-    if init is not None:
-        roles.head.load_state_dict(init["init.head"])
-    out["init.head"] = {k: v.clone() for k, v in roles.head.state_dict().items()}
-    out["phase2"] = phase2.step(batches)
-    for name in ("generator", "base", "ema", "disc_backbone"):
-        if getattr(roles, name) is not None:
-            out[f"after.{name}"] = full_state_dict(getattr(roles, name))
-    out["after.head"] = {k: v.clone() for k, v in roles.head.state_dict().items()}
+def whole_gradients(opt) -> dict[str, torch.Tensor]:
+    """The reduced gradient of every parameter an optimiser trains, as whole tensors on every rank (its
+    ``<role index>.<name>``): this rank's shards of the distributed optimizer summed over the data- and
+    context-parallel ranks (each element lies in one shard), TP slices gathered."""
+    spans: dict[str, list] = {}
+    for p in opt.params:
+        spans.setdefault(p.name, []).append(p)
+    out = {}
+    for index, ddp in enumerate(opt.ddps):
+        for name, param in ddp.module.named_parameters():
+            if not param.requires_grad:
+                continue
+            key = f"{index}.{name}"
+            flat = torch.zeros(param.numel(), device=param.device)
+            for p in spans.get(key, []):
+                flat[p.span[0]:p.span[1]] = p.grad
+            if opt.distributed and ddp.dp_cp_group.size() > 1:
+                torch.distributed.all_reduce(flat, group=ddp.dp_cp_group)
+            out[key] = gather_full(param, flat.view_as(param), name)
     return out
 
 
-@contextlib.contextmanager
-def robust_optimisers():
-    """Adam with eps = 1e-3 inside: gradients that are zero up to rounding (a key bias, which softmax ignores)
-    then move weights by ~lr * 1e-9 instead of a full lr-sized step in a rounding-dependent direction,
-    so weights after one step can be compared between layouts."""
-    global PHASE1, PHASE2
-    saved = PHASE1, PHASE2
-    PHASE1 = dataclasses.replace(PHASE1, **{k: dataclasses.replace(getattr(PHASE1, k), eps=1e-3)
-                                            for k in ("optim_g", "optim_fake")})
-    PHASE2 = dataclasses.replace(PHASE2, **{k: dataclasses.replace(getattr(PHASE2, k), eps=1e-3)
-                                            for k in ("optim_g", "optim_d")})
-    try:
-        yield
-    finally:
-        PHASE1, PHASE2 = saved
+def layout_step(case: str, micro: int, accumulation: int, init: dict | None = None, engine=None,
+                **model_overrides) -> dict:
+    """One step of ``case`` (:data:`LAYOUT_CASES`) on the first global batch, every optimiser at its first
+    step with the default Adam epsilon, from ``init``'s weights when given (whole tensors, as this function
+    returns them under ``init.*``). Returns the metrics, each optimiser's reduced gradients
+    (``grads.<optimiser>``), every role's whole weights before (``init.<role>``) and after (``after.<role>``)
+    and the copies of weights and gradients that differ between the ranks holding them (``mismatches``)."""
+    preset, name, settings = LAYOUT_CASES[case]
+    family = family_of_preset(preset)
+    cfg = family.make_config(preset, **model_overrides)
+    torch.manual_seed(0)
+    teacher = family.model_class(cfg).to(run_device())
+    conditioner = Conditioner(cfg, stand_ins=True)
+    if name == "teacher":
+        roles = Roles(teacher, with_fake=False)
+        phase = TeacherPhase(roles, conditioner, TEACHER, seed=2, device=run_device(), engine=engine)
+    elif name == "phase1":
+        roles = Roles(teacher, lora_rank=4, lora_alpha=4)
+        phase = Phase1(roles, conditioner, dataclasses.replace(PHASE1, fake_updates=1), seed=3, device=run_device(),
+                       engine=engine)
+    else:
+        roles = Roles(teacher, lora_rank=4, lora_alpha=4)
+        phase = phase2_setup(roles, cfg, engine=engine, **settings)
+    held = roles.named_roles()
+    if init is not None:
+        for role, module in held.items():
+            if role == "head":
+                module.load_state_dict(init["init.head"])
+            else:
+                load_full_state_dict(module, init[f"init.{role}"])
+    out = {f"init.{role}": _whole(role, module) for role, module in held.items()}
+    dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+    out["metrics"] = phase.step(global_batch(cfg, micro, accumulation, dp_rank, dp_size))
+    for opt_name, opt in phase.optimizers().items():
+        out[f"grads.{opt_name}"] = whole_gradients(opt)
+    for role, module in roles.named_roles().items():
+        out[f"after.{role}"] = _whole(role, module)
+    out["mismatches"] = replica_mismatches(phase.replicas())
+    out["lr"] = {k: v.cfg.lr for k, v in phase.optimizers().items()}
+    return out
+
+
+def _whole(role: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    if role == "head":  # replicated, not a megatron model
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+    return full_state_dict(module)

@@ -21,6 +21,7 @@ from pose_mcore.checkpoint.sharded import Piece, ShardedReader
 from pose_mcore.config.train import OptimConfig
 from pose_mcore.engine.ddp import data_parallel
 from pose_mcore.engine.main_params import MainParam, main_params
+from pose_mcore.parallel.replicas import Replica
 from pose_mcore.parallel.sequence import finalize_tensor_parallel_grads
 
 LossFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -149,6 +150,17 @@ class Optimizer:
         if parallel_state.get_tensor_model_parallel_world_size() > 1:
             dist.all_reduce(sq[0:1], group=parallel_state.get_tensor_model_parallel_group())
         return sq.sum().sqrt().float()
+
+    def gradient_replicas(self, prefix: str) -> Iterator[Replica]:
+        """The reduced gradients this rank holds (as the last step used them, clipped), for
+        :func:`pose_mcore.parallel.replicas.check_replicas`: a TP slice is held alike by the data- and
+        context-parallel ranks, a replicated gradient by every rank; with the distributed optimizer only by
+        the TP ranks of the same shard."""
+        tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        shard = self.ddps[0].dp_cp_group.rank() if self.distributed else None
+        for p in self.params:
+            copy = (tp_rank if p.tensor_parallel else None, shard, p.span)
+            yield Replica(f"{prefix}/{p.name}.grad", copy, p.grad)
 
     def main_copies(self) -> list[torch.Tensor]:
         """The fp32 main weights that are copies (of non-fp32 model weights), not views of the model."""

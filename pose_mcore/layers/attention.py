@@ -22,6 +22,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from pose_mcore.layers.rotary import apply_rotary
 from pose_mcore.parallel.context import gather_heads, heads_to_seq, local_heads, seq_to_heads
 from pose_mcore.parallel.sequence import without_sequence_parallel
+from pose_mcore.parallel.sharding import grouped_init
 
 _flash_attn_func = None
 
@@ -286,11 +287,12 @@ class FusedAttentionMLP(MegatronModule):
         tp = parallel_state.get_tensor_model_parallel_world_size()
         self.local_sizes = (d // tp, d // tp, d // tp, m // tp)
         cfg = without_sequence_parallel(config)
-        self.linear_fc1 = build_module(submodules.linear_fc1, d, 3 * d + m, config=cfg, init_method=config.init_method,
+        self.linear_fc1 = build_module(submodules.linear_fc1, d, 3 * d + m, config=cfg,
+                                       init_method=grouped_init(config.init_method, (d, d, d, m), 0),
                                        bias=True, gather_output=False, skip_bias_add=False, is_expert=False)
         self.linear_fc2 = build_module(submodules.linear_fc2, d + m, d, config=cfg,
-                                       init_method=config.output_layer_init_method, bias=True, input_is_parallel=True,
-                                       skip_bias_add=False, is_expert=False)
+                                       init_method=grouped_init(config.output_layer_init_method, (d, m), 1), bias=True,
+                                       input_is_parallel=True, skip_bias_add=False, is_expert=False)
         self.linear_fc1.weight.partition_groups = self.linear_fc1.bias.partition_groups = (d, d, d, m)
         self.linear_fc2.weight.partition_groups = (d, m)
         self.q_norm = build_module(submodules.q_norm, self.head_dim, eps=config.layernorm_epsilon)

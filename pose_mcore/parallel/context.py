@@ -212,7 +212,7 @@ class _GatherHeads(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
+        grad = grad.clone(memory_format=torch.contiguous_format)  # never the incoming gradient in place
         dist.all_reduce(grad, group=parallel_state.get_context_parallel_group())
         return grad.narrow(2, cp_rank() * ctx.m, ctx.m).contiguous()
 

@@ -15,11 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core import parallel_state
-from megatron.core.tensor_parallel import (
-    copy_to_tensor_model_parallel_region,
-    gather_from_sequence_parallel_region,
-    scatter_to_sequence_parallel_region,
-)
+from megatron.core.tensor_parallel import gather_from_sequence_parallel_region, scatter_to_sequence_parallel_region
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 
@@ -55,10 +51,32 @@ def gather_tokens(x: torch.Tensor, length: int) -> torch.Tensor:
     return gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=False)[:length]
 
 
+class _BroadcastToTokens(torch.autograd.Function):
+    """Identity forward; backward, the gradient summed over the TP ranks into a new contiguous tensor.
+
+    Not megatron-core's ``copy_to_tensor_model_parallel_region``: its ``_reduce`` all-reduces
+    ``grad.contiguous()`` and returns ``grad``, so a non-contiguous gradient (that of a transposed view,
+    such as the head's per-head queries) came back unreduced. Nor in place: autograd may hand the same
+    gradient tensor to several inputs (the two operands of an addition)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, group=parallel_state.get_tensor_model_parallel_group())
+        return grad
+
+
 def broadcast_to_tokens(x: torch.Tensor) -> torch.Tensor:
     """Mark a replicated tensor that is about to act on this rank's tokens only (e.g. a timestep
-    modulation): identity forward, all-reduce of its gradient across the TP ranks backward."""
-    return copy_to_tensor_model_parallel_region(x)
+    modulation): identity forward, all-reduce of its gradient across the TP ranks backward (whatever the
+    gradient's strides)."""
+    if parallel_state.get_tensor_model_parallel_world_size() == 1:
+        return x
+    return _BroadcastToTokens.apply(x)
 
 
 def mark_sequence_parallel(module: torch.nn.Module, enabled: bool) -> None:

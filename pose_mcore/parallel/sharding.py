@@ -12,7 +12,7 @@ order: ``[q_r | k_r | v_r | mlp_r]``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -33,6 +33,28 @@ def _partition_dim(param: torch.Tensor, name: str) -> int:
 def _groups(param: torch.Tensor, dim: int, tp: int) -> tuple[int, ...]:
     """Whole-tensor sizes of the groups concatenated along ``dim`` (one group unless fused)."""
     return tuple(getattr(param, "partition_groups", None) or (param.shape[dim] * tp,))
+
+
+def grouped_init(init_method: Callable[[torch.Tensor], None], groups: tuple[int, ...], dim: int
+                 ) -> Callable[[torch.Tensor], None]:
+    """``init_method`` for a fused weight cut group by group (``partition_groups``): megatron-core's CPU
+    initialisation draws the whole weight and keeps the rank's contiguous slice along ``dim``; this draws the
+    same numbers and reorders the whole weight so that that slice is ``[group_0 piece r | group_1 piece r | ...]``,
+    so one seed gives the same whole weight at any TP size. A weight that is not whole (megatron's
+    initialisation of the local slice on a GPU) is left as drawn."""
+
+    def init(weight: torch.Tensor) -> None:
+        init_method(weight)
+        tp = parallel_state.get_tensor_model_parallel_world_size()
+        if tp == 1 or weight.shape[dim] != sum(groups):
+            return
+        starts = [sum(groups[:i]) for i in range(len(groups))]
+        order = [i for r in range(tp) for start, g in zip(starts, groups, strict=True)
+                 for i in range(start + r * (g // tp), start + (r + 1) * (g // tp))]
+        with torch.no_grad():
+            weight.copy_(weight.index_select(dim, torch.tensor(order, device=weight.device)))
+
+    return init
 
 
 def partition(param: torch.Tensor, name: str = "?") -> tuple[int, tuple[int, ...]] | None:

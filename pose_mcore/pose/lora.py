@@ -22,6 +22,7 @@ from torch import nn
 
 from pose_mcore.models.registry import cast_weights
 from pose_mcore.parallel.sequence import mark_sequence_parallel
+from pose_mcore.parallel.sharding import grouped_init
 
 DEFAULT_TARGETS = ("linear_q", "linear_k", "linear_v", "linear_proj", "linear_fc1", "linear_fc2")
 
@@ -36,8 +37,13 @@ class LoRAParallelLinear(nn.Module):
         self.scale = alpha / rank
         cfg = base.config
         mode, input_size, output_size = parallel_linear_shape(base)
+        # A fused base (HunyuanVideo's [q | k | v | mlp]) is split group by group over the TP ranks: its
+        # parallel half of the adapter must be cut (and drawn, see grouped_init) the same way, or each rank
+        # would pair its q, k, v and MLP slices with the wrong rows of B (columns of A).
+        groups = getattr(base.weight, "partition_groups", None)
         if mode == "row":
-            self.lora_A = RowParallelLinear(input_size, rank, config=cfg, init_method=nn.init.xavier_normal_,
+            init = nn.init.xavier_normal_ if groups is None else grouped_init(nn.init.xavier_normal_, groups, 1)
+            self.lora_A = RowParallelLinear(input_size, rank, config=cfg, init_method=init,
                                             bias=False, input_is_parallel=True, skip_bias_add=True)
             self.lora_B = nn.Linear(rank, output_size, bias=False)
             # B sees this rank's token shard under sequence parallelism
@@ -50,10 +56,6 @@ class LoRAParallelLinear(nn.Module):
                                                bias=False, gather_output=False)
         with torch.no_grad():
             self.lora_B.weight.zero_()
-        # A fused base (HunyuanVideo's [q | k | v | mlp]) is split group by group over the TP ranks: its
-        # parallel half of the adapter must be cut the same way, or each rank would pair its q, k, v and
-        # MLP slices with the wrong rows of B (columns of A).
-        groups = getattr(base.weight, "partition_groups", None)
         if groups is not None:
             (self.lora_A if mode == "row" else self.lora_B).weight.partition_groups = groups
         # megatron-core builds its half of the adapter where its config says and torch's nn.Linear on the

@@ -3,7 +3,8 @@ per-sample random draws, and the model calls in flow-matching terms."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 from pose_mcore.checkpoint.sharded import Piece, ShardedReader
 from pose_mcore.config.train import OptimConfig
 from pose_mcore.engine.optimizer import Engine, Optimizer
+from pose_mcore.parallel.replicas import Replica, parameter_replicas
 from pose_mcore.pose.conditioning import Conditioner, Conditions
 from pose_mcore.pose.draws import SampleDraws
 from pose_mcore.pose.roles import Roles
@@ -56,6 +58,13 @@ class Phase:
 
     def optimizers(self) -> dict[str, Optimizer]:
         return {}
+
+    def replicas(self) -> Iterator[Replica]:
+        """Every role's weights and every optimiser's reduced gradients as this rank holds them: after a step,
+        each copy held by several ranks must be bitwise the same (:mod:`pose_mcore.parallel.replicas`)."""
+        weights = (parameter_replicas(name, role) for name, role in self.roles.named_roles().items())
+        grads = (opt.gradient_replicas(f"optimizer/{name}") for name, opt in self.optimizers().items())
+        return itertools.chain(*weights, *grads)
 
     def draws(self, batch: dict[str, torch.Tensor], tag: str) -> SampleDraws:
         """The random draws of sub-step ``tag`` of this step for ``batch``'s samples."""

@@ -110,6 +110,9 @@ def compare(cases: dict, layouts: dict[str, tuple[int, int, bool]], out: Path) -
         for layout, (tp, cp, sp) in layouts.items():
             initialize_parallel(tp, cp, seed=11)
             model = build(tensor_model_parallel_size=tp, context_parallel_size=cp, sequence_parallel=sp, **extra)
+            built = full_state_dict(model)  # the same seed: the same whole weights (the test's LoRA B aside)
+            results[name][f"{layout}.built_unlike_tp1"] = sorted(
+                k for k, v in built.items() if "lora_B" not in k and not torch.equal(v, weights[k]))
             load_full_state_dict(model, weights)
             results[name][layout] = run(model, inputs, weight)
     if dist.get_rank() == 0:
