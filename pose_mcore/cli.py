@@ -26,9 +26,9 @@ quiet_third_party_warnings()  # before megatron-core is imported: it warns at im
 from pose_mcore.checkpoint.io import CheckpointError  # noqa: E402
 from pose_mcore.config.base import ConfigError  # noqa: E402
 from pose_mcore.config.train import TrainConfigError, load_train_config  # noqa: E402
-from pose_mcore.config.validate import validate_train_config  # noqa: E402
 from pose_mcore.parallel.state import destroy_parallel  # noqa: E402
 from pose_mcore.training.trainer import Trainer, TrainingError  # noqa: E402
+from pose_mcore.training.validate import validate_train_config  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 """The shipped configs (package data)."""
@@ -72,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         trainer = Trainer(config, exit_after=args.exit_after)
         if trainer.info.rank == 0:
-            print(f"pose-train: {config.preset} ({trainer.family.name}), phases {config.phases}, "
-                  f"TP={trainer.info.tp_size} (sequence parallel={trainer.model_config.sequence_parallel}), "
-                  f"DP={trainer.info.dp_size}, output {config.output_dir}", flush=True)
+            print(f"pose-train: {config.preset} ({trainer.family.name}), phases {config.phases}, {trainer.layout()}, "
+                  f"output {config.output_dir}", flush=True)
         generator = trainer.run(resume=args.resume)
         if trainer.info.rank == 0:
             print(f"pose-train: done; generator at {generator}", flush=True)

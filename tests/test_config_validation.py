@@ -15,10 +15,10 @@ import torch
 
 from pose_mcore.cli import main, parse_args
 from pose_mcore.config.train import TrainConfig, load_train_config
-from pose_mcore.config.validate import validate_train_config
+from pose_mcore.training.validate import validate_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["preset=tiny-t2v", "data.frames=3", "data.height=8", "data.width=8"]
+TINY = ["preset=tiny-t2v", "tensor_parallel=1", "data.frames=3", "data.height=8", "data.width=8"]
 
 # Every numeric field of TrainConfig with values that break its rule ("x" is the wrong type everywhere).
 BAD_VALUES: dict[str, list] = {
@@ -29,6 +29,7 @@ BAD_VALUES: dict[str, list] = {
     "seed": [-1],
     "checkpoint_every": [-1],
     "sample_every": [-3],
+    "check_replicas_every": [-1],
     "log_every": [0],
     "max_nonfinite": [0],
     "data.size": [0],
@@ -129,6 +130,15 @@ def test_all_problems_at_once(capsys, tmp_path):
     (["phase2.feature_layers=[0,7]"], "phase2.feature_layers=[0, 7]: must be a non-empty list of block indices in [0, 2)"),
     (["phase2.r1_on=inputs"], "phase2.r1_on='inputs': must be one of logit, features"),
     (["phase2.r1_on=features"], "phase2.r1_on='features': needs phase2.backbone=full (not 'ema')"),
+    (["data.height=6"], "data='3x6x8': procedural videos (frames x height x width): a shape of size 5 moving 2 "
+                        "pixels over 3 frames does not fit a 6x8 frame (height and width must be at least 7)"),
+    (["data.size=4", "micro_batch_size=8"], "data.size=4: the procedural dataset must hold at least one global "
+                                            "batch (8 samples)"),
+    (["model.tensor_model_parallel_size=2"], "model.tensor_model_parallel_size=2: the layout is set by "
+                                             "tensor_parallel, not in model"),
+    (["model.context_parallel_size=2"], "model.context_parallel_size=2: the layout is set by context_parallel"),
+    (["model.sequence_parallel=true"], "model.sequence_parallel=True: needs tensor_parallel > 1"),
+    (["model.sequence_parallel=2"], "model.sequence_parallel=2: must be true or false"),
 ])
 def test_reported_cases(capsys, tmp_path, args, message):
     lines = _refused(capsys, tmp_path, *args)
@@ -155,9 +165,32 @@ def test_vae_tile_fits_the_model_folders_vae(capsys, tmp_path, model_folders):
                for line in lines), lines
 
 
-def test_dataset_smaller_than_a_batch(capsys, tmp_path):
-    lines = _refused(capsys, tmp_path, "data.size=4", "micro_batch_size=8")
-    assert any("global_batch_size=8: dataset of 4 samples" in line for line in lines), lines
+def test_tensor_parallel_defaults_to_one_as_in_megatron():
+    """Ranks go to data parallelism unless the config asks for TP (``NPROC=4`` alone is DP=4, not TP=4); the demo's
+    config asks for TP=2 itself; sequence parallelism follows TP > 1 unless turned off, which trains too
+    (tests/test_train_parallel.py's tp2_nosp_dp2 layout)."""
+    assert TrainConfig().tensor_parallel == 1
+    model = validate_train_config(load_train_config(None, [*TINY, "micro_batch_size=2", "teacher.steps=1"]), world_size=4)
+    assert (model.tensor_model_parallel_size, model.sequence_parallel) == (1, False)
+    demo = load_train_config(ROOT / "examples" / "configs" / "tiny-cpu.yaml")
+    assert demo.tensor_parallel == 2 and validate_train_config(demo, world_size=2).sequence_parallel
+    no_sp = validate_train_config(load_train_config(None, [*TINY, "tensor_parallel=2", "model.sequence_parallel=false",
+                                                           "micro_batch_size=2", "teacher.steps=1"]), world_size=2)
+    assert (no_sp.tensor_model_parallel_size, no_sp.sequence_parallel) == (2, False)
+
+
+def test_the_launcher_refuses_what_a_rank_would(tmp_path):
+    """``bash examples/pretrain_pose.sh`` checks the config for its ranks before it starts them: a procedural frame
+    too small for its shapes is one line naming ``data``, exit 2, no rank started (no advice to --resume)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    proc = subprocess.run(["bash", str(ROOT / "examples" / "pretrain_pose.sh"), "data.height=6",
+                           f"output_dir={tmp_path / 'out'}"], env={**env, "PYTHON": sys.executable, "NPROC": "2"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        "pose-train: error: data='5x6x16': procedural videos (frames x height x width): a shape of size 5 moving 4 "
+        "pixels over 5 frames does not fit a 6x16 frame (height and width must be at least 9)"], proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_batch_divisible_by_data_parallel_size():
@@ -170,7 +203,7 @@ def test_batch_divisible_by_data_parallel_size():
                                                  "teacher.steps=1"])
     validate_train_config(accumulate, world_size=2)  # 2 accumulation steps of 2 samples on each of 2 ranks
     with pytest.raises(ValueError, match=r"num_attention_heads=4 must be divisible by tensor_model_parallel_size=8"):
-        validate_train_config(load_train_config(None, [*TINY, "micro_batch_size=8"]), world_size=8)
+        validate_train_config(load_train_config(None, [*TINY, "micro_batch_size=8", "tensor_parallel=8"]), world_size=8)
 
 
 @pytest.mark.parametrize(("overrides", "world", "message"), [
@@ -209,7 +242,7 @@ def test_command_line_error_is_one_line_without_warnings(tmp_path):
     env = dict(os.environ)
     for key in ("WORLD_SIZE", "RANK", "PYTHONWARNINGS"):
         env.pop(key, None)
-    proc = subprocess.run([sys.executable, "-m", "pose_mcore.cli", "micro_batch_size=0", "--exit-after", "1",
+    proc = subprocess.run([sys.executable, "-m", "pose_mcore.cli", "micro_batch_size=0", "tensor_parallel=1", "--exit-after", "1",
                            f"output_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["pose-train: error: micro_batch_size=0: must be >= 1"], proc.stderr

@@ -84,13 +84,21 @@ def test_model_flops_match_the_hand_count(results):
 @pytest.mark.parametrize(("args", "message"), [
     (["--config", "wan9-huge"], "no shipped config of that name"),
     (["--config", "wan2.1-i2v-14b", "tensor_parallel=3"], "tensor_model_parallel_size"),
-    (["--config", "wan2.1-i2v-14b", "--world", "12"], "not a multiple of tensor_parallel=8"),
+    (["--config", "wan2.1-i2v-14b", "--world", "12"], "tensor_parallel=8: must divide the world size 12"),
+    (["--config", "wan2.1-i2v-14b", "--world", "-16"], "--world -16: must be a number of ranks >= 1"),
     (["--config", "wan2.1-i2v-14b", "--video", "80x480x832"], "4k+1"),
+    (["--config", "wan2.1-i2v-14b", "--video", "81x-8x832"], "positive multiples of 8"),
+    (["--config", "tiny-cpu", "micro_batch_size=-2"], "micro_batch_size=-2: must be >= 1"),
+    (["--config", "tiny-cpu", "micro_batch_size=0"], "micro_batch_size=0: must be >= 1"),
+    (["--config", "tiny-cpu", "tensor_parallel=0"], "tensor_parallel=0: must be >= 1"),
+    (["--config", "tiny-cpu", "model.sequence_parallel=true", "tensor_parallel=1"], "needs tensor_parallel > 1"),
 ])
 def test_tool_refuses_bad_input(args, message):
+    """The trainer's validation (files aside: the trace reads none), and the tool's own flags, in one line."""
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "memory_model.py"), *args], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_traced_flops_are_the_executed_ones(results):

@@ -93,7 +93,7 @@ def test_installed_wheel_runs_pose_train_with_its_shipped_config(wheel, tmp_path
                           text=True, timeout=300)
     assert proc.returncode == 2 and "shipped: hunyuan-i2v-13b, tiny-cpu, wan2.1-i2v-14b" in proc.stderr
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "pose_mcore.cli", "phases=[teacher]", "teacher.steps=2",
+    proc = subprocess.run([sys.executable, "-m", "pose_mcore.cli", "phases=[teacher]", "teacher.steps=2", "tensor_parallel=1",
                            "data.frames=3", "data.height=8", "data.width=8", f"output_dir={out}"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import torchrun_results
 from megatron.core import tensor_parallel
 
 from pose_mcore.parallel.cpu_compat import CpuRNGStatesTracker, apply_cpu_compat
@@ -72,3 +73,12 @@ def test_rank0_failures_travel_as_themselves_or_named():
     assert on_rank0(lambda: 3) == 3
     with pytest.raises(ValueError, match="bad --image"):
         on_rank0(lambda: (_ for _ in ()).throw(error))
+
+
+def test_replica_check_names_a_drifted_copy(tmp_path_factory):
+    """parallel/replicas.py: silent on a model as built; one replicated weight changed by 1e-7 on one rank fails
+    the check on both ranks, naming that weight and the ranks (a TP slice changed on one rank is not a copy)."""
+    messages = torchrun_results(tmp_path_factory, "replicas.py")
+    assert messages[0] == messages[1] == (
+        "after a step: 1 tensor(s) differ between the ranks that hold a copy:\n"
+        "  generator.blocks.0.norm2.weight: 2 different values on ranks 0 vs 1")

@@ -6,6 +6,7 @@ ends the launcher with a message instead of a hang. The faults are SIGKILLs inje
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -107,3 +108,37 @@ def test_unknown_fault_point_is_named(monkeypatch):
     monkeypatch.setitem(os.environ, "POSE_FAULT", "explode@3")
     with pytest.raises(ValueError, match="unknown point 'explode'"):
         fault_point("step", 3)
+
+
+DEMO_SHORT = ["teacher.steps=4", "phase1.steps=2", "phase2.steps=4", "checkpoint_every=2", "log_every=1"]
+
+
+@pytest.mark.slow
+def test_resume_inside_phase2_on_the_demo_layout_is_bit_identical(tmp_path):
+    """The demo's own config and layout (TP=2 with sequence parallelism on 2 ranks), stopped inside Phase II after
+    the head has trained (--exit-after 8: the teacher's 4 steps, Phase I's 2, Phase II's first 2, checkpointed) and
+    resumed, ends as the uninterrupted run: the generator bit for bit and every logged Phase II metric. A head whose
+    replicated weights drifted apart on the TP ranks broke this: a checkpoint keeps one rank's copy."""
+    # as a user runs the demo: without the suite's TRITON_INTERPRET, the CPU ranks run the kernels' torch references
+    env = rank_env(2, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHON=sys.executable, NPROC="2", TRITON_INTERPRET="0")
+    for key in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "WORLD_SIZE", "RANK", "POSE_FAULT", "POSE_FAULT_RANK"):
+        env.pop(key, None)
+
+    def launch(out: Path, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(ROOT / "examples" / "pretrain_pose.sh"), *DEMO_SHORT, f"output_dir={out}",
+                               *extra], env=env, capture_output=True, text=True, timeout=600)
+
+    whole = launch(tmp_path / "Y")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert ("TP=2+SP CP=1 DP=1, micro-batch 8 x 1 accumulation x DP 1 = global batch 8, replicated optimizer, "
+            "precision auto") in whole.stdout, whole.stdout[:2000]
+    stopped = launch(tmp_path / "X", "--exit-after", "8")
+    assert stopped.returncode != 0 and "exit after 8 steps" in stopped.stderr, stopped.stderr[-3000:]
+    resumed = launch(tmp_path / "X", "--resume")
+    assert resumed.returncode == 0 and "resumed phase2 at step 2" in resumed.stdout, resumed.stderr[-3000:]
+    a, b = _weights(tmp_path / "Y" / "generator"), _weights(tmp_path / "X" / "generator")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    metrics = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+               for run in ("Y", "X")]
+    phase2 = [{r["step"]: r for r in m if r["phase"] == "phase2"} for m in metrics]
+    assert sorted(phase2[0]) == sorted(phase2[1]) == [1, 2, 3, 4] and phase2[0] == phase2[1]

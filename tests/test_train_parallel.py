@@ -1,6 +1,6 @@
 """Every layout is the same training. One step of every phase (teacher, Phase I, Phase II with each backbone mode
-and each head; Wan T2V and I2V, HunyuanVideo T2V: tests/phase_fixtures.py's LAYOUT_CASES) at TP=2 (sequence
-parallelism) x DP=2, CP=2 x DP=2 and CP=2 x TP=2 (4 gloo ranks under torchrun, the distributed optimizer,
+and each head; Wan T2V and I2V, HunyuanVideo T2V: tests/phase_fixtures.py's LAYOUT_CASES) at TP=2 (with and
+without sequence parallelism) x DP=2, CP=2 x DP=2 and CP=2 x TP=2 (4 gloo ranks under torchrun, the distributed optimizer,
 micro-batches with 2 accumulation steps) against the same step at TP=1 x DP=1 on the whole global batch of 4 in
 one micro-batch (this process, replicated optimiser), from the same weights:
 
@@ -32,7 +32,7 @@ from phase_fixtures import LAYOUT_CASES, layout_step
 
 from pose_mcore.engine.optimizer import Engine
 
-LAYOUTS = ("tp2_dp2", "cp2_dp2", "cp2_tp2")
+LAYOUTS = ("tp2_dp2", "tp2_nosp_dp2", "cp2_dp2", "cp2_tp2")
 GRAD_REL = {"teacher": 2e-4, "phase1": 2e-4, "phase2": 5e-3}
 """Relative gradient tolerance per phase (see the module docstring)."""
 

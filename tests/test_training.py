@@ -78,8 +78,8 @@ def test_interrupted_checkpoint_leaves_the_previous_one(tp1, tmp_path, monkeypat
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("WORLD_SIZE", None)
-    return subprocess.run([sys.executable, "-m", "pose_mcore.cli", *args], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "pose_mcore.cli", "tensor_parallel=1", *args], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=cwd)  # one process: the demo config's TP=2 needs 2
 
 
 def test_unknown_config_key(tmp_path):
@@ -129,16 +129,18 @@ def test_teacher_checkpoint_of_the_wrong_family(tmp_path):
 
 @pytest.mark.slow
 def test_launcher_end_to_end(tmp_path):
-    """bash examples/pretrain_pose.sh: 2 ranks (TP=2, sequence parallel), every phase, then the generator
-    exports to diffusers and loads there."""
+    """bash examples/pretrain_pose.sh: 2 ranks (TP=2, sequence parallel), every phase with the copies of every
+    weight and gradient checked bitwise equal across the ranks after each step, then the generator exports to
+    diffusers and loads there."""
     env = rank_env(2, PYTHON=sys.executable, NPROC="2")  # CPU ranks unless there are 2 GPUs
     for key in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "WORLD_SIZE"):
         env.pop(key, None)
     proc = subprocess.run(["bash", str(ROOT / "examples" / "pretrain_pose.sh"), *SMALL, "preset=tiny-i2v",
-                           f"output_dir={tmp_path / 'run'}", "sample_every=2"], env=env, capture_output=True,
+                           f"output_dir={tmp_path / 'run'}", "sample_every=2", "check_replicas_every=1"], env=env,
+                          capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
-    assert "TP=2 (sequence parallel=True)" in proc.stdout
+    assert "TP=2+SP CP=1 DP=1, micro-batch 2 x 1 accumulation x DP 1 = global batch 2" in proc.stdout
     run = tmp_path / "run"
     assert {r["phase"] for r in _records(run).values()} == {"teacher", "phase1", "phase2"}
     assert (run / "samples" / "phase2-final.gif").is_file() and (run / "samples" / "teacher-000002.gif").is_file()

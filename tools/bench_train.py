@@ -28,8 +28,7 @@ from pose_mcore.notices import quiet_third_party_warnings
 quiet_third_party_warnings()  # before megatron-core is imported: it warns at import
 
 from pose_mcore.cli import resolve_config  # noqa: E402
-from pose_mcore.config.train import TrainConfig, TrainConfigError, load_train_config  # noqa: E402
-from pose_mcore.config.validate import PHASES  # noqa: E402
+from pose_mcore.config.train import PHASES, TrainConfig, TrainConfigError, load_train_config  # noqa: E402
 from pose_mcore.evaluation.memory_model import bytes_by_name, count_cpu_attention, phase_states  # noqa: E402
 from pose_mcore.evaluation.timing import timed_side_by_side  # noqa: E402
 from pose_mcore.models.registry import family_of_preset  # noqa: E402

@@ -24,10 +24,9 @@ import time
 
 from pose_mcore.cli import resolve_config
 from pose_mcore.config.base import ConfigError
-from pose_mcore.config.train import TrainConfigError, load_train_config
-from pose_mcore.config.validate import PHASES
+from pose_mcore.config.train import PHASES, TrainConfigError, load_train_config
 from pose_mcore.evaluation.memory_model import fake_world, phase_step_memory
-from pose_mcore.models.registry import family_of_preset
+from pose_mcore.training.validate import validate_train_config
 
 VAE_STRIDE = (4, 8, 8)  # Wan's and HunyuanVideo's causal 3-D VAEs: frames 4x (plus the first), pixels 8x
 CARDS_GB = (80, 96)
@@ -39,8 +38,8 @@ def latent_shape(video: str) -> tuple[int, int, int]:
         f, h, w = (int(x) for x in video.lower().split("x"))
     except ValueError as e:
         raise ValueError(f"--video {video!r}: expected FRAMESxHEIGHTxWIDTH, e.g. 81x480x832") from e
-    if (f - 1) % VAE_STRIDE[0] or h % VAE_STRIDE[1] or w % VAE_STRIDE[2]:
-        raise ValueError(f"--video {video}: frames must be 4k+1 and height, width multiples of 8")
+    if min(f, h, w) < 1 or (f - 1) % VAE_STRIDE[0] or h % VAE_STRIDE[1] or w % VAE_STRIDE[2]:
+        raise ValueError(f"--video {video}: frames must be 4k+1 and height, width positive multiples of 8")
     return (f - 1) // VAE_STRIDE[0] + 1, h // VAE_STRIDE[1], w // VAE_STRIDE[2]
 
 
@@ -62,16 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         frames, height, width = latent_shape(args.video)
         config = load_train_config(resolve_config(args.config), args.overrides)
-        tp, cp = config.tensor_parallel or 1, config.context_parallel
-        world = args.world or tp * cp
-        if world % (tp * cp):
-            raise ValueError(f"--world {world} is not a multiple of tensor_parallel={tp} x context_parallel={cp}")
-        # no checkpoint or data is read: the trace uses random weights of the config's architecture
-        model_cfg = family_of_preset(config.preset).make_config(config.preset, tensor_model_parallel_size=tp,
-                                                                context_parallel_size=cp, sequence_parallel=tp > 1,
-                                                                **config.model)
+        tp, cp = config.tensor_parallel, config.context_parallel
+        world = args.world
+        if world is None:  # the config's layout, which the validation checks
+            world = tp * cp if min(tp, cp) >= 1 else 1
+        elif world < 1:
+            raise ValueError(f"--world {world}: must be a number of ranks >= 1")
+        # the trainer's validation, less what only the files could say: the trace reads no checkpoint or data
+        model_cfg = validate_train_config(config, world, files=False)
     except (ValueError, KeyError, TrainConfigError, ConfigError) as e:
-        parser.error(str(e))
+        print(f"memory_model.py: error: {str(e).replace(chr(10), '; ')}", file=sys.stderr)
+        return 2
     print(f"{config.preset}: video {args.video} (latents {frames}x{height}x{width}), {world} ranks, TP={tp}"
           f"{' + SP' if model_cfg.sequence_parallel else ''}{f' x CP={cp}' if cp > 1 else ''}, "
           f"micro-batch {config.micro_batch_size}, "

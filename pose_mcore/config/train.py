@@ -16,6 +16,9 @@ from typing import Any
 
 import yaml
 
+PHASES = ("teacher", "phase1", "phase2")
+"""The training phases, in the order a run takes them."""
+
 
 class TrainConfigError(ValueError):
     """A training config that cannot be used; the message names the key."""
@@ -106,8 +109,9 @@ class TrainConfig:
     preset: str = "tiny-t2v"
     model: dict[str, Any] = field(default_factory=dict)
     """Model config overrides (architecture or runtime fields)."""
-    tensor_parallel: int | None = None
-    """TP size (default: all ranks not used by context parallelism); sequence parallelism is on when TP > 1."""
+    tensor_parallel: int = 1
+    """TP size (as Megatron-LM's ``--tensor-model-parallel-size``, default 1); sequence parallelism is on when
+    TP > 1 unless ``model.sequence_parallel=false``."""
     context_parallel: int = 1
     """CP size: each sample's video tokens split over this many ranks (Ulysses attention, text and image
     context replicated); data parallelism takes the rest: DP = world / (TP x CP)."""
@@ -117,8 +121,9 @@ class TrainConfig:
     """Samples per optimiser step over all data-parallel ranks (default: micro_batch_size x data-parallel
     size); a multiple of that product, the quotient being the gradient-accumulation steps."""
     distributed_optimizer: bool = True
-    """Shard Adam states and fp32 main weights over the data-parallel ranks (ZeRO-1, as megatron-core's
-    ``--use-distributed-optimizer``); no effect with one data-parallel rank."""
+    """Shard Adam states and fp32 main weights over the data- and context-parallel ranks (ZeRO-1, as
+    megatron-core's ``--use-distributed-optimizer``, whose DDP reduces over the same ``dp x cp`` group: with
+    CP > 1 it shards even at one data-parallel rank); no effect when DP x CP is 1."""
     overlap_grad_reduce: bool = True
     """Reduce gradient buckets while backward still runs (megatron-core DDP's ``overlap_grad_reduce``)."""
     seed: int = 1234
@@ -147,6 +152,10 @@ class TrainConfig:
     precision: str = "auto"
     """'auto' (bf16 weights and autocast on CUDA, fp32 on the CPU), 'bf16', 'amp' (fp32 weights under bf16
     autocast, CUDA: the engine before bf16 weights, and diffusers' recipe) or 'fp32'."""
+    check_replicas_every: int = 0
+    """Every N steps (0: never), check after the step that every weight and reduced gradient that several ranks
+    hold is bitwise the same on each (as Megatron-LM's ``--check-weight-hash-across-dp-replicas-interval``, over
+    the tensor-parallel ranks too: a lost reduction shows there); a difference stops the run naming the tensors."""
     max_nonfinite: int = 5
     """Consecutive non-finite steps (skipped) before the run stops."""
     deterministic: bool = False

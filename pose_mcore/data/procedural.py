@@ -34,6 +34,14 @@ class ProceduralConfig:
     table_seed: int = 1234
     """Seed of the colour vectors and the text-embedding table (fixed for the dataset)."""
 
+    def problem(self) -> str | None:
+        """Why these videos cannot be drawn (a shape must fit its frame all along its path), or None."""
+        travel = self.speed * (self.frames - 1)
+        if self.size + travel > min(self.height, self.width):
+            return (f"a shape of size {self.size} moving {travel} pixels over {self.frames} frames does not fit a "
+                    f"{self.height}x{self.width} frame (height and width must be at least {self.size + travel})")
+        return None
+
 
 class ProceduralVideos(Dataset):
     """``length`` reproducible samples: ``{"latents", "text", "first_frame", "shape", "colour", "direction",
@@ -41,10 +49,8 @@ class ProceduralVideos(Dataset):
 
     def __init__(self, config: ProceduralConfig, length: int, seed: int = 0) -> None:
         self.config, self.length, self.seed = config, length, seed
-        travel = config.speed * (config.frames - 1)
-        if config.size + travel > min(config.height, config.width):
-            raise ValueError(f"a shape of size {config.size} moving {travel} pixels over {config.frames} frames does "
-                             f"not fit a {config.height}x{config.width} frame")
+        if config.problem():
+            raise ValueError(config.problem())
         gen = torch.Generator().manual_seed(config.table_seed)
         colours = torch.randn(config.num_colours, config.channels, generator=gen)
         self.colours = config.amplitude * colours / colours.norm(dim=1, keepdim=True) * config.channels**0.5

@@ -412,7 +412,7 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
             blocks = sum(run.model.get(f, getattr(cfg, f)) for f in depth_fields(cfg))
             run = dataclasses.replace(run, phase2=dataclasses.replace(
                 run.phase2, feature_layers=features if features is not None else [blocks - 1]))
-        model_cfg = family.make_config(config.preset, **layout, **run.model)
+        model_cfg = family.make_config(config.preset, **{**layout, **run.model})  # model.sequence_parallel wins
         with cpu_autocast_backward(bf16):
             return _tracked(lambda: setup(run, model_cfg), fake)
 
@@ -427,7 +427,7 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
         named["batch"] = data
         return named, lambda: step.step([data])
 
-    cfg = family.make_config(config.preset, **layout, **config.model)
+    cfg = family.make_config(config.preset, **{**layout, **config.model})
     memory = _over_depth(cfg, at, extrapolate)
     if not (extrapolate and phase == "phase2"):
         return memory

@@ -7,8 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from pose_mcore.config.train import TrainConfig
-from pose_mcore.config.validate import PHASES
+from pose_mcore.config.train import PHASES, TrainConfig
 from pose_mcore.engine.optimizer import Engine
 from pose_mcore.parallel.state import seed_everything
 from pose_mcore.pose.conditioning import Conditioner

@@ -17,7 +17,6 @@ from torch.utils.data import default_collate
 from pose_mcore.checkpoint.io import CheckpointError, atomic_destination
 from pose_mcore.checkpoint.load import load_model
 from pose_mcore.config.train import TrainConfig, TrainConfigError, to_dict
-from pose_mcore.config.validate import validate_train_config
 from pose_mcore.data.latents import DatasetError, LatentDataset
 from pose_mcore.data.procedural import ProceduralConfig, ProceduralVideos
 from pose_mcore.data.sampler import BatchStream
@@ -25,6 +24,7 @@ from pose_mcore.data.video import write_mp4
 from pose_mcore.encoders.model import ModelEncoders
 from pose_mcore.faults import fault_point
 from pose_mcore.models.registry import family_of_preset
+from pose_mcore.parallel.replicas import ReplicaDrift, check_replicas
 from pose_mcore.parallel.state import ParallelInfo, deterministic_mode, initialize_parallel
 from pose_mcore.pose.build import build_phase
 from pose_mcore.pose.conditioning import Conditioner, missing_fields
@@ -37,6 +37,7 @@ from pose_mcore.training.checkpointing import (
     save_checkpoint,
 )
 from pose_mcore.training.logging import RunLogger, save_video_grid
+from pose_mcore.training.validate import global_batch_size, validate_train_config
 
 
 class TrainingError(RuntimeError):
@@ -59,18 +60,38 @@ class Trainer:
         self.output = Path(config.output_dir)
         self.logger: RunLogger | None = None
         """Created when the run starts (a finished run run again writes nothing)."""
-        global_batch = config.global_batch_size or config.micro_batch_size * self.info.dp_size
+        global_batch = global_batch_size(config, self.info.dp_size)
         accumulation = global_batch // (config.micro_batch_size * self.info.dp_size)
+        dataset = self._dataset()
         try:
-            self.data = BatchStream(self._dataset(), config.micro_batch_size, accumulation, config.seed,
+            self.data = BatchStream(dataset, config.micro_batch_size, accumulation, config.seed,
                                     self.info.dp_rank, self.info.dp_size)
-        except ValueError as e:
-            raise TrainConfigError(f"global_batch_size={global_batch}: {e}") from e
-        dataset = self.data.dataset
+        except ValueError as e:  # the procedural data's size is validated: a latent dataset's only now
+            raise TrainConfigError(f"data.path={config.data.path}: {e} (global_batch_size {global_batch})") from e
         self._decoder: ModelEncoders | None = None
         """The model folder's VAE for sample videos, loaded at the first sample (rank 0)."""
         self.conditioner = Conditioner(self.model_config, getattr(dataset, "negative", None),
                                        stand_ins=isinstance(dataset, ProceduralVideos))
+
+    def layout(self) -> str:
+        """The run's layout in one line: how the ranks split the model and the batch, and the engine."""
+        c, info, model = self.config, self.info, self.model_config
+        group = info.dp_size * model.context_parallel_size
+        if not c.distributed_optimizer or group == 1:
+            optimizer = "replicated optimizer"
+        else:
+            over = f"{info.dp_size} DP x {model.context_parallel_size} CP" if model.context_parallel_size > 1 \
+                else f"{info.dp_size} DP"
+            optimizer = f"distributed optimizer over {over} ranks"
+        sp = "+SP" if model.sequence_parallel else ""
+        batch = f"micro-batch {c.micro_batch_size} x {self.data.accumulation} accumulation x DP {info.dp_size}"
+        return (f"TP={info.tp_size}{sp} CP={model.context_parallel_size} DP={info.dp_size}, {batch} = global batch "
+                f"{self.data.global_batch}, {optimizer}, precision {c.precision} ({self._precision()})")
+
+    def _precision(self) -> str:
+        kind = self.device.type
+        weights = "bf16" if self.config.bf16(kind) else "fp32"
+        return f"{weights} weights" + (", bf16 autocast" if self.config.autocast(kind) else "")
 
     def _dataset(self):
         d = self.config.data
@@ -187,6 +208,11 @@ class Trainer:
                 step += 1
                 global_step += 1
                 steps_this_run += 1
+                if cfg.check_replicas_every and step % cfg.check_replicas_every == 0:
+                    try:
+                        check_replicas(phase.replicas(), f"{name} step {step}")
+                    except ReplicaDrift as e:
+                        raise TrainingError(str(e)) from e
                 fault_point("step", global_step)
                 consecutive = 0 if metrics["stepped"] else consecutive + 1
                 if consecutive >= cfg.max_nonfinite:

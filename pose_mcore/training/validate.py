@@ -14,17 +14,20 @@ import torch
 from pose_kernels import MAX_QUERIES
 
 from pose_mcore.config.base import ConfigError, VideoDiTConfig
-from pose_mcore.config.train import DataConfig, OptimConfig, TrainConfig, TrainConfigError
+from pose_mcore.config.train import PHASES, DataConfig, OptimConfig, TrainConfig, TrainConfigError
+from pose_mcore.data.procedural import ProceduralConfig
 from pose_mcore.encoders.model import vae_spatial_factor, vae_tile_problem
 from pose_mcore.models.registry import ALL_PRESETS, family_of_preset
 
-PHASES = ("teacher", "phase1", "phase2")
 PRECISIONS = ("auto", "bf16", "amp", "fp32")
 DATA_KINDS = ("procedural", "latents")
 BACKBONES = ("ema", "frozen", "full")
 HEADS = ("semantic", "conv")
 ADV_LOSSES = ("hinge", "non_saturating")
 R1_TARGETS = ("logit", "features")
+LAYOUT_KEYS = {"tensor_model_parallel_size": "tensor_parallel", "context_parallel_size": "context_parallel",
+               "pipeline_model_parallel_size": "nothing (pose_mcore has no pipeline parallelism)"}
+"""Model config fields the run's layout sets: a ``model.*`` override of them is refused."""
 
 Rule = tuple[Callable[[Any], bool], str]
 
@@ -78,27 +81,31 @@ def _noise_range(p: Problems, key: str, t_min: float, t_max: float, shift: float
     p.check(f"{key}.shift", shift, POSITIVE)
 
 
-def _data(p: Problems, d: DataConfig) -> None:
+def _data(p: Problems, d: DataConfig, global_batch: int | None, files: bool) -> None:
     p.choice("data.kind", d.kind, DATA_KINDS)
     if d.kind == "latents" and not d.path:
         p.add("data.path", d.path, "data.kind='latents' needs the dataset's manifest")
-    elif d.kind == "latents" and not Path(d.path).is_file():
+    elif d.kind == "latents" and files and not Path(d.path).is_file():
         p.add("data.path", d.path, "no such manifest file")
-    for name in ("size", "frames", "height", "width"):
-        p.check(f"data.{name}", getattr(d, name), AT_LEAST_1)
+    ok = all([p.check(f"data.{name}", getattr(d, name), AT_LEAST_1) for name in ("size", "frames", "height", "width")])
     p.check("data.seed", d.seed, NON_NEGATIVE)
+    if d.kind != "procedural" or not ok:
+        return
+    problem = ProceduralConfig(frames=d.frames, height=d.height, width=d.width).problem()
+    if problem:
+        p.add("data", f"{d.frames}x{d.height}x{d.width}", f"procedural videos (frames x height x width): {problem}")
+    if global_batch is not None and d.size < global_batch:
+        p.add("data.size", d.size, f"the procedural dataset must hold at least one global batch ({global_batch} "
+                                   "samples)")
 
 
 def _layout(p: Problems, c: TrainConfig, world_size: int) -> tuple[int, int, int] | None:
     """(tp, cp, dp) when the layout is valid."""
-    cp = c.context_parallel
-    if not p.check("context_parallel", cp, AT_LEAST_1):
+    cp, tp = c.context_parallel, c.tensor_parallel
+    if not (p.check("context_parallel", cp, AT_LEAST_1) & p.check("tensor_parallel", tp, AT_LEAST_1)):
         return None
     if world_size % cp:
         p.add("context_parallel", cp, f"must divide the world size {world_size} (ranks started by torchrun)")
-        return None
-    tp = c.tensor_parallel if c.tensor_parallel is not None else world_size // cp
-    if not p.check("tensor_parallel", tp, AT_LEAST_1):
         return None
     if world_size % (tp * cp):
         times = f"x context_parallel {cp} " if cp > 1 else ""
@@ -114,6 +121,11 @@ def _layout(p: Problems, c: TrainConfig, world_size: int) -> tuple[int, int, int
     return tp, cp, dp
 
 
+def global_batch_size(config: TrainConfig, dp: int) -> int:
+    """Samples per optimiser step: ``global_batch_size``, or one micro-batch on each data-parallel rank."""
+    return config.global_batch_size or config.micro_batch_size * dp
+
+
 def _model(p: Problems, c: TrainConfig, layout: tuple[int, int, int] | None) -> VideoDiTConfig | None:
     if c.preset not in ALL_PRESETS:
         p.add("preset", c.preset, f"unknown preset; known: {', '.join(ALL_PRESETS)}")
@@ -121,15 +133,26 @@ def _model(p: Problems, c: TrainConfig, layout: tuple[int, int, int] | None) -> 
     if layout is None:
         return None
     tp, cp, _ = layout
+    for key, where in LAYOUT_KEYS.items():
+        if key in c.model:
+            p.add(f"model.{key}", c.model[key], f"the layout is set by {where}, not in model")
+            return None
+    sp = c.model.get("sequence_parallel", tp > 1)
+    if sp is not True and sp is not False:
+        p.add("model.sequence_parallel", sp, "must be true or false")
+        return None
+    if sp and tp == 1:
+        p.add("model.sequence_parallel", sp, "needs tensor_parallel > 1 (it splits the tokens over the TP ranks)")
+        return None
     try:
         return family_of_preset(c.preset).make_config(c.preset, tensor_model_parallel_size=tp,
-                                                      context_parallel_size=cp, sequence_parallel=tp > 1, **c.model)
+                                                      context_parallel_size=cp, **{**c.model, "sequence_parallel": sp})
     except (ConfigError, TypeError, ValueError) as e:
         p.add("model", c.model, f"preset {c.preset!r} at tensor_parallel={tp} x context_parallel={cp}: {e}")
         return None
 
 
-def _phases(p: Problems, c: TrainConfig) -> None:
+def _phases(p: Problems, c: TrainConfig, files: bool) -> None:
     unknown = [name for name in c.phases if name not in PHASES]
     if not c.phases or unknown:
         p.add("phases", c.phases, f"must be a non-empty list of {', '.join(PHASES)}")
@@ -138,13 +161,13 @@ def _phases(p: Problems, c: TrainConfig) -> None:
         p.add("phases", c.phases, f"each phase at most once, in the order {', '.join(PHASES)}")
     for key in ("teacher_checkpoint", "generator_checkpoint"):
         path = getattr(c, key)
-        if path is not None and not (Path(path) / "config.json").is_file():
+        if path is not None and files and not (Path(path) / "config.json").is_file():
             p.add(key, path, "not a pose_mcore checkpoint folder (no config.json there; convert weights with "
                              "pose-convert import)")
-    if c.model_dir is not None and not (Path(c.model_dir) / "model_index.json").is_file():
+    if c.model_dir is not None and files and not (Path(c.model_dir) / "model_index.json").is_file():
         p.add("model_dir", c.model_dir, "not a diffusers model folder (no model_index.json there)")
     if c.vae_tile is not None:  # 8 without a folder, or where its VAE config is missing
-        problem = vae_tile_problem(c.vae_tile, vae_spatial_factor(c.model_dir) if c.model_dir else 8)
+        problem = vae_tile_problem(c.vae_tile, vae_spatial_factor(c.model_dir) if c.model_dir and files else 8)
         if problem:
             p.add("vae_tile", c.vae_tile, problem)
     if "teacher" not in c.phases and c.teacher_checkpoint is None:
@@ -223,20 +246,21 @@ def _tokens(p: Problems, c: TrainConfig, model: VideoDiTConfig | None) -> None:
                                       f"cannot be split into {cp * tp} shards of at least one token")
 
 
-def validate_train_config(config: TrainConfig, world_size: int) -> VideoDiTConfig:
+def validate_train_config(config: TrainConfig, world_size: int, files: bool = True) -> VideoDiTConfig:
     """Check everything in ``config`` for ``world_size`` ranks; return the model config it implies, or raise
-    :class:`TrainConfigError` listing every problem (one line each)."""
+    :class:`TrainConfigError` listing every problem (one line each). ``files=False`` leaves out what only the
+    files named in it could say (the memory model reads none)."""
     p = Problems()
     layout = _layout(p, config, world_size)
     model = _model(p, config, layout)
-    _phases(p, config)
-    _data(p, config.data)
+    _phases(p, config, files)
+    _data(p, config.data, global_batch_size(config, layout[2]) if layout else None, files)
     _teacher(p, config)
     _phase1(p, config)
     _phase2(p, config, model)
     _tokens(p, config, model)
     p.check("seed", config.seed, NON_NEGATIVE)
-    for name in ("checkpoint_every", "sample_every"):
+    for name in ("checkpoint_every", "sample_every", "check_replicas_every"):
         p.check(name, getattr(config, name), NON_NEGATIVE)
     p.check("log_every", config.log_every, AT_LEAST_1)
     p.check("max_nonfinite", config.max_nonfinite, AT_LEAST_1)
