@@ -211,3 +211,24 @@ def test_st_r1_on_the_features(tp1, preset):
     assert all(g is None or g.abs().sum() == 0 for g in grads[n_backbone:])
     out = phase.step([batch])
     assert out["stepped"] == 1.0 and out["r1"] > 0
+
+
+@pytest.mark.parametrize("head", ["semantic", "conv"])
+def test_head_hands_the_backbone_contiguous_gradients(tp1, head):
+    """The features come as the backbone lays them out, ``[s, b, d]``, and the gradient the head sends back
+    arrives in that layout, contiguous: a transposed one makes the backbone's linear backward copy (the
+    semantic head's key/value projection read them transposed: under bf16 on the CPU, a copy of the weight per
+    token)."""
+    from pose_mcore.models.features import Features
+
+    roles, _, cfg = phase1_setup()
+    phase = phase2_setup(roles, cfg, head=head)
+    s, b, d = 3 * 3 * 2, 2, cfg.hidden_size
+    leaves = [torch.randn(s, b, d, requires_grad=True) for _ in phase.layers]
+    hidden = [x * 1.0 for x in leaves]  # non-leaves: a hook sees the gradient as autograd hands it on
+    strides = []
+    for h in hidden:
+        h.register_hook(lambda g: strides.append((g.is_contiguous(), tuple(g.shape))))
+    feats = Features(phase.layers, hidden, (3, 3, 2))
+    roles.head(feats, torch.full((b,), 0.8), torch.randn(b, 5, cfg.text_dim)).sum().backward()
+    assert strides == [(True, (s, b, d))] * len(hidden)

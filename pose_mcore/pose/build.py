@@ -8,13 +8,14 @@ from collections.abc import Callable
 import torch
 
 from pose_mcore.config.train import PHASES, TrainConfig
+from pose_mcore.engine.ddp import release
 from pose_mcore.engine.optimizer import Engine
 from pose_mcore.parallel.state import seed_everything
 from pose_mcore.pose.conditioning import Conditioner
 from pose_mcore.pose.phase import Phase
 from pose_mcore.pose.phase1 import Phase1
 from pose_mcore.pose.phase2 import Phase2
-from pose_mcore.pose.roles import Roles
+from pose_mcore.pose.roles import Roles, frozen
 from pose_mcore.pose.teacher import TeacherPhase
 
 
@@ -36,14 +37,18 @@ def build_phase(name: str, config: TrainConfig, teacher: torch.nn.Module, condit
     dtype = torch.bfloat16 if bf16 else torch.float32
     roles, phase = _build(name, config, teacher, conditioner, device, previous, init, engine, dtype, seed)
     phase.bf16 = bf16 if autocast is None else autocast
+    trained = {id(m) for opt in phase.optimizers().values() for m in opt.modules}
+    for role in roles.named_roles().values():
+        if id(role) not in trained:  # what an earlier phase trained and this one does not (Phase I's fake score)
+            release(frozen(role))
     return roles, phase
 
 
 def _build(name: str, config: TrainConfig, teacher: torch.nn.Module, conditioner: Conditioner,
            device: torch.device, previous: Roles | None, init: Callable[[Roles], None], engine: Engine,
            dtype: torch.dtype, seed: int) -> tuple[Roles, Phase]:
-    if name == "teacher":
-        roles = Roles(teacher, with_fake=False, dtype=dtype)
+    if name == "teacher":  # the generator alone: no frozen base, no fake score
+        roles = Roles(teacher, with_base=False, dtype=dtype)
         return roles, TeacherPhase(roles, conditioner, config.teacher, seed, device, engine)
     if name == "phase1":
         roles = Roles(teacher, config.phase1.lora_rank, config.phase1.lora_alpha, dtype=dtype)

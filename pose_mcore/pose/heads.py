@@ -52,7 +52,9 @@ class _QueryLayer(nn.Module):
         qh = self.q(q).view(b, n, self.heads, hd).transpose(1, 2)
         if parallel_state.get_tensor_model_parallel_world_size() > 1 and self.kv.weight.sequence_parallel:
             qh = broadcast_to_tokens(qh)  # the replicated queries meet this rank's keys only: sum over TP
-        k, v = self.kv(video.transpose(0, 1)).view(b, -1, 2, self.heads, hd).permute(2, 0, 3, 1, 4)
+        # the features as the backbone lays them out ([s, b, d]): the gradient they get back is contiguous (a
+        # transposed read handed the backbone transposed gradients, which its linears' backward copies)
+        k, v = self.kv(video).view(video.shape[0], b, 2, self.heads, hd).permute(2, 1, 3, 0, 4)
         lengths = torch.full((b,), valid, dtype=torch.int32, device=video.device)
         out, lse = logit_query_attention(qh, k, v, key_lengths=lengths)
         if group is not None:
@@ -91,6 +93,19 @@ class SemanticHead(nn.Module):
         return self.proj(torch.cat(outs, dim=-1).flatten(1)).squeeze(-1)
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity forward; backward, the gradient made contiguous once (for a tensor read through a permutation,
+    whose producer's backward would otherwise copy it, or worse)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
 class ConvHead(nn.Module):
     """Convolutional head (ablation): per feature layer a 3-D conv over the token grid, pooled, summed."""
 
@@ -108,7 +123,7 @@ class ConvHead(nn.Module):
         for conv, hidden in zip(self.convs, features.hidden, strict=True):
             if token_shard_group(features.sequence_parallel) is not None:  # this head needs every token
                 hidden = merge_video(hidden, total, features.sequence_parallel)
-            grid = hidden.float().permute(1, 2, 0).reshape(hidden.shape[1], -1, f, h, w)
+            grid = _ContiguousGrad.apply(hidden.float()).permute(1, 2, 0).reshape(hidden.shape[1], -1, f, h, w)
             pooled = pooled + F.silu(conv(grid)).mean(dim=(2, 3, 4))
         temb = self.time(timestep_sinusoid(1000 * t, pooled.shape[-1]))
         return self.proj(pooled + temb).squeeze(-1)

@@ -34,20 +34,22 @@ def frozen(module: nn.Module) -> nn.Module:
 class Roles(nn.Module):
     """Holds the roles as submodules, so one ``state_dict`` covers all of them.
 
+    ``with_base=False`` (the teacher phase, which trains the generator alone): no base at all.
+
     Weights: the generator, the base (its LoRA included) and a trained discriminator backbone in ``dtype``
     (bf16 on a GPU, as megatron trains: the optimiser keeps fp32 main weights of what trains, so the frozen
     base costs 2 bytes per weight); the EMA always in fp32, so that a decay of 0.995 moves it by 0.005 of the
     difference each step, far below bf16's resolution (2**-8 of the weight); the head in fp32 (small)."""
 
     def __init__(self, teacher: nn.Module, lora_rank: int = 8, lora_alpha: float = 8.0, with_fake: bool = True,
-                 with_ema: bool = False, dtype: torch.dtype = torch.float32) -> None:
+                 with_ema: bool = False, dtype: torch.dtype = torch.float32, with_base: bool = True) -> None:
         super().__init__()
         self.dtype = dtype
         self.generator = cast_weights(clone_model(teacher), dtype)
         for p in self.generator.parameters():
             p.requires_grad_(True)
-        self.base = cast_weights(frozen(clone_model(teacher)), dtype)
-        if with_fake:
+        self.base = cast_weights(frozen(clone_model(teacher)), dtype) if with_base else None
+        if with_fake and with_base:
             add_lora(self.base, lora_rank, lora_alpha)
         self.ema = frozen(clone_model(self.generator)).eval() if with_ema else None  # fp32: clone_model's
         self.head: nn.Module | None = None
