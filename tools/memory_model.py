@@ -2,8 +2,9 @@
 """Per-rank memory of every phase step of a training config at full size, traced on fake tensors (no GPU).
 
 Traces rank 0 of the config's layout (megatron-core layers on a fake process group of ``--world`` ranks):
-the trainer's own roles, optimisers and phase code on fake tensors, bf16 weights, fp32 main weights and
-gradient buffers and forward passes under bf16 autocast (the engine as it trains on a GPU), a micro-batch
+the trainer's own roles, optimisers and phase code on fake tensors, in the config's ``precision`` as it trains
+on a GPU (``auto``: bf16 weights, fp32 main weights and gradient buffers, forward passes under bf16 autocast;
+``amp``: fp32 weights under autocast; ``fp32``), a micro-batch
 of latent videos of the given pixel size, and prints per phase the states (weights of every role, gradient
 buffers, main weights and Adam states, the batch; each listed), what the step allocates at its peak, the
 total against 80 and 96 GB cards, and the step's matmul and attention TFLOP on rank 0 (recomputation
@@ -68,20 +69,23 @@ def main(argv: list[str] | None = None) -> int:
         elif world < 1:
             raise ValueError(f"--world {world}: must be a number of ranks >= 1")
         # the trainer's validation, less what only the files could say: the trace reads no checkpoint or data
-        model_cfg = validate_train_config(config, world, files=False)
+        model_cfg = validate_train_config(config, world, files=False, device_type="cuda")
     except (ValueError, KeyError, TrainConfigError, ConfigError) as e:
         print(f"memory_model.py: error: {str(e).replace(chr(10), '; ')}", file=sys.stderr)
         return 2
+    precision = ("bf16" if config.bf16("cuda") else "fp32") + " weights" + (
+        ", bf16 autocast" if config.autocast("cuda") else "")
     print(f"{config.preset}: video {args.video} (latents {frames}x{height}x{width}), {world} ranks, TP={tp}"
           f"{' + SP' if model_cfg.sequence_parallel else ''}{f' x CP={cp}' if cp > 1 else ''}, "
-          f"micro-batch {config.micro_batch_size}, "
+          f"micro-batch {config.micro_batch_size}, precision {config.precision} on a GPU ({precision}), "
           f"recompute {model_cfg.recompute_granularity or 'off'}; rank 0, GiB")
     print(f"{'phase':<22} {'states':>8} {'step':>8} {'total':>8}  " + "  ".join(f"{c} GB" for c in CARDS_GB)
           + "  TFLOP/step")
     with fake_world(tp, world, cp):
         for phase in args.phase or config.phases:
             start = time.perf_counter()
-            mem = phase_step_memory(config, phase, frames, height, width, extrapolate=not args.full_depth)
+            mem = phase_step_memory(config, phase, frames, height, width, extrapolate=not args.full_depth,
+                                    device_type="cuda")
             name = phase if phase != "phase2" else f"phase2 ({config.phase2.backbone})"
             gib = mem.gib()
             verdict = "  ".join(f"{'fits' if fits(mem.total, c) else 'OOM':>5}" for c in CARDS_GB)

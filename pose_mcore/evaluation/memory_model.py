@@ -385,14 +385,15 @@ def phase_states(roles: Roles, phase: Phase) -> dict[str, object]:
 
 
 def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int, width: int, text_len: int = 512,
-                      bf16: bool = True, fake: bool = True, extrapolate: bool = False) -> StepMemory:
+                      device_type: str = "cuda", fake: bool = True, extrapolate: bool = False) -> StepMemory:
     """Rank 0's peak bytes during one optimiser step of ``phase`` (teacher, phase1, phase2) of the run
     ``config`` describes: the trainer's own roles, optimisers and phase code (:func:`build_phase`; the
     teacher the roles were cloned from is dropped, as the trainer drops it), Adam states allocated (the
-    step traced is the second), with ``bf16`` (the GPU engine) the roles' bf16 weights (:class:`Roles`) and
-    forward passes under bf16 autocast, one micro-batch of ``config.micro_batch_size`` latent videos
-    ``frames x height x width`` (accumulation steps add no memory: gradients accumulate in DDP's buffers,
-    counted as states). The
+    step traced is the second), the weights and autocast that ``config.precision`` gives on a device of
+    ``device_type`` (``auto`` on CUDA, the GPU engine: bf16 weights (:class:`Roles`) and forward passes under bf16
+    autocast; ``amp``: fp32 weights under autocast; ``fp32``: neither), one micro-batch of
+    ``config.micro_batch_size`` latent videos ``frames x height x width`` (accumulation steps add no memory:
+    gradients accumulate in DDP's buffers, counted as states). The
     process group must exist (:func:`fake_world`, or a real one with ``fake=False``). ``extrapolate``: as
     in :func:`step_memory`."""
     from pose_mcore.models.registry import family_of_preset
@@ -403,6 +404,7 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
     layout = dict(tensor_model_parallel_size=tp, context_parallel_size=parallel_state.get_context_parallel_world_size(),
                   sequence_parallel=tp > 1)
     family = family_of_preset(config.preset)
+    bf16, autocast = config.bf16(device_type), config.autocast(device_type)
 
     def at(depths: dict[str, int], features: list[int] | None = None) -> StepMemory:
         """A trace at ``depths``; in Phase II the head reads block outputs ``features`` (default: the last
@@ -413,14 +415,14 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
             run = dataclasses.replace(run, phase2=dataclasses.replace(
                 run.phase2, feature_layers=features if features is not None else [blocks - 1]))
         model_cfg = family.make_config(config.preset, **{**layout, **run.model})  # model.sequence_parallel wins
-        with cpu_autocast_backward(bf16):
+        with cpu_autocast_backward(autocast):
             return _tracked(lambda: setup(run, model_cfg), fake)
 
     def setup(run: TrainConfig, model_cfg: VideoDiTConfig) -> tuple[dict[str, object], Callable[[], object]]:
         teacher = family.model_class(model_cfg)
         data = train_batch(model_cfg, run.micro_batch_size, frames, height, width, text_len)
         conditioner = Conditioner(model_cfg, negative={k: data[k][0] for k in negative_fields(model_cfg)})
-        roles, step = build_phase(phase, run, teacher, conditioner, torch.device("cpu"), bf16=bf16)
+        roles, step = build_phase(phase, run, teacher, conditioner, torch.device("cpu"), bf16=bf16, autocast=autocast)
         data["sample_index"] = torch.arange(run.micro_batch_size)
         step.step([data])  # the first step allocates the optimiser states
         named = phase_states(roles, step)

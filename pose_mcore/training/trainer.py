@@ -4,6 +4,7 @@ non-finite steps, logs, samples and checkpoints, and hands each phase's models t
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
@@ -22,6 +23,7 @@ from pose_mcore.data.procedural import ProceduralConfig, ProceduralVideos
 from pose_mcore.data.sampler import BatchStream
 from pose_mcore.data.video import write_mp4
 from pose_mcore.encoders.model import ModelEncoders
+from pose_mcore.engine.ddp import release
 from pose_mcore.faults import fault_point
 from pose_mcore.models.registry import family_of_preset
 from pose_mcore.parallel.replicas import ReplicaDrift, check_replicas
@@ -188,6 +190,11 @@ class Trainer:
             name = cfg.phases[p_index]
             if p_index > 0:
                 fault_point("phase_start", global_step)
+                # the previous phase's optimisers go before this one builds its own, and with them whatever of
+                # that phase sits in reference cycles (megatron-core DDP's gradient hooks hold their wrapper):
+                # left to Python's collector, a whole phase's states could outlive it
+                phase = None
+                gc.collect()
             roles, phase = self._build(name, teacher, roles)
             teacher = None  # the roles hold their own copies: a whole model less per rank while training
             step = 0
@@ -233,6 +240,7 @@ class Trainer:
             self.logger.end_phase()
             if name == "teacher":
                 teacher = roles.generator
+                release(teacher)  # frozen from here on: its gradient buffers and main weights go
                 self.export_model(teacher, trained_teacher)
             self.sample(phase, self.output / "samples" / f"{name}-final")
         self.logger.close()

@@ -246,10 +246,12 @@ def _tokens(p: Problems, c: TrainConfig, model: VideoDiTConfig | None) -> None:
                                       f"cannot be split into {cp * tp} shards of at least one token")
 
 
-def validate_train_config(config: TrainConfig, world_size: int, files: bool = True) -> VideoDiTConfig:
-    """Check everything in ``config`` for ``world_size`` ranks; return the model config it implies, or raise
-    :class:`TrainConfigError` listing every problem (one line each). ``files=False`` leaves out what only the
-    files named in it could say (the memory model reads none)."""
+def validate_train_config(config: TrainConfig, world_size: int, files: bool = True, device_type: str | None = None
+                          ) -> VideoDiTConfig:
+    """Check everything in ``config`` for ``world_size`` ranks on devices of ``device_type`` (default: this
+    machine's); return the model config it implies, or raise :class:`TrainConfigError` listing every problem
+    (one line each). ``files=False`` leaves out what only the files named in it could say (the memory model,
+    which predicts a GPU run from any machine, reads none)."""
     p = Problems()
     layout = _layout(p, config, world_size)
     model = _model(p, config, layout)
@@ -265,7 +267,9 @@ def validate_train_config(config: TrainConfig, world_size: int, files: bool = Tr
     p.check("log_every", config.log_every, AT_LEAST_1)
     p.check("max_nonfinite", config.max_nonfinite, AT_LEAST_1)
     p.choice("precision", config.precision, PRECISIONS)
-    if config.precision in ("bf16", "amp") and not torch.cuda.is_available():
+    if device_type is None:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    if config.precision in ("bf16", "amp") and device_type != "cuda":
         p.add("precision", config.precision, "bf16 autocast needs CUDA (megatron-core's linear backward re-enters "
                                              "autocast on CUDA only); on the CPU use auto or fp32")
     if not str(config.output_dir).strip():

@@ -30,7 +30,7 @@ def steps(layout: str, fake: bool) -> dict:
     for phase in LAYOUT_PHASES[layout]:
         overrides = PHASES[phase]
         run = load_train_config(None, ["preset=tiny-i2v", "micro_batch_size=2", "model.num_layers=2", *overrides])
-        out[phase] = dataclasses.asdict(phase_step_memory(run, phase.split("-")[0], *SHAPE, text_len=7, bf16=False,
+        out[phase] = dataclasses.asdict(phase_step_memory(run, phase.split("-")[0], *SHAPE, text_len=7, device_type="cpu",
                                                           fake=fake))
     return out
 

@@ -51,13 +51,18 @@ def main() -> None:
         for name, (preset, phase, overrides) in PHASE_CASES.items():
             run = load_train_config(None, [f"preset={preset}", "micro_batch_size=2", "model.num_layers=3", *overrides])
             results[name] = {
-                "real": phase_step_memory(run, phase, *SHAPE, text_len=7, bf16=False, fake=False),
-                "traced": phase_step_memory(run, phase, *SHAPE, text_len=7, bf16=False)}
+                "real": phase_step_memory(run, phase, *SHAPE, text_len=7, device_type="cpu", fake=False),
+                "traced": phase_step_memory(run, phase, *SHAPE, text_len=7, device_type="cpu")}
+        for precision in ("auto", "amp", "fp32"):  # as the tool predicts a GPU run
+            run = load_train_config(None, ["preset=tiny-i2v", "micro_batch_size=2", "model.num_layers=3",
+                                           f"precision={precision}"])
+            results[f"precision/{precision}"] = {
+                "traced": phase_step_memory(run, "phase1", *SHAPE, text_len=7, device_type="cuda")}
         run = load_train_config(None, ["preset=tiny-i2v", "micro_batch_size=2", "model.num_layers=4"])
         for phase in ("phase1", "phase2"):  # Phase II: the head reads the 4 default feature layers of 4 blocks
             results[f"wan_i2v/{phase}-extrapolated"] = {
-                "traced": phase_step_memory(run, phase, *SHAPE, text_len=7, bf16=False),
-                "extrapolated": phase_step_memory(run, phase, *SHAPE, text_len=7, bf16=False, extrapolate=True)}
+                "traced": phase_step_memory(run, phase, *SHAPE, text_len=7, device_type="cpu"),
+                "extrapolated": phase_step_memory(run, phase, *SHAPE, text_len=7, device_type="cpu", extrapolate=True)}
         flops = model_flops(wan_config("tiny-i2v", num_layers=2), 2, *SHAPE, text_len=7)
     out = {k: {n: dataclasses.asdict(v) for n, v in d.items()} for k, d in results.items()}
     out["flops"] = flops
