@@ -18,7 +18,12 @@ MFU against ``--peak-tflops``, the card's dense bf16 rate). Ratios are new / bas
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -36,6 +41,8 @@ from pose_mcore.parallel.state import run_device  # noqa: E402
 from pose_mcore.pose.build import build_phase  # noqa: E402
 from pose_mcore.pose.phase import Phase  # noqa: E402
 from pose_mcore.training.trainer import Trainer  # noqa: E402
+
+VAE_STRIDE = (4, 8, 8)  # frames (plus the first), height, width: latents to the pixels tools/memory_model.py takes
 
 BASELINE = ["distributed_optimizer=false", "overlap_grad_reduce=false"]
 
@@ -56,6 +63,23 @@ def build(trainer: Trainer, config: TrainConfig, name: str) -> Phase:
                        bf16=config.bf16(trainer.device.type), autocast=config.autocast(trainer.device.type))[1]
 
 
+def predict(config_name: str, overrides: list[str], config: TrainConfig) -> dict[str, dict[str, int]]:
+    """The memory model's bytes of each phase's step for this run (rank 0 of its layout; the procedural data's
+    latents as pixels), from tools/memory_model.py in a fresh process with CUDA hidden (a fake trace must not
+    see a GPU). Called by rank 0 alone, before the process group exists (the others wait for it there)."""
+    d = config.data
+    video = f"{(d.frames - 1) * VAE_STRIDE[0] + 1}x{d.height * VAE_STRIDE[1]}x{d.width * VAE_STRIDE[2]}"
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "predicted.json"
+        tool = Path(__file__).resolve().parent / "memory_model.py"
+        proc = subprocess.run([sys.executable, str(tool), "--config", config_name, "--video", video, "--world",
+                               os.environ.get("WORLD_SIZE", "1"), "--json", str(out), *overrides], capture_output=True,
+                              text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+        if proc.returncode != 0:
+            raise ValueError(f"--predict: tools/memory_model.py failed: {proc.stderr.strip()[-2000:]}")
+        return json.loads(out.read_text())
+
+
 def gathered_max(value: float) -> float:
     """The largest ``value`` over the ranks."""
     t = torch.tensor([value], dtype=torch.float64, device=run_device())
@@ -72,6 +96,9 @@ def main() -> int:
                         help=f"engine settings of the baseline (default: {' '.join(BASELINE)})")
     parser.add_argument("--peak-tflops", type=float, default=989.0,
                         help="the card's dense bf16 TFLOP/s for MFU (default: H100 / H200 SXM, 989)")
+    parser.add_argument("--predict", action="store_true",
+                        help="also print the memory model's prediction of each phase's step (tools/memory_model.py, "
+                             "run first with CUDA hidden) beside the step's measured peak")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
     args = parser.parse_args()
     if args.steps < 1:
@@ -80,6 +107,8 @@ def main() -> int:
         path = resolve_config(args.config)
         config = load_train_config(path, args.overrides)
         baseline = load_train_config(path, [*args.overrides, *args.baseline])
+        first = int(os.environ.get("RANK", 0)) == 0  # the rank that prints
+        predicted = predict(args.config, args.overrides, config) if args.predict and first else {}
         trainer = Trainer(config)
     except (TrainConfigError, ValueError) as e:
         parser.error(str(e))
@@ -118,6 +147,11 @@ def main() -> int:
                       f"{peak:9.2f} {tflops:8.3f} {mfu:>6}", flush=True)
             (s0, _, m0, _, _), (s1, _, m1, _, _) = rows["baseline"], rows["config"]
             print(f"{name:<8} {'ratio':<9} {s1 / s0:8.2f} {s0 / s1:10.2f} {m1 / m0:11.2f}", flush=True)
+            if name in predicted:  # what the step adds to the states: the peak the tool traces beside them
+                step, peak = predicted[name]["step"] / 2**30, rows["config"][3]
+                print(f"{name:<8} {'predicted':<9} step {step:.3f} GiB (tools/memory_model.py) vs measured peak "
+                      f"{peak:.3f} GiB: {peak / step:.3f}" + ("" if cuda else " (no CUDA: nothing measured)"),
+                      flush=True)
         del variants
     dist.destroy_process_group()
     return 0

@@ -11,7 +11,8 @@
 #   4. the training engine at a real model's size: Wan2.1-T2V-1.3B at 21x60x104 latents (480p, 81 frames),
 #      micro-batch 1, every block recomputed, teacher, Phase I and Phase II steps: the engine before this
 #      one (fp32 weights under bf16 autocast, replicated Adam, reduction after backward: precision=amp)
-#      against the config's (bf16 weights, fp32 main weights) (tools/bench_train.py: s/step, peak GiB, MFU)
+#      against the config's (bf16 weights, fp32 main weights) (tools/bench_train.py: s/step, peak GiB, MFU), and
+#      the memory model's prediction of each step beside its max_memory_allocated (--predict)
 #   5. the test suite on the GPU (kernels as compiled Triton, models on CUDA, multi-rank tests on CPU ranks
 #      when there are fewer GPUs than ranks), in parallel processes when pytest-xdist is installed, with the
 #      time left of GPU_CHECK_BUDGET (at least 2 minutes); tests marked cpu_only (CUDA hidden by
@@ -92,10 +93,10 @@ fi
 
 step "kernel benchmark (Wan2.1-14B shapes)" "$OUT/bench_kernels.log" 60 "$PYTHON" tools/bench_kernels.py
 step "DiT step benchmark vs diffusers" "$OUT/bench_model.log" 75 "$PYTHON" tools/bench_model.py --reps 3
-step "engine, Wan2.1-1.3B 480p, 1 GPU" "$OUT/bench_train.log" 150 "$PYTHON" -m torch.distributed.run --standalone \
-  --nproc-per-node 1 tools/bench_train.py --config tiny-cpu --steps 1 \
+step "engine, Wan2.1-1.3B 480p, 1 GPU" "$OUT/bench_train.log" 180 "$PYTHON" -m torch.distributed.run --standalone \
+  --nproc-per-node 1 tools/bench_train.py --config tiny-cpu --steps 1 --predict \
   --baseline precision=amp distributed_optimizer=false overlap_grad_reduce=false \
-  -- preset=wan2.1-t2v-1.3b micro_batch_size=1 global_batch_size=1 data.frames=21 data.height=60 data.width=104 \
+  -- tensor_parallel=1 preset=wan2.1-t2v-1.3b micro_batch_size=1 global_batch_size=1 data.frames=21 data.height=60 data.width=104 \
   data.size=16 model.recompute_granularity=full model.recompute_method=uniform model.recompute_num_layers=1 \
   phase1.fake_updates=1 phase2.head_dim=64 phase2.head_queries=16 phase2.head_heads=4
 

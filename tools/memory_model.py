@@ -20,9 +20,12 @@ buffers, the CUDA context): "fits" keeps 10 % + 2 GiB of the card for those.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
+from pose_mcore.checkpoint.io import atomic_destination
 from pose_mcore.cli import resolve_config
 from pose_mcore.config.base import ConfigError
 from pose_mcore.config.train import PHASES, TrainConfigError, load_train_config
@@ -44,8 +47,19 @@ def latent_shape(video: str) -> tuple[int, int, int]:
     return (f - 1) // VAE_STRIDE[0] + 1, h // VAE_STRIDE[1], w // VAE_STRIDE[2]
 
 
-def fits(total_bytes: int, card_gb: int) -> bool:
-    return total_bytes * 1.1 + 2 * 2**30 <= card_gb * 1e9
+TIGHT_GIB = 5
+"""A verdict this close to the card's limit is marked: the trace leaves out fragmentation and NCCL buffers."""
+
+
+def limit_gib(card_gb: int) -> float:
+    """The most a rank's traced total may be on a card of ``card_gb`` GB: 10 % + 2 GiB of it kept as headroom."""
+    return (card_gb * 1e9 - 2 * 2**30) / 1.1 / 2**30
+
+
+def verdict(total_bytes: int, card_gb: int) -> str:
+    """``fits`` or ``OOM``, with ``(tight)`` within :data:`TIGHT_GIB` of the limit on either side."""
+    margin = limit_gib(card_gb) - total_bytes / 2**30
+    return ("fits" if margin >= 0 else "OOM") + (" (tight)" if abs(margin) < TIGHT_GIB else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase", choices=PHASES, action="append", default=None,
                         help="phases to trace (default: the config's)")
     parser.add_argument("--full-depth", action="store_true", help="trace every block instead of extrapolating")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
+                        help="also write each phase's bytes (states, step, total) to FILE")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)
     try:
@@ -79,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{' + SP' if model_cfg.sequence_parallel else ''}{f' x CP={cp}' if cp > 1 else ''}, "
           f"micro-batch {config.micro_batch_size}, precision {config.precision} on a GPU ({precision}), "
           f"recompute {model_cfg.recompute_granularity or 'off'}; rank 0, GiB")
-    print(f"{'phase':<22} {'states':>8} {'step':>8} {'total':>8}  " + "  ".join(f"{c} GB" for c in CARDS_GB)
-          + "  TFLOP/step")
+    print(f"{'phase':<22} {'states':>8} {'step':>8} {'total':>8}  "
+          + "  ".join(f"{f'{c} GB (<={limit_gib(c):.1f})':>12}" for c in CARDS_GB) + "  TFLOP/step")
+    predicted = {}
     with fake_world(tp, world, cp):
         for phase in args.phase or config.phases:
             start = time.perf_counter()
@@ -88,10 +105,14 @@ def main(argv: list[str] | None = None) -> int:
                                     device_type="cuda")
             name = phase if phase != "phase2" else f"phase2 ({config.phase2.backbone})"
             gib = mem.gib()
-            verdict = "  ".join(f"{'fits' if fits(mem.total, c) else 'OOM':>5}" for c in CARDS_GB)
-            print(f"{name:<22} {gib['states']:8.1f} {gib['step']:8.1f} {gib['total']:8.1f}  {verdict}"
+            verdicts = "  ".join(f"{verdict(mem.total, c):>12}" for c in CARDS_GB)
+            print(f"{name:<22} {gib['states']:8.1f} {gib['step']:8.1f} {gib['total']:8.1f}  {verdicts}"
                   f"  {mem.flops / 1e12:10.1f}   ({time.perf_counter() - start:.0f} s)", flush=True)
             print("    states: " + ", ".join(f"{role} {n / 2**30:.1f}" for role, n in mem.by_role), flush=True)
+            predicted[phase] = {"states": mem.states, "step": mem.step, "total": mem.total}
+    if args.json is not None:
+        with atomic_destination(args.json, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(predicted))
     return 0
 
 
