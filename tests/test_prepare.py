@@ -4,6 +4,8 @@ prepared datasets uses every real field."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 
@@ -67,7 +69,9 @@ def prepared(models, inputs, tmp_path_factory):
     out = {}
     for kind in ("wan-i2v", "wan-ti2v", "hunyuan-t2v", "hunyuan-i2v", "hunyuan-i2v-replace"):
         out[kind] = tmp_path_factory.mktemp("data") / kind
-        assert _prepare(models, kind, inputs, out[kind]) == 0
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            assert _prepare(models, kind, inputs, out[kind]) == 0
+        out[f"stderr:{kind}"] = err.getvalue()
     return out
 
 
@@ -103,9 +107,13 @@ def test_bad_inputs_are_skipped_and_reported(prepared):
     report = json.loads((out / "report.json").read_text())
     reasons = {s["file"].rsplit("/", 1)[-1]: s["reason"] for s in report["skipped"]}
     assert report["items"] == 7 and report["samples"] == 4
-    assert "cannot decode" in reasons["broken.mp4"]
+    assert reasons["broken.mp4"].endswith("broken.mp4: cannot decode: invalid data found when processing input")
     assert "too short: 0.38 s, need 1.00 s (5 frames at 4 fps)" in reasons["short.mp4"]
     assert "no caption" in reasons["uncaptioned.mp4"]
+    # one line each on stderr, as the file is met, in words (FFmpeg's error numbers left out)
+    skips = [line for line in prepared["stderr:wan-i2v"].splitlines() if line.startswith("pose-prepare: skipped")]
+    assert sorted(skips) == sorted(f"pose-prepare: skipped {r}" for r in reasons.values())
+    assert "Errno" not in prepared["stderr:wan-i2v"]
     lines = (out / "manifest.jsonl").read_text().splitlines()
     assert len(lines) == 4 and not list(out.glob(".*tmp*"))
 
@@ -279,3 +287,22 @@ def test_read_ahead_gives_every_clip_in_order(inputs):
             else:
                 assert [np.asarray(f).tolist() for f in a] == [np.asarray(f).tolist() for f in b]
     assert sum(isinstance(f, Exception) for _, f in one) == 3  # the broken, short and uncaptioned files
+
+
+def test_console_script_prints_no_third_party_notices(tmp_path):
+    """``pose-prepare`` as installed: --help and a refusal print no megatron-core notice (the package imported
+    megatron-core before the command could filter it: 4 warnings, 8 lines, on every run); the refusal is one line,
+    exit 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("pose-prepare")
+    helped = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "Warning" not in helped.stderr + helped.stdout, helped.stderr
+    refused = subprocess.run([str(script), "--input", str(tmp_path), "--model", str(tmp_path / "none"), "--out",
+                              str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == [f"pose-prepare: error: {tmp_path / 'none'}: not a diffusers model folder "
+                                           "(no model_index.json)"], refused.stderr
+    assert not (tmp_path / "out").exists()

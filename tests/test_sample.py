@@ -84,3 +84,24 @@ def test_two_ranks_prepare_and_sample_tensor_parallel(model_folders, generator, 
     assert len(report["skipped"]) == 3
     tp1, tp2 = (load_file(tmp_path / f"{n}.safetensors")["latents"] for n in ("tp1", "tp2"))
     assert_close_rel(tp2, tp1, 1e-5)
+
+
+@pytest.mark.parametrize("other", ["hunyuan-t2v", "wan-ti2v"])
+def test_a_generator_with_another_models_folder_is_refused(model_folders, generator, tmp_path, other):
+    """A Wan generator with a HunyuanVideo folder (another family), or with Wan2.2's folder (another VAE, 48-channel
+    latents): pose-sample as installed says so in one line naming both, exit 2, nothing written (it ended in a
+    traceback inside the conditioning)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args = _sample_args(model_folders, generator, tmp_path / "x.mp4")
+    args[args.index("--model") + 1] = str(model_folders[other])
+    if other == "wan-ti2v":  # a size its 16x VAE takes
+        args[args.index("--height") + 1], args[args.index("--width") + 1] = "64", "96"
+    script = Path(sys.executable).with_name("pose-sample")
+    proc = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"pose-sample: error: --checkpoint {generator[0]} "), proc.stderr
+    assert str(model_folders[other]) in lines[0] and not (tmp_path / "x.mp4").exists()

@@ -40,11 +40,15 @@ import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
-from pose_mcore.checkpoint.io import atomic_destination
-from pose_mcore.data.latents import shard_entries, write_manifest, write_negative
-from pose_mcore.data.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoError, read_clip
-from pose_mcore.encoders.model import EncoderError, ModelEncoders
-from pose_mcore.parallel.rank0 import on_rank0
+from pose_mcore.notices import quiet_third_party_warnings
+
+quiet_third_party_warnings()  # before megatron-core is imported: it warns at import
+
+from pose_mcore.checkpoint.io import atomic_destination  # noqa: E402
+from pose_mcore.data.latents import shard_entries, write_manifest, write_negative  # noqa: E402
+from pose_mcore.data.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoError, read_clip  # noqa: E402
+from pose_mcore.encoders.model import EncoderError, ModelEncoders  # noqa: E402
+from pose_mcore.parallel.rank0 import on_rank0  # noqa: E402
 
 FILE_COLUMNS = ("file", "video", "path")
 CAPTION_COLUMNS = ("caption", "text", "prompt")
@@ -178,10 +182,9 @@ def finish(out: Path, shards: int, items: int, seconds: float) -> int:
               "seconds_this_run": round(seconds, 3)}
     with atomic_destination(out / "report.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")
+    # each skipped file had its line on stderr when it was met (in this run or the one that wrote its shard)
     print(f"pose-prepare: {len(entries)} samples in {out / 'manifest.jsonl'}, {len(skipped)} skipped "
           f"(listed in {out / 'report.json'}), {size / 2**20:.1f} MiB", flush=True)
-    for s in skipped:
-        print(f"pose-prepare: skipped {s['reason']}", file=sys.stderr)
     return 0 if entries else 1
 
 

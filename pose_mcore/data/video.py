@@ -45,8 +45,9 @@ def _decoded(path: Path) -> tuple[list[Image.Image], list[float], float]:
             for frame in container.decode(stream):
                 frames.append(frame.to_image())
                 times.append(float(frame.time) if frame.time is not None else len(times) / rate)
-    except (av.error.FFmpegError, OSError) as e:
-        raise VideoError(f"{path}: cannot decode ({e})") from e
+    except (av.error.FFmpegError, OSError) as e:  # in words: FFmpeg's error numbers say nothing to a user
+        reason = (getattr(e, "strerror", None) or str(e)).rstrip(".")
+        raise VideoError(f"{path}: cannot decode: {reason[:1].lower()}{reason[1:]}") from e
     if not frames:
         raise VideoError(f"{path}: no frames")
     return frames, times, rate

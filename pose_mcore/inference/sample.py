@@ -49,9 +49,10 @@ from pose_mcore.config.hunyuan import HunyuanConfig  # noqa: E402
 from pose_mcore.data.video import VideoError, read_clip, write_mp4  # noqa: E402
 from pose_mcore.diffusion.samplers import student_sample  # noqa: E402
 from pose_mcore.encoders.model import EncoderError, ModelEncoders  # noqa: E402
+from pose_mcore.models.registry import family_of_config  # noqa: E402
 from pose_mcore.parallel.rank0 import on_rank0  # noqa: E402
 from pose_mcore.parallel.state import destroy_parallel, initialize_parallel, run_device  # noqa: E402
-from pose_mcore.pose.conditioning import Conditioner, needs_image, negative_fields  # noqa: E402
+from pose_mcore.pose.conditioning import Conditioner, needs_image, negative_fields, required_fields  # noqa: E402
 
 
 class SampleError(ValueError):
@@ -192,6 +193,23 @@ def _prompt_template(path: Path | None) -> dict | None:
         raise SampleError(f"--prompt-template {path}: {e}") from e
 
 
+def check_pair(encoders: ModelEncoders, config: VideoDiTConfig, args: argparse.Namespace) -> None:
+    """The generator and the model folder belong together: the same family, the generator's latents those the
+    folder's VAE decodes, every field it is conditioned on one the folder's encoders give."""
+    family = family_of_config(config).name
+    if family != encoders.family:
+        raise SampleError(f"--checkpoint {args.checkpoint} holds a {family} generator but --model {args.model} is a "
+                          f"{encoders.family} folder: give the diffusers folder of the generator's teacher")
+    if config.out_channels != encoders.latent_channels:
+        raise SampleError(f"--checkpoint {args.checkpoint} makes {config.out_channels}-channel latents but the VAE of "
+                          f"--model {args.model} decodes {encoders.latent_channels}: give the folder of its teacher")
+    missing = [f for f in required_fields(config) if f not in encoders.fields()]
+    if missing:
+        raise SampleError(f"--checkpoint {args.checkpoint} is conditioned on {', '.join(missing)}, which --model "
+                          f"{args.model} does not encode (it gives {', '.join(encoders.fields())}): give the folder of "
+                          "its teacher")
+
+
 def run(args: argparse.Namespace) -> int:
     todo = requests(args)
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -211,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.checkpoint, sequence_parallel=world > 1, params_dtype=dtype)
     except CheckpointError as e:
         raise SampleError(f"--checkpoint: {e}") from e
+    on_rank0(partial(check_pair, encoders, model.config, args), share=False)
 
     def request_inputs(request: Request) -> tuple[dict[str, torch.Tensor], tuple[int, ...]]:
         return (conditioning(encoders, model.config, request, args.negative_prompt, args.frames, args.height,
