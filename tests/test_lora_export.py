@@ -18,7 +18,7 @@ from pose_mcore.checkpoint import fp8
 from pose_mcore.checkpoint.command import main
 from pose_mcore.checkpoint.configs import to_diffusers_config
 from pose_mcore.checkpoint.load import load_model
-from pose_mcore.checkpoint.lora_export import lora_file_layout
+from pose_mcore.checkpoint.lora_export import BASE_DIGEST, base_digest, lora_file_layout
 from pose_mcore.config.hunyuan import hunyuan_config
 from pose_mcore.config.wan import wan_config
 
@@ -108,7 +108,11 @@ def test_full_rank_lora_reproduces_the_generator_in_diffusers(models, tmp_path, 
     with safe_open(path, "pt") as f:
         meta = f.metadata()
     assert meta["pose_mcore.rank"] == "full" and meta["pose_mcore.key_style"] == keys
-    assert "pose_mcore.base_model" in meta and "pose_mcore.alpha" in meta
+    assert "pose_mcore.alpha" in meta
+    # the base by name and digest, never by a local path (a published file would publish the file system)
+    assert meta["pose_mcore.base_model"].endswith(f"({m['teacher_path'].name})")
+    assert str(m["teacher_path"].resolve().parent) not in str(meta)
+    assert meta[BASE_DIGEST] == base_digest(m["teacher_path"]) != base_digest(m["gen_linear_path"])
 
 
 def test_rank_r_error_is_reported_and_falls_with_r(models, tmp_path, capsys):

@@ -278,10 +278,22 @@ class SafetensorsStreamWriter:
             offset += size
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
-        self.path = path
+        self.path, self._header, self._length = path, header, len(raw)
         self._file = open(path, "wb")  # closed in close()
         self._file.write(struct.pack("<Q", len(raw)) + raw)
         self._next = 0
+
+    def set_metadata(self, key: str, value: str) -> None:
+        """Replace a metadata value known only once the tensors are written (a digest of what was read), in the
+        header already on disk: ``value`` must be as long as the placeholder the header was written with."""
+        self._header["__metadata__"][key] = value
+        raw = json.dumps(self._header, separators=(",", ":")).encode()
+        if len(raw) + (-len(raw) % 8) != self._length:
+            raise ValueError(f"{self.path}: metadata {key!r} changed the header's length")
+        position = self._file.tell()
+        self._file.seek(8)
+        self._file.write(raw + b" " * (-len(raw) % 8))
+        self._file.seek(position)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         want = self._expected[self._next]

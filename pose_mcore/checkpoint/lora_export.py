@@ -23,11 +23,15 @@ Key styles:
   ``load_lora_adapter`` reads directly (peft, ``lora_bias``). Tensors a peft LoRA cannot hold are
   left out and reported.
 
-The rank, alpha, base model and key style are in the safetensors header (``pose_mcore.*`` keys).
+The rank, alpha, base model and key style are in the safetensors header (``pose_mcore.*`` keys). The base
+model is named by its variant and its folder's name (never a local path: a published file would publish the
+exporter's file system) and identified by a BLAKE2b digest of its tensors (:func:`base_digest` gives a
+checkpoint's, to check a base against a LoRA).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import defaultdict
@@ -197,6 +201,28 @@ def lora_file_layout(cfg: VideoDiTConfig, key_style: str, rank: int | None) -> l
                   family_of_config(cfg).name, key_style)
 
 
+BASE_DIGEST = "pose_mcore.base_model_blake2b"
+"""Header key of the digest of the base model's tensors (see :func:`base_digest`)."""
+
+
+def _tensor_digest(tensor: torch.Tensor) -> str:
+    return hashlib.blake2b(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes(),
+                           digest_size=16).hexdigest()
+
+
+def _combined(digests: dict[str, str]) -> str:
+    """One digest of a checkpoint's tensors from theirs, by name: the same whatever order they were read in."""
+    return hashlib.blake2b("".join(f"{k}:{digests[k]}\n" for k in sorted(digests)).encode(),
+                           digest_size=16).hexdigest()
+
+
+def base_digest(base: Path) -> str:
+    """The digest a LoRA export records of the teacher checkpoint at ``base`` (its tensors streamed one at a
+    time), to check a base against a LoRA."""
+    source = detect(Path(base)).source
+    return _combined({k: _tensor_digest(source.get(k)) for k in source.keys()})
+
+
 def export_lora(src: Path, base: Path, dst: Path, rank: int | None, key_style: str = "official",
                 dtype: torch.dtype | None = None, overwrite: bool = False, device: str = "cpu") -> LoRAExport:
     """Write the generator at ``src`` as a LoRA against the teacher at ``base`` (both pose_mcore
@@ -218,15 +244,19 @@ def export_lora(src: Path, base: Path, dst: Path, rank: int | None, key_style: s
     metas = _metas(plans, family, key_style)
     shown_rank = "full" if rank is None else str(rank)
     metadata = {"format": "pt", "pose_mcore.kind": "lora", "pose_mcore.family": family,
-                "pose_mcore.base_model": f"{teacher.variant} ({base.resolve()})", "pose_mcore.rank": shown_rank,
+                "pose_mcore.base_model": f"{teacher.variant} ({base.name})", BASE_DIGEST: "0" * 32,
+                "pose_mcore.rank": shown_rank,
                 "pose_mcore.alpha": "equal to each layer's rank (scale 1)", "pose_mcore.key_style": key_style,
                 "pose_mcore.architecture": json.dumps(cfg.architecture())}
     report = LoRAExport(dst, shown_rank)
     with atomic_destination(dst, overwrite) as tmp:
         writer = SafetensorsStreamWriter(tmp, metas, metadata)
+        digests: dict[str, str] = {}
         for g, entries, want in plans:
             gen_out = g.rule.fn([gen.source.get(k) for k in g.src], cfg)
-            base_out = g.rule.fn([teacher.source.get(k) for k in g.src], cfg)
+            base_in = [teacher.source.get(k) for k in g.src]
+            digests.update({k: _tensor_digest(t) for k, t in zip(g.src, base_in, strict=True)})
+            base_out = g.rule.fn(base_in, cfg)
             for e, d, w_gen, w_base in zip(entries, want, gen_out, base_out, strict=True):
                 delta = w_gen.float() - w_base.float()
                 names = iter(n for n, _, _ in _tensors(e, prefix, key_style, family, d))
@@ -247,6 +277,7 @@ def export_lora(src: Path, base: Path, dst: Path, rank: int | None, key_style: s
                 if e.kind != "skip":
                     writer.write(next(names), delta.to(d))
             del gen_out, base_out
+        writer.set_metadata(BASE_DIGEST, _combined(digests))
         writer.close()
     return report
 
