@@ -316,3 +316,26 @@ def test_hunyuan_final_adaln_factors_survive_diffusers_half_swap(models, tmp_pat
     want = lora[prefix + "lora_B.weight"] @ lora[prefix + "lora_A.weight"]  # official (shift, scale) order
     shift, scale = want.chunk(2)
     torch.testing.assert_close(b @ a, torch.cat([scale, shift]), rtol=0, atol=1e-6)
+
+
+def test_single_file_exports_carry_their_architecture(tp1, tmp_path):
+    """A single official-layout file written by pose-convert export (fp8 or bf16) carries the architecture import
+    needs beside the shapes: a Wan model of 2 heads, whose widths are the 4-head tiny preset's (the shapes alone
+    gave it that preset's 4 heads, silently), comes back with 2 and no --set."""
+    import json
+
+    from pose_mcore.checkpoint.convert import ARCHITECTURE_KEY
+    from pose_mcore.checkpoint.io import safetensors_metadata
+    from pose_mcore.models.wan import WanModel
+    from pose_mcore.training.checkpointing import export_pose_checkpoint
+
+    model = WanModel(wan_config("tiny-t2v", num_attention_heads=2))
+    assert model.config.num_attention_heads != wan_config("tiny-t2v").num_attention_heads
+    export_pose_checkpoint(model, tmp_path / "pose")
+    for dtype in ("fp8", "bf16"):
+        path = tmp_path / f"wan-{dtype}.safetensors"
+        assert main(["export", "--src", str(tmp_path / "pose"), "--dst", str(path), "--layout", "wan", "--dtype",
+                     dtype]) == 0
+        assert json.loads(safetensors_metadata(path)[ARCHITECTURE_KEY]) == model.config.architecture()
+        _import(path, tmp_path / f"back-{dtype}")
+        assert load_model(tmp_path / f"back-{dtype}").config.architecture() == model.config.architecture(), dtype

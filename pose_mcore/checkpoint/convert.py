@@ -27,6 +27,7 @@ from pose_mcore.checkpoint.io import (
     TensorSource,
     atomic_destination,
     open_source,
+    safetensors_metadata,
 )
 from pose_mcore.checkpoint.layouts import hunyuan as hunyuan_layout
 from pose_mcore.checkpoint.layouts import wan as wan_layout
@@ -139,7 +140,12 @@ def detect(src: Path, family: str | None = None, overrides: dict[str, Any] | Non
         fam, layout = found[0], found[0]
         arch, shape_notes = configs.official_arch_from_shapes(fam, source)
         notes += shape_notes
-        if fam == "wan" and j.get("_class_name") == "WanModel":
+        written = safetensors_metadata(src).get(ARCHITECTURE_KEY) if src.suffix == ".safetensors" else None
+        if written is not None:  # pose-convert export wrote it: what the shapes cannot say (heads) included
+            arch.update(json.loads(written))
+            notes = [n for n in notes if n not in shape_notes] + ["architecture from the file's header (pose-convert "
+                                                                  "export)"]
+        elif fam == "wan" and j.get("_class_name") == "WanModel":
             arch.update(configs.from_official_wan_config(j))
         elif fam == "wan" and "num_attention_heads" not in overrides:
             arch["num_attention_heads"], note = configs.infer_wan_heads(arch)
@@ -216,8 +222,9 @@ def _check_against_model(groups: Sequence[_Group], cfg: VideoDiTConfig, src: Pat
 
 def _write_shards(groups: Sequence[_Group], source: TensorSource, cfg: Any, dtype: torch.dtype | None,
                   folder: Path, name_fmt: str, single_name: str | None, index_name: str | None, shard_bytes: int,
-                  desc: str) -> list[str]:
-    """Write the groups' outputs as safetensors shards (``name_fmt.format(i, n)``), streaming."""
+                  desc: str, metadata: dict[str, str] | None = None) -> list[str]:
+    """Write the groups' outputs as safetensors shards (``name_fmt.format(i, n)``), streaming; ``metadata`` in
+    each shard's header."""
     shards: list[list[_Group]] = [[]]
     size = 0
     for g in groups:
@@ -232,7 +239,7 @@ def _write_shards(groups: Sequence[_Group], source: TensorSource, cfg: Any, dtyp
     bar = tqdm(total=sum(g.nbytes for g in groups), unit="B", unit_scale=True, desc=desc, leave=False,
                disable=None)  # no bar without a terminal
     for shard, fname in zip(shards, names, strict=True):
-        writer = SafetensorsStreamWriter(folder / fname, [m for g in shard for m in g.metas])
+        writer = SafetensorsStreamWriter(folder / fname, [m for g in shard for m in g.metas], metadata)
         for g in shard:
             outs = g.rule.fn([source.get(k) for k in g.src], cfg)
             for (name, want_dtype, _), tensor in zip(g.metas, outs, strict=True):
@@ -297,6 +304,15 @@ def import_checkpoint(src: Path, dst: Path, family: str | None = None, dtype: st
     return found
 
 
+ARCHITECTURE_KEY = "pose_mcore.architecture"
+"""Header key of a single official-layout file's architecture (JSON), what import needs besides the shapes."""
+
+
+def _architecture_metadata(cfg: VideoDiTConfig) -> dict[str, str]:
+    return {"format": "pt", "pose_mcore.family": family_of_config(cfg).name,
+            ARCHITECTURE_KEY: json.dumps(cfg.architecture())}
+
+
 def _write_fp8(groups: Sequence[_Group], source: TensorSource, cfg: VideoDiTConfig, path: Path) -> None:
     """One safetensors file in ComfyUI's scaled-fp8 form (see :mod:`pose_mcore.checkpoint.fp8`)."""
     metas: list[tuple[str, torch.dtype, tuple[int, ...]]] = [(fp8.MARKER, fp8.FP8, (0,))]
@@ -306,7 +322,8 @@ def _write_fp8(groups: Sequence[_Group], source: TensorSource, cfg: VideoDiTConf
                 metas += [(name, fp8.FP8, shape), (name.removesuffix(".weight") + fp8.SCALE_SUFFIX, torch.float32, ())]
             else:
                 metas.append((name, torch.bfloat16, shape))
-    writer = SafetensorsStreamWriter(path, metas, {"format": "pt", "pose_mcore.dtype": "fp8 e4m3fn, per-tensor scale"})
+    writer = SafetensorsStreamWriter(path, metas, {**_architecture_metadata(cfg),
+                                                   "pose_mcore.dtype": "fp8 e4m3fn, per-tensor scale"})
     writer.write(fp8.MARKER, torch.empty(0, dtype=fp8.FP8))
     for g in tqdm(groups, desc="export fp8", leave=False, disable=None):
         for (name, _, shape), tensor in zip(g.metas, g.rule.fn([source.get(k) for k in g.src], cfg), strict=True):
@@ -348,7 +365,8 @@ def export_checkpoint(src: Path, dst: Path, layout: str, dtype: str = "keep", ov
                           DIFFUSERS_INDEX, shard_bytes, "export")
             (tmp / "config.json").write_text(json.dumps(configs.to_diffusers_config(cfg), indent=2))
         elif dst.suffix == ".safetensors":
-            _write_shards(groups, found.source, cfg, DTYPES[dtype], tmp.parent, "", tmp.name, None, 2**62, "export")
+            _write_shards(groups, found.source, cfg, DTYPES[dtype], tmp.parent, "", tmp.name, None, 2**62, "export",
+                          _architecture_metadata(cfg))
         elif layout == "hunyuan" and dst.suffix in (".pt", ".pth"):
             # A torch pickle is written whole: this holds the model in memory (safetensors output does not).
             state = {}

@@ -122,6 +122,19 @@ class SafetensorsSource(TensorSource):
         return torch.cat(pieces, dim=dim)
 
 
+def safetensors_metadata(file: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's header (empty where it has none or is not readable: the
+    tensors' reader names what is wrong)."""
+    try:
+        with open(file, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > file.stat().st_size - 8:
+                return {}
+            return json.loads(f.read(n)).get("__metadata__") or {}
+    except (OSError, struct.error, ValueError, AttributeError):
+        return {}
+
+
 def _read_header(file: Path) -> dict[str, tuple[Path, int, torch.dtype, tuple[int, ...]]]:
     """``{name: (file, absolute data offset, dtype, shape)}`` from a safetensors header, checked against
     the file size so that a truncated or corrupt file is reported here, naming it."""
