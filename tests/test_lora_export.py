@@ -339,3 +339,49 @@ def test_single_file_exports_carry_their_architecture(tp1, tmp_path):
         assert json.loads(safetensors_metadata(path)[ARCHITECTURE_KEY]) == model.config.architecture()
         _import(path, tmp_path / f"back-{dtype}")
         assert load_model(tmp_path / f"back-{dtype}").config.architecture() == model.config.architecture(), dtype
+
+
+def test_a_rank_above_a_small_layers_is_one_rank_for_all(models, tmp_path):
+    """--rank 24 on a model whose head has 16 outputs (Wan-14B's has 64): the head's exact factors padded with zeros
+    to 24, so that every layer of the file has one rank (mixed ranks made diffusers releases before their mixed-rank
+    fix scale the head by another layer's alpha); its B @ A is still the generator's change of the head."""
+    m = models["wan"]
+    path = tmp_path / "lora.safetensors"
+    assert _export(m, "gen_linear", path, "24", "official") == 0
+    tensors = load_file(path)
+    assert {t.shape[0] for k, t in tensors.items() if k.endswith(".lora_A.weight")} == {24}
+    b, a = tensors["diffusion_model.head.head.lora_B.weight"], tensors["diffusion_model.head.head.lora_A.weight"]
+    assert b.shape == (16, 24) and not b[:, 16:].any() and not a[16:].any()
+    change = m["gen_linear"].proj_out.weight - m["teacher"].proj_out.weight
+    assert_close_rel((b.float() @ a.float()), change.detach(), 1e-5, "head")
+
+
+def test_diffusers_export_states_every_layers_rank(models, tmp_path):
+    """The diffusers-key file says each layer's rank and alpha (= rank: scale 1) in the header diffusers reads
+    (``lora_adapter_metadata``), as its own ``save_lora_adapter`` writes it: a --rank full export has each layer's
+    full rank, and a loader need not infer them. Loaded with that configuration, diffusers gives what it gives
+    without it, and the ranks it states are the tensors' own."""
+    import json
+
+    from diffusers import WanPipeline, WanTransformer3DModel
+
+    m = models["wan"]
+    path = tmp_path / "lora.safetensors"
+    assert _export(m, "gen_linear", path, "full", "diffusers") == 0
+    with safe_open(path, "pt") as f:
+        config = json.loads(f.metadata()["lora_adapter_metadata"])
+        ranks = {k.removeprefix("transformer.").removesuffix(".lora_A.weight"): f.get_slice(k).get_shape()[0]
+                 for k in f.keys() if k.endswith(".lora_A.weight")}
+    r = config["transformer.r"]
+    assert {k: config["transformer.rank_pattern"].get(k, r) for k in ranks} == ranks
+    assert config["transformer.alpha_pattern"] == config["transformer.rank_pattern"]
+    assert config["transformer.lora_alpha"] == r and sorted(config["transformer.target_modules"]) == sorted(ranks)
+    state, metadata = WanPipeline.lora_state_dict(str(tmp_path), weight_name=path.name, return_lora_metadata=True)
+    assert metadata is not None and metadata["transformer.r"] == r
+    outs = []
+    for meta in (metadata, None):
+        model = WanTransformer3DModel.from_pretrained(m["teacher_diffusers"]).eval()
+        model.load_lora_adapter(dict(state), prefix="transformer", adapter_name="pose", metadata=meta)
+        with torch.no_grad():
+            outs.append(model(**_inputs("wan")).sample)
+    assert torch.equal(outs[0], outs[1])

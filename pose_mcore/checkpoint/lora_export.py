@@ -31,6 +31,7 @@ checkpoint's, to check a base against a LoRA).
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import re
@@ -115,7 +116,9 @@ def _plan_entries(name: str, shape: tuple[int, ...], family: str, style: str, ra
             raise CheckpointError(f"--rank {rank} is larger than the layer {name} of shape {shape} (its full rank "
                                   f"is {full}); use --rank {full} or less, or --rank full")
         doubled = style == "official" and family == "hunyuan" and name == _HUNYUAN_DOUBLED_A
-        return _Entry(name, "lora", shape, full if rank is None else min(rank, full), doubled)
+        # a --rank above a small layer's full rank (the head, 64 outputs at 14B) keeps the rank all layers have,
+        # its exact factors padded with zeros: one rank in the file, which every LoRA loader scales alike
+        return _Entry(name, "lora", shape, full if rank is None else rank, doubled)
     if name.endswith(".bias") and (style == "official" or name.removesuffix(".bias") in linears):
         return _Entry(name, "bias", shape)  # diffusers: peft's lora_B.bias exists on adapted linears only
     return _Entry(name, "skip" if style == "diffusers" else "diff", shape)
@@ -144,12 +147,14 @@ def _tensors(entry: _Entry, prefix: str, style: str, family: str, dtype: torch.d
 
 
 def _factor(delta: torch.Tensor, rank: int, full: bool, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, A)`` with ``B @ A`` the best rank-``rank`` approximation of ``delta`` (exact when ``full``)."""
+    """``(B, A)`` with ``B @ A`` the best rank-``rank`` approximation of ``delta`` (exact when ``full``; a ``rank``
+    above ``delta``'s full rank pads the exact factors with zeros)."""
     out_f, in_f = delta.shape
     if full:
-        if in_f <= out_f:
-            return delta, torch.eye(in_f, dtype=delta.dtype)
-        return torch.eye(out_f, dtype=delta.dtype), delta
+        b, a = (delta, torch.eye(in_f, dtype=delta.dtype)) if in_f <= out_f else (torch.eye(out_f, dtype=delta.dtype),
+                                                                                  delta)
+        pad = max(rank - b.shape[1], 0)
+        return torch.nn.functional.pad(b, (0, pad)), torch.nn.functional.pad(a, (0, 0, 0, pad))
     u, s, vh = torch.linalg.svd(delta.to(device), full_matrices=False)
     root = s[:rank].sqrt()
     return (u[:, :rank] * root).cpu(), (root[:, None] * vh[:rank]).cpu()
@@ -223,6 +228,25 @@ def base_digest(base: Path) -> str:
     return _combined({k: _tensor_digest(source.get(k)) for k in source.keys()})
 
 
+PEFT_METADATA = "lora_adapter_metadata"
+"""The header key diffusers reads a LoRA's peft configuration from (``LORA_ADAPTER_METADATA_KEY``)."""
+
+
+def peft_config(metas: list[tuple[str, torch.dtype, tuple[int, ...]]]) -> dict[str, object]:
+    """diffusers' LoRA configuration of a diffusers-key export, as its own ``save_lora_adapter`` writes it
+    (``transformer.`` before each key): every layer's rank, and alpha equal to it (scale 1). Written out, since a
+    ``--rank`` above a layer's smaller dimension gives that layer a smaller rank, and diffusers releases before
+    their mixed-rank fix scale such layers by the most common rank's alpha instead."""
+    ranks = {n.removeprefix("transformer.").removesuffix(".lora_A.weight"): shape[0]
+             for n, _, shape in metas if n.endswith(".lora_A.weight")}
+    r = collections.Counter(ranks.values()).most_common(1)[0][0]
+    pattern = {k: v for k, v in sorted(ranks.items()) if v != r}
+    config = {"r": r, "lora_alpha": r, "rank_pattern": pattern, "alpha_pattern": dict(pattern),
+              "target_modules": sorted(ranks), "use_dora": False,
+              "lora_bias": any(n.endswith(".lora_B.bias") for n, _, _ in metas)}
+    return {f"transformer.{k}": v for k, v in config.items()}
+
+
 def export_lora(src: Path, base: Path, dst: Path, rank: int | None, key_style: str = "official",
                 dtype: torch.dtype | None = None, overwrite: bool = False, device: str = "cpu") -> LoRAExport:
     """Write the generator at ``src`` as a LoRA against the teacher at ``base`` (both pose_mcore
@@ -248,6 +272,8 @@ def export_lora(src: Path, base: Path, dst: Path, rank: int | None, key_style: s
                 "pose_mcore.rank": shown_rank,
                 "pose_mcore.alpha": "equal to each layer's rank (scale 1)", "pose_mcore.key_style": key_style,
                 "pose_mcore.architecture": json.dumps(cfg.architecture())}
+    if key_style == "diffusers":
+        metadata[PEFT_METADATA] = json.dumps(peft_config(metas))
     report = LoRAExport(dst, shown_rank)
     with atomic_destination(dst, overwrite) as tmp:
         writer = SafetensorsStreamWriter(tmp, metas, metadata)
@@ -261,7 +287,7 @@ def export_lora(src: Path, base: Path, dst: Path, rank: int | None, key_style: s
                 delta = w_gen.float() - w_base.float()
                 names = iter(n for n, _, _ in _tensors(e, prefix, key_style, family, d))
                 if e.kind == "lora":
-                    b, a = _factor(delta, e.rank, rank is None or e.rank == min(e.shape), device)
+                    b, a = _factor(delta, e.rank, rank is None or e.rank >= min(e.shape), device)
                     residual = delta - b @ a
                     report.lora_errors[_layer_type(e.module)].append(
                         (e.rank, _relative(residual, delta), _relative(residual, w_gen.float())))
