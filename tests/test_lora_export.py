@@ -157,13 +157,18 @@ def _comfy_apply(base: dict[str, torch.Tensor], lora: dict[str, torch.Tensor]) -
     return out
 
 
-def test_official_keys_give_the_generator_back_with_comfyui_arithmetic(models, tmp_path):
+def test_official_keys_give_the_generator_back_with_comfyui_arithmetic(models, tmp_path, capsys):
     """Every parameter differs (norms, modulation tables, patch embedding too): the diff entries carry
-    what a LoRA cannot, and applying the file to the teacher's official weights gives the generator's."""
+    what a LoRA cannot, and applying the file to the teacher's official weights gives the generator's. The export
+    tells a diffusers user that diffusers drops them, by how much those tensors change, and what to use instead."""
     for family in ("wan", "hunyuan"):
         m = models[family]
         path = tmp_path / f"{family}.safetensors"
         assert _export(m, "gen_all", path, "full", "official") == 0
+        note = [line for line in capsys.readouterr().out.splitlines() if line.startswith("in diffusers: ")]
+        assert len(note) == 1 and "drops the diff / diff_b entries" in note[0], note
+        assert note[0].endswith(f"for the generator itself: pose-convert export --layout {family}-diffusers "
+                                "(full weights)")
         official = {}
         for name in ("teacher", "gen_all"):
             dst = tmp_path / f"{family}_{name}.safetensors"

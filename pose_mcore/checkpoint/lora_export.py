@@ -80,6 +80,8 @@ class LoRAExport:
 
     path: Path
     rank: str
+    family: str
+    key_style: str
     lora_errors: dict[str, list[tuple[int, float, float]]] = field(default_factory=lambda: defaultdict(list))
     diffs: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     skipped: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -99,6 +101,13 @@ class LoRAExport:
             if table:
                 lines.append(f"{title}: relative change |dW| / |W| per tensor type (largest)")
                 lines += [f"  {kind:<46} {len(v):>4} {max(v):>10.3g}" for kind, v in sorted(table.items())]
+        if self.diffs or self.skipped:
+            lost = max(v for table in (self.diffs, self.skipped) for vs in table.values() for v in vs)
+            how = ("diffusers' load_lora_weights drops the diff / diff_b entries (ComfyUI applies them)"
+                   if self.diffs else "this file leaves them out")
+            lines.append(f"in diffusers: {how}, so the teacher with this LoRA is the generator's linear layers only, "
+                         f"not the generator (the tensors above change by up to {lost:.3g}); for the generator "
+                         f"itself: pose-convert export --layout {self.family}-diffusers (full weights)")
         return lines
 
 
@@ -274,7 +283,7 @@ def export_lora(src: Path, base: Path, dst: Path, rank: int | None, key_style: s
                 "pose_mcore.architecture": json.dumps(cfg.architecture())}
     if key_style == "diffusers":
         metadata[PEFT_METADATA] = json.dumps(peft_config(metas))
-    report = LoRAExport(dst, shown_rank)
+    report = LoRAExport(dst, shown_rank, family, key_style)
     with atomic_destination(dst, overwrite) as tmp:
         writer = SafetensorsStreamWriter(tmp, metas, metadata)
         digests: dict[str, str] = {}
