@@ -25,12 +25,16 @@ import sys
 import time
 from pathlib import Path
 
-from pose_mcore.checkpoint.io import atomic_destination
-from pose_mcore.cli import resolve_config
-from pose_mcore.config.base import ConfigError
-from pose_mcore.config.train import PHASES, TrainConfigError, load_train_config
-from pose_mcore.evaluation.memory_model import fake_world, phase_step_memory
-from pose_mcore.training.validate import validate_train_config
+from pose_mcore.notices import quiet_third_party_warnings
+
+quiet_third_party_warnings()  # before megatron-core is imported: it warns at import
+
+from pose_mcore.checkpoint.io import atomic_destination  # noqa: E402
+from pose_mcore.cli import resolve_config  # noqa: E402
+from pose_mcore.config.base import ConfigError  # noqa: E402
+from pose_mcore.config.train import PHASES, TrainConfigError, load_train_config  # noqa: E402
+from pose_mcore.evaluation.memory_model import fake_world, phase_step_memory  # noqa: E402
+from pose_mcore.training.validate import validate_train_config  # noqa: E402
 
 VAE_STRIDE = (4, 8, 8)  # Wan's and HunyuanVideo's causal 3-D VAEs: frames 4x (plus the first), pixels 8x
 CARDS_GB = (80, 96)
