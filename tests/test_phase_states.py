@@ -21,19 +21,24 @@ SMALL = 16 * 2**10
 """Bytes of a storage no phase holds that may be alive anyway (an RNG state is 5 KiB)."""
 
 
-def _census(roles, phase, batches) -> dict:
+def _live_storages() -> dict[int, tuple[tuple[int, ...], int]]:
     gc.collect()
+    return {o.untyped_storage()._cdata: (tuple(o.shape), o.untyped_storage().nbytes()) for o in gc.get_objects()
+            if type(o) in (torch.Tensor, torch.nn.Parameter) and not o.is_meta}
+
+
+def _census(roles, phase, batches, before: set[int]) -> dict:
+    """What the phase holds by name, and every other storage alive that was not before the run (other tests'
+    fixtures in this process are not the run's)."""
     named = {**phase_states(roles, phase), "batch": batches}
-    known = {t.untyped_storage()._cdata for t in _tensors_of(list(named.values()))}
-    others = {}
-    for obj in gc.get_objects():
-        if isinstance(obj, torch.Tensor) and not obj.is_meta and obj.untyped_storage()._cdata not in known:
-            others[obj.untyped_storage()._cdata] = (tuple(obj.shape), obj.untyped_storage().nbytes())
-    return {"held": dict(bytes_by_name(named)), "others": list(others.values())}
+    known = {t.untyped_storage()._cdata for t in _tensors_of(list(named.values()))} | before
+    others = [v for k, v in _live_storages().items() if k not in known]
+    return {"held": dict(bytes_by_name(named)), "others": others}
 
 
 def test_each_phase_holds_only_what_it_needs(tp1, tmp_path, monkeypatch):
     seen = {}
+    before = set(_live_storages())
     build = Trainer._build
 
     def counted(self, name, teacher, previous):
@@ -42,7 +47,7 @@ def test_each_phase_holds_only_what_it_needs(tp1, tmp_path, monkeypatch):
 
         def first_step(batches):
             if phase.steps_done == 0:
-                seen[name] = _census(roles, phase, batches)
+                seen[name] = _census(roles, phase, batches, before)
             return step(batches)
 
         phase.step = first_step
