@@ -122,15 +122,21 @@ class SafetensorsSource(TensorSource):
         return torch.cat(pieces, dim=dim)
 
 
+def _header_json(file: Path) -> tuple[dict, int]:
+    """A safetensors file's header as read (JSON) and its length; ValueError or struct.error where it is none."""
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > size - 8:
+            raise ValueError(f"header of {n} bytes in a file of {size}")
+        return json.loads(f.read(n)), n
+
+
 def safetensors_metadata(file: Path) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file's header (empty where it has none or is not readable: the
     tensors' reader names what is wrong)."""
     try:
-        with open(file, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > file.stat().st_size - 8:
-                return {}
-            return json.loads(f.read(n)).get("__metadata__") or {}
+        return _header_json(file)[0].get("__metadata__") or {}
     except (OSError, struct.error, ValueError, AttributeError):
         return {}
 
@@ -140,11 +146,7 @@ def _read_header(file: Path) -> dict[str, tuple[Path, int, torch.dtype, tuple[in
     the file size so that a truncated or corrupt file is reported here, naming it."""
     size = file.stat().st_size
     try:
-        with open(file, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8:
-                raise ValueError(f"header of {n} bytes in a file of {size}")
-            header = json.loads(f.read(n))
+        header, n = _header_json(file)
         by_name = {v: k for k, v in _DTYPES.items()}
         out = {}
         for key, entry in header.items():

@@ -52,6 +52,7 @@ from pose_mcore.checkpoint.io import (
 from pose_mcore.checkpoint.layouts.rules import invert
 from pose_mcore.config.base import VideoDiTConfig
 from pose_mcore.models.registry import family_of_config
+from pose_mcore.parallel.replicas import tensor_digest
 
 KEY_STYLES = {"official": "diffusion_model.", "diffusers": "transformer."}
 _HUNYUAN_AS_DIFF = re.compile(r"^txt_in\.individual_token_refiner\.blocks\.\d+\.self_attn_qkv\.weight$")
@@ -81,7 +82,6 @@ class LoRAExport:
     path: Path
     rank: str
     family: str
-    key_style: str
     lora_errors: dict[str, list[tuple[int, float, float]]] = field(default_factory=lambda: defaultdict(list))
     diffs: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     skipped: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -219,11 +219,6 @@ BASE_DIGEST = "pose_mcore.base_model_blake2b"
 """Header key of the digest of the base model's tensors (see :func:`base_digest`)."""
 
 
-def _tensor_digest(tensor: torch.Tensor) -> str:
-    return hashlib.blake2b(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes(),
-                           digest_size=16).hexdigest()
-
-
 def _combined(digests: dict[str, str]) -> str:
     """One digest of a checkpoint's tensors from theirs, by name: the same whatever order they were read in."""
     return hashlib.blake2b("".join(f"{k}:{digests[k]}\n" for k in sorted(digests)).encode(),
@@ -234,7 +229,7 @@ def base_digest(base: Path) -> str:
     """The digest a LoRA export records of the teacher checkpoint at ``base`` (its tensors streamed one at a
     time), to check a base against a LoRA."""
     source = detect(Path(base)).source
-    return _combined({k: _tensor_digest(source.get(k)) for k in source.keys()})
+    return _combined({k: tensor_digest(source.get(k)) for k in source.keys()})
 
 
 PEFT_METADATA = "lora_adapter_metadata"
@@ -244,8 +239,8 @@ PEFT_METADATA = "lora_adapter_metadata"
 def peft_config(metas: list[tuple[str, torch.dtype, tuple[int, ...]]]) -> dict[str, object]:
     """diffusers' LoRA configuration of a diffusers-key export, as its own ``save_lora_adapter`` writes it
     (``transformer.`` before each key): every layer's rank, and alpha equal to it (scale 1). Written out, since a
-    ``--rank`` above a layer's smaller dimension gives that layer a smaller rank, and diffusers releases before
-    their mixed-rank fix scale such layers by the most common rank's alpha instead."""
+    ``--rank full`` export has each layer's own full rank, and diffusers releases before their mixed-rank fix
+    scale the layers of another rank by the most common rank's alpha instead."""
     ranks = {n.removeprefix("transformer.").removesuffix(".lora_A.weight"): shape[0]
              for n, _, shape in metas if n.endswith(".lora_A.weight")}
     r = collections.Counter(ranks.values()).most_common(1)[0][0]
@@ -283,14 +278,14 @@ def export_lora(src: Path, base: Path, dst: Path, rank: int | None, key_style: s
                 "pose_mcore.architecture": json.dumps(cfg.architecture())}
     if key_style == "diffusers":
         metadata[PEFT_METADATA] = json.dumps(peft_config(metas))
-    report = LoRAExport(dst, shown_rank, family, key_style)
+    report = LoRAExport(dst, shown_rank, family)
     with atomic_destination(dst, overwrite) as tmp:
         writer = SafetensorsStreamWriter(tmp, metas, metadata)
         digests: dict[str, str] = {}
         for g, entries, want in plans:
             gen_out = g.rule.fn([gen.source.get(k) for k in g.src], cfg)
             base_in = [teacher.source.get(k) for k in g.src]
-            digests.update({k: _tensor_digest(t) for k, t in zip(g.src, base_in, strict=True)})
+            digests.update({k: tensor_digest(t) for k, t in zip(g.src, base_in, strict=True)})
             base_out = g.rule.fn(base_in, cfg)
             for e, d, w_gen, w_base in zip(entries, want, gen_out, base_out, strict=True):
                 delta = w_gen.float() - w_base.float()

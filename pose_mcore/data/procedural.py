@@ -49,8 +49,9 @@ class ProceduralVideos(Dataset):
 
     def __init__(self, config: ProceduralConfig, length: int, seed: int = 0) -> None:
         self.config, self.length, self.seed = config, length, seed
-        if config.problem():
-            raise ValueError(config.problem())
+        problem = config.problem()
+        if problem:
+            raise ValueError(problem)
         gen = torch.Generator().manual_seed(config.table_seed)
         colours = torch.randn(config.num_colours, config.channels, generator=gen)
         self.colours = config.amplitude * colours / colours.norm(dim=1, keepdim=True) * config.channels**0.5

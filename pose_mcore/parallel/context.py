@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from pose_mcore.parallel.sequence import gather_tokens, pad_sequence, scatter_tokens
+from pose_mcore.parallel.sequence import gather_tokens, pad_sequence, scatter_tokens, summed_over
 
 
 def cp_size() -> int:
@@ -93,8 +93,7 @@ class _GatherShards(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         if cp_size() > 1:
-            grad = grad.clone(memory_format=torch.contiguous_format)
-            dist.all_reduce(grad, group=parallel_state.get_context_parallel_group())
+            grad = summed_over(grad, parallel_state.get_context_parallel_group())
         return grad.narrow(0, ctx.rank * ctx.n, ctx.n).contiguous(), None
 
 
@@ -212,8 +211,7 @@ class _GatherHeads(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone(memory_format=torch.contiguous_format)  # never the incoming gradient in place
-        dist.all_reduce(grad, group=parallel_state.get_context_parallel_group())
+        grad = summed_over(grad, parallel_state.get_context_parallel_group())
         return grad.narrow(2, cp_rank() * ctx.m, ctx.m).contiguous()
 
 

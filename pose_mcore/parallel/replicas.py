@@ -43,20 +43,22 @@ def parameter_replicas(prefix: str, module: nn.Module) -> Iterator[Replica]:
         yield Replica(f"{prefix}.{name}", tp_rank if split else None, p.detach())
 
 
-def _digest(t: torch.Tensor) -> bytes:
+def tensor_digest(t: torch.Tensor) -> str:
+    """BLAKE2b (16 bytes, hex) of a tensor's bytes: equal exactly when the tensors are bitwise equal (dtype and
+    shape aside)."""
     data = t.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy()
-    return hashlib.blake2b(data, digest_size=16).digest()
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def replica_mismatches(replicas: Iterable[Replica], group: dist.ProcessGroup | None = None) -> list[str]:
     """The copies that differ between the ranks of ``group`` (default: all), one line each naming the tensor,
     the copy and the ranks; the same list on every rank (a collective: every rank must call it)."""
-    mine = {(r.name, r.copy): _digest(r.tensor) for r in replicas}
+    mine = {(r.name, r.copy): tensor_digest(r.tensor) for r in replicas}
     if not dist.is_initialized() or dist.get_world_size(group) == 1:
         return []
     everyone: list[dict] = [{} for _ in range(dist.get_world_size(group))]
     dist.all_gather_object(everyone, mine, group=group)
-    held: dict[tuple, dict[bytes, list[int]]] = {}
+    held: dict[tuple, dict[str, list[int]]] = {}
     for rank, digests in enumerate(everyone):
         for key, digest in digests.items():
             held.setdefault(key, {}).setdefault(digest, []).append(rank)

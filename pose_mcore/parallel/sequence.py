@@ -51,13 +51,20 @@ def gather_tokens(x: torch.Tensor, length: int) -> torch.Tensor:
     return gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=False)[:length]
 
 
-class _BroadcastToTokens(torch.autograd.Function):
-    """Identity forward; backward, the gradient summed over the TP ranks into a new contiguous tensor.
+def summed_over(grad: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    """``grad`` summed over the ranks of ``group``, in a new contiguous tensor: never ``grad`` in place (autograd may
+    hand one gradient tensor to several inputs, the two operands of an addition) and whatever its strides
+    (megatron-core's ``_reduce`` all-reduces ``grad.contiguous()`` and returns ``grad``: a non-contiguous gradient
+    came back unreduced). Every backward here that sums a gradient over ranks does it through this."""
+    grad = grad.clone(memory_format=torch.contiguous_format)
+    dist.all_reduce(grad, group=group)
+    return grad
 
-    Not megatron-core's ``copy_to_tensor_model_parallel_region``: its ``_reduce`` all-reduces
-    ``grad.contiguous()`` and returns ``grad``, so a non-contiguous gradient (that of a transposed view,
-    such as the head's per-head queries) came back unreduced. Nor in place: autograd may hand the same
-    gradient tensor to several inputs (the two operands of an addition)."""
+
+class _BroadcastToTokens(torch.autograd.Function):
+    """Identity forward; backward, the gradient summed over the TP ranks (:func:`summed_over`). Not megatron-core's
+    ``copy_to_tensor_model_parallel_region``, which returned the gradient of a transposed view (the semantic
+    head's per-head queries) unreduced."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
@@ -65,9 +72,7 @@ class _BroadcastToTokens(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad, group=parallel_state.get_tensor_model_parallel_group())
-        return grad
+        return summed_over(grad, parallel_state.get_tensor_model_parallel_group())
 
 
 def broadcast_to_tokens(x: torch.Tensor) -> torch.Tensor:
