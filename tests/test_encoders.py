@@ -42,15 +42,21 @@ def transformer(kind: str):
     return diffusers_wan(kind == "wan-i2v", seed=5)
 
 
-def first_frame(seed: int = 0, kind: str = "wan-i2v") -> Image.Image:
+def first_frame(seed: int = 0, kind: str = "wan-i2v", pixels: tuple[int, int] | None = None) -> Image.Image:
+    """A random RGB image of ``pixels`` (height, width; default the video's size)."""
     rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (*size(kind), 3), dtype=np.uint8))
+    return Image.fromarray(rng.integers(0, 256, (*(pixels or size(kind)), 3), dtype=np.uint8))
 
 
-def run_pipeline(kind: str, model, guidance: float, seed: int = 0, output_type: str = "latent"
-                 ) -> tuple[list[dict], torch.Tensor]:
+PHOTO = (45, 38)
+"""An image of another size and aspect than the videos (taller than wide, odd sizes)."""
+
+
+def run_pipeline(kind: str, model, guidance: float, seed: int = 0, output_type: str = "latent",
+                 image: Image.Image | None = None) -> tuple[list[dict], torch.Tensor]:
     """The transformer's keyword inputs of every call of a one-step pipeline run, and its output (latents, or
-    float frames ``[B, F, H, W, 3]`` for ``output_type="np"``)."""
+    float frames ``[B, F, H, W, 3]`` for ``output_type="np"``); ``image``: the first frame (default
+    :func:`first_frame`)."""
     pipe = pipeline(kind, model)
     pipe.set_progress_bar_config(disable=True)
     calls = []
@@ -64,7 +70,7 @@ def run_pipeline(kind: str, model, guidance: float, seed: int = 0, output_type: 
     else:
         kwargs.update(negative_prompt=NEGATIVE, guidance_scale=guidance)
     if kind not in ("wan-t2v", "hunyuan-t2v"):
-        kwargs["image"] = first_frame(kind=kind)
+        kwargs["image"] = image or first_frame(kind=kind)
     with torch.no_grad():
         out = pipe(**kwargs).frames
     return calls, out
@@ -189,8 +195,10 @@ def test_folder_errors(model_folders, tmp_path):
 
 @pytest.mark.parametrize("kind", ("wan-i2v", "wan-ti2v", "hunyuan-t2v", "hunyuan-i2v", "hunyuan-i2v-replace"))
 def test_one_step_sample_equals_the_pipeline(tp1, model_folders, kind, tmp_path):
-    """Latents and decoded video. HunyuanVideo-I2V (latent concat): the pipeline starts from 0.999 noise +
-    0.001 image latent and returns the latents and video without the conditioning image's frames."""
+    """Latents and decoded video, the first frame a photo of another size and aspect than the video (the
+    pipeline resizes it for the VAE, its image encoder sees the original). HunyuanVideo-I2V (latent concat): the
+    pipeline starts from 0.999 noise + 0.001 image latent and returns the latents and video without the
+    conditioning image's frames. ``--image-fit crop`` equals the pipeline given the cropped image."""
     from pose_mcore.checkpoint.convert import import_checkpoint
     from pose_mcore.checkpoint.load import load_model
     from pose_mcore.inference.sample import Request, SampleError, conditioning, generate, video
@@ -200,13 +208,20 @@ def test_one_step_sample_equals_the_pipeline(tp1, model_folders, kind, tmp_path)
     # Wan2.2 TI2V's diffusers config does not say which task: the import is told (image-to-video)
     overrides = {"image_condition_type": "token_replace"} if kind == "wan-ti2v" else None
     import_checkpoint(tmp_path / "diffusers", tmp_path / "generator", overrides=overrides)
-    _, want = run_pipeline(kind, model, guidance=1.0, seed=11)
-    _, want_video = run_pipeline(kind, model, guidance=1.0, seed=11, output_type="np")
+    photo = first_frame(kind=kind, pixels=PHOTO)
+    _, want = run_pipeline(kind, model, guidance=1.0, seed=11, image=photo)
+    _, want_video = run_pipeline(kind, model, guidance=1.0, seed=11, output_type="np", image=photo)
     enc = encoders(model_folders[kind], kind)
     generator = load_model(tmp_path / "generator")
     image = tmp_path / "first.png"
-    first_frame(kind=kind).save(image)
+    photo.save(image)
     request = Request(PROMPT, image if kind != "hunyuan-t2v" else None, 11, tmp_path / "o.mp4")
+    if kind != "hunyuan-t2v":
+        from pose_mcore.data.video import fit
+        cropped = conditioning(enc, generator.config, request, "", FRAMES, *size(kind), image_fit="crop")
+        _, want_cropped = run_pipeline(kind, model, guidance=1.0, seed=11, image=fit(photo, *size(kind)))
+        assert_close_rel(generate(generator, cropped, enc.latent_shape(1, FRAMES, *size(kind)), seed=11)[
+            :, :, -want_cropped.shape[2]:], want_cropped, 1e-5)
     batch = conditioning(enc, generator.config, request, "", FRAMES, *size(kind))
     got = generate(generator, batch, enc.latent_shape(1, FRAMES, *size(kind)), seed=11)
     frames = video(enc, generator.config, got)

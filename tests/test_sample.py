@@ -10,11 +10,12 @@ import pytest
 import torch
 from conftest import assert_close_rel, torchrun
 from safetensors.torch import load_file
-from test_encoders import FRAMES, HEIGHT, PROMPT, TEXT_LEN, WIDTH, first_frame, transformer
+from test_encoders import FRAMES, HEIGHT, PHOTO, PROMPT, TEXT_LEN, WIDTH, first_frame, transformer
 from test_prepare import SIZE, _prepare, inputs  # noqa: F401 - the clips fixture
 
 from pose_mcore.checkpoint.convert import import_checkpoint
 from pose_mcore.data.latents import LatentDataset
+from pose_mcore.data.video import fit
 from pose_mcore.inference.sample import main as sample
 
 KIND = "wan-i2v"
@@ -61,6 +62,24 @@ def test_sample_writes_the_video_and_its_latents(model_folders, generator, tmp_p
     assert "4k+1" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
     assert sample(_sample_args(model_folders, generator, tmp_path / "x.mp4", "--vae-tile", "20")) == 2
     assert "--vae-tile 20: must be a positive multiple" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
+
+
+def test_image_fit_reaches_the_encoders(model_folders, generator, tmp_path):
+    """A first frame of another size: the pipeline's resize by default, ``--image-fit crop`` the same video as
+    the image cropped beforehand."""
+    photo, cropped = tmp_path / "photo.png", tmp_path / "cropped.png"
+    first_frame(pixels=PHOTO).save(photo)
+    fit(first_frame(pixels=PHOTO), HEIGHT, WIDTH).save(cropped)
+
+    def latents(image, *extra) -> torch.Tensor:
+        args = _sample_args(model_folders, generator, tmp_path / f"{image.stem}{len(extra)}.mp4", *extra)
+        args[args.index("--image") + 1] = str(image)
+        assert sample(args) == 0
+        return load_file(tmp_path / f"{image.stem}{len(extra)}.safetensors")["latents"]
+
+    resized = latents(photo)
+    assert torch.equal(latents(photo, "--image-fit", "crop"), latents(cropped))
+    assert not torch.allclose(resized, latents(cropped), atol=1e-3)
 
 
 @pytest.mark.slow

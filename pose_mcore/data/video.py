@@ -33,6 +33,15 @@ def fit(image: Image.Image, height: int, width: int) -> Image.Image:
     return image.crop((left, top, left + width, top + height))
 
 
+def read_image(path: str | Path) -> Image.Image:
+    """An image file as RGB, at its own size."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as e:
+        raise VideoError(f"{path}: cannot read the image ({e})") from e
+
+
 def _decoded(path: Path) -> tuple[list[Image.Image], list[float], float]:
     """Every frame of a video with its presentation time (s), and the stream's frame rate."""
     try:
@@ -60,11 +69,7 @@ def read_clip(path: str | Path, frames: int, height: int, width: int, fps: float
     if path.suffix.lower() in IMAGE_SUFFIXES:
         if frames != 1:
             raise VideoError(f"{path}: an image is one frame; --frames {frames} needs a video")
-        try:
-            with Image.open(path) as image:
-                return [fit(image.convert("RGB"), height, width)]
-        except OSError as e:
-            raise VideoError(f"{path}: cannot read the image ({e})") from e
+        return [fit(read_image(path), height, width)]
     decoded, times, rate = _decoded(path)
     if fps is None:
         if len(decoded) < frames:

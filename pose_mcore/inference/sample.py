@@ -5,6 +5,7 @@ encoders and VAE (:class:`pose_mcore.encoders.ModelEncoders`).
     pose-sample --checkpoint GEN_DIR --model MODEL_DIR --prompts prompts.jsonl --out videos/
                 [--steps 1|2|4] [--mode renoise|euler] [--shift S] [--seed S] [--height --width --frames]
                 [--fps 16] [--negative-prompt TEXT] [--dtype bf16|fp32] [--save-latents] [--vae-tile PX]
+                [--image-fit resize|crop]
 
 Under torchrun the generator runs tensor-parallel (with sequence parallelism) over all ranks; rank 0
 encodes the prompt and image, shares the conditioning, decodes and writes. ``--prompts``: a JSONL file
@@ -16,7 +17,8 @@ One step is ``x0 = noise - G(noise, t=1)``, the noise drawn as the diffusers pip
 (``WanPipeline`` / ``WanImageToVideoPipeline`` / ``HunyuanVideoPipeline`` /
 ``HunyuanVideoImageToVideoPipeline``) with the exported generator as its transformer,
 ``num_inference_steps=1``, ``guidance_scale=1.0`` and a ``FlowMatchEulerDiscreteScheduler`` (the Wan
-folders ship UniPC, whose one step differs), the same seed and ``max_sequence_length``. As there,
+folders ship UniPC, whose one step differs), the same seed and ``max_sequence_length``. As there, a first
+frame of any size is resized to the video's (``--image-fit crop`` covers and centre-crops it instead),
 HunyuanVideo-I2V starts from ``0.999 * noise + 0.001 * image latent``, and with latent concatenation its
 video leaves out its first 4 frames (the conditioning image and the three after it: ``--frames 33``
 gives 29); ``--save-latents`` keeps every latent frame. More steps use the training sampler
@@ -46,7 +48,7 @@ from pose_mcore.checkpoint.io import CheckpointError, atomic_destination  # noqa
 from pose_mcore.checkpoint.load import load_model  # noqa: E402
 from pose_mcore.config.base import VideoDiTConfig  # noqa: E402
 from pose_mcore.config.hunyuan import HunyuanConfig  # noqa: E402
-from pose_mcore.data.video import VideoError, read_clip, write_mp4  # noqa: E402
+from pose_mcore.data.video import VideoError, fit, read_image, write_mp4  # noqa: E402
 from pose_mcore.diffusion.samplers import student_sample  # noqa: E402
 from pose_mcore.encoders.model import EncoderError, ModelEncoders  # noqa: E402
 from pose_mcore.models.registry import family_of_config  # noqa: E402
@@ -57,6 +59,10 @@ from pose_mcore.pose.conditioning import Conditioner, needs_image, negative_fiel
 
 class SampleError(ValueError):
     """Bad arguments or inputs (exit 2)."""
+
+
+IMAGE_FITS = ("resize", "crop")
+"""How ``--image`` meets ``--height x --width``: the pipeline's resize, or cover and centre-crop."""
 
 
 @dataclass(frozen=True)
@@ -95,9 +101,16 @@ def requests(args: argparse.Namespace) -> list[Request]:
 
 
 def conditioning(encoders: ModelEncoders, config: VideoDiTConfig, request: Request, negative_prompt: str,
-                 frames: int, height: int, width: int) -> dict[str, torch.Tensor]:
+                 frames: int, height: int, width: int, image_fit: str = "resize") -> dict[str, torch.Tensor]:
     """The batch of one request for a generator of ``config``: the dataset's fields (batch 1; no latents) and
-    the encoded ``negative_prompt`` (``negative_<field>``, unbatched)."""
+    the encoded ``negative_prompt`` (``negative_<field>``, unbatched).
+
+    ``image_fit="resize"`` hands the first frame to the encoders as the diffusers pipeline does: the VAE's
+    condition is the image resized (stretched) to ``height x width`` by the pipeline's ``video_processor``, the
+    image encoder (CLIP, LLaVA) sees it at its own size. ``"crop"`` first covers and centre-crops it to
+    ``height x width`` (as ``pose-prepare`` fits video frames), keeping its aspect ratio."""
+    if image_fit not in IMAGE_FITS:
+        raise SampleError(f"--image-fit {image_fit}: choose one of {', '.join(IMAGE_FITS)}")
     if drops_first_frames(config) and frames <= encoders.temporal:
         raise SampleError(f"--frames {frames}: HunyuanVideo-I2V with latent concatenation leaves out the first "
                           f"{encoders.temporal} frames; give at least {2 * encoders.temporal + 1}")
@@ -107,7 +120,9 @@ def conditioning(encoders: ModelEncoders, config: VideoDiTConfig, request: Reque
             raise SampleError(f"the generator ({type(config).__name__}) is image-to-video: give --image")
         if not encoders.image_to_video:
             raise SampleError(f"{encoders.folder}: its pipeline does not encode images")
-        image = read_clip(request.image, 1, height, width)[0]
+        image = read_image(request.image)
+        if image_fit == "crop":
+            image = fit(image, height, width)
     elif request.image is not None:
         raise SampleError("the generator is text-to-video: --image does not apply")
     batch = encoders.encode_prompts([request.prompt], image if encoders.reads_image_with_prompt else None)
@@ -160,6 +175,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt")
     p.add_argument("--prompts", type=Path, help=".jsonl of {prompt, image} or a text file of prompts")
     p.add_argument("--image", type=Path, help="first frame (image-to-video)")
+    p.add_argument("--image-fit", choices=IMAGE_FITS, default="resize",
+                   help="resize: as the diffusers pipeline (the VAE sees the image stretched to the output size, the "
+                        "image encoder the original); crop: cover and centre-crop it to the output size first")
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--out", type=Path, required=True, help="MP4 file (--prompt) or folder (--prompts)")
     p.add_argument("--steps", type=int, default=1)
@@ -232,8 +250,9 @@ def run(args: argparse.Namespace) -> int:
     on_rank0(partial(check_pair, encoders, model.config, args), share=False)
 
     def request_inputs(request: Request) -> tuple[dict[str, torch.Tensor], tuple[int, ...]]:
-        return (conditioning(encoders, model.config, request, args.negative_prompt, args.frames, args.height,
-                             args.width), encoders.latent_shape(1, args.frames, args.height, args.width))
+        batch = conditioning(encoders, model.config, request, args.negative_prompt, args.frames, args.height,
+                             args.width, args.image_fit)
+        return batch, encoders.latent_shape(1, args.frames, args.height, args.width)
 
     for request in todo:
         shared = on_rank0(partial(request_inputs, request))
