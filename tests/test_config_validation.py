@@ -130,6 +130,8 @@ def test_all_problems_at_once(capsys, tmp_path):
     (["phase2.feature_layers=[0,7]"], "phase2.feature_layers=[0, 7]: must be a non-empty list of block indices in [0, 2)"),
     (["phase2.r1_on=inputs"], "phase2.r1_on='inputs': must be one of logit, features"),
     (["phase2.r1_on=features"], "phase2.r1_on='features': needs phase2.backbone=full (not 'ema')"),
+    (["phase1.generator_params=norms"], "phase1.generator_params='norms': must be one of all, linears"),
+    (["phase2.generator_params=lora"], "phase2.generator_params='lora': must be one of all, linears"),
     (["data.height=6"], "data='3x6x8': procedural videos (frames x height x width): a shape of size 5 moving 2 "
                         "pixels over 3 frames does not fit a 6x8 frame (height and width must be at least 7)"),
     (["data.size=4", "micro_batch_size=8"], "data.size=4: the procedural dataset must hold at least one global "

@@ -100,7 +100,9 @@ def test_full_rank_lora_reproduces_the_generator_in_diffusers(models, tmp_path, 
     m = models[family]
     path = tmp_path / "lora.safetensors"
     assert _export(m, "gen_linear", path, "full", keys) == 0
-    assert "wrote a rank-full LoRA" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "wrote a rank-full LoRA" in out
+    assert "so the teacher with this LoRA is the generator" in out  # only linear layers (and their biases) moved
     model = _diffusers_with_lora(family, m, path)
     assert _rel(model, m["teacher"], family) > 1e-2  # the generator is far from its teacher
     err = _rel(model, m["gen_linear"], family)
@@ -166,9 +168,10 @@ def test_official_keys_give_the_generator_back_with_comfyui_arithmetic(models, t
         path = tmp_path / f"{family}.safetensors"
         assert _export(m, "gen_all", path, "full", "official") == 0
         note = [line for line in capsys.readouterr().out.splitlines() if line.startswith("in diffusers: ")]
-        assert len(note) == 1 and "drops the diff / diff_b entries" in note[0], note
+        assert len(note) == 1 and "drops these diff / diff_b entries" in note[0], note
         assert note[0].endswith(f"for the generator itself: pose-convert export --layout {family}-diffusers "
-                                "(full weights)")
+                                "(full weights), or train with phase1.generator_params=linears "
+                                "phase2.generator_params=linears")
         official = {}
         for name in ("teacher", "gen_all"):
             dst = tmp_path / f"{family}_{name}.safetensors"
@@ -390,3 +393,53 @@ def test_diffusers_export_states_every_layers_rank(models, tmp_path):
         with torch.no_grad():
             outs.append(model(**_inputs("wan")).sample)
     assert torch.equal(outs[0], outs[1])
+
+
+LINEARS_RUN = ["preset=tiny-i2v", "tensor_parallel=1", "micro_batch_size=2", "data.size=8", "data.frames=3",
+               "data.height=8", "data.width=8", "phase1.steps=2", "phase2.steps=2", "phase1.fake_updates=1",
+               "phase1.lora_rank=4", "phase1.optim_g.lr=1e-3", "phase2.optim_g.lr=1e-3", "log_every=100"]
+
+
+def test_a_generator_trained_on_its_linears_is_an_exact_lora_in_diffusers(tp1, tmp_path, capsys):
+    """``generator_params=linears`` in both phases: the norms, modulation tables and patch embedding stay the
+    teacher's bit for bit, the linear layers move, and a full-rank diffusers-key LoRA loaded by diffusers onto
+    the teacher is the generator (the export says so instead of listing losses)."""
+    from pose_mcore.config.train import load_train_config
+    from pose_mcore.pose.roles import lora_carried
+    from pose_mcore.training.trainer import Trainer
+
+    teacher = Trainer(load_train_config(None, [*LINEARS_RUN, "phases=[teacher]", "teacher.steps=2",
+                                               f"output_dir={tmp_path / 'teacher'}"])).run()
+    generator = Trainer(load_train_config(None, [
+        *LINEARS_RUN, "phases=[phase1,phase2]", f"teacher_checkpoint={teacher}", "phase1.generator_params=linears",
+        "phase2.generator_params=linears", f"output_dir={tmp_path / 'run'}"])).run()
+    before, after = load_model(teacher), load_model(generator)
+    carried = {id(p) for p in lora_carried(after)}
+    moved = {n: not torch.equal(p, before.state_dict()[n]) for n, p in after.named_parameters()}
+    kept = [n for n, p in after.named_parameters() if id(p) not in carried]
+    assert {"scale_shift_table", "patch_embedding.weight", "image_embedder.norm1.weight"} <= set(kept)
+    assert not any(moved[n] for n in kept), [n for n in kept if moved[n]]
+    assert sum(moved.values()) >= 0.9 * (len(moved) - len(kept))  # the linear layers trained
+    capsys.readouterr()
+    lora = tmp_path / "lora.safetensors"
+    for src, dst in ((teacher, "teacher_diffusers"), (generator, "gen_diffusers")):
+        assert main(["export", "--src", str(src), "--dst", str(tmp_path / dst), "--layout", "wan-diffusers"]) == 0
+    assert main(["export", "--layout", "lora", "--src", str(generator), "--base", str(teacher), "--dst", str(lora),
+                 "--rank", "full", "--lora-keys", "diffusers"]) == 0
+    note = [line for line in capsys.readouterr().out.splitlines() if line.startswith("in diffusers: ")]
+    assert note == ["in diffusers: every tensor a LoRA cannot carry is the teacher's (a generator trained with "
+                    "generator_params=linears), so the teacher with this LoRA is the generator"]
+    from diffusers import WanTransformer3DModel
+
+    model = _diffusers_with_lora("wan", {"teacher_diffusers": tmp_path / "teacher_diffusers"}, lora)
+    want = WanTransformer3DModel.from_pretrained(tmp_path / "gen_diffusers").eval()
+    cfg, gen = want.config, torch.Generator().manual_seed(5)
+    inputs = {"hidden_states": torch.randn(1, cfg.in_channels, 2, 4, 6, generator=gen),
+              "encoder_hidden_states": torch.randn(1, 7, cfg.text_dim, generator=gen),
+              "encoder_hidden_states_image": torch.randn(1, 5, cfg.image_dim, generator=gen),
+              "timestep": torch.tensor([700.0])}
+    with torch.no_grad():
+        out, ref, base = (m(**inputs).sample for m in (model, want, WanTransformer3DModel.from_pretrained(
+            tmp_path / "teacher_diffusers").eval()))
+    assert (ref - base).abs().max() > 1e-3 * ref.abs().max()  # the generator is not its teacher
+    assert_close_rel(out, ref, 1e-5)

@@ -5,7 +5,8 @@ One teacher (a tiny Wan I2V DiT pre-trained here), the same data, seeds and eval
 every row: the teacher at 100 NFE (50 Euler steps with CFG), 4 NFE and 1 NFE; Phase I only; Phase II
 without priming; full POSE (Phase I then Phase II) at 1 and 4 steps; and the ablations of the
 paper's Table 3: backbone ema vs frozen, semantic vs convolutional head, frame consistency weight
-10 vs 0. Each row reports the Frechet distance in a fixed random 3-D conv feature space against
+10 vs 0; and POSE with only the generator's linear layers trained (``generator_params=linears``: an exact
+LoRA in diffusers). Each row reports the Frechet distance in a fixed random 3-D conv feature space against
 held-out real videos (lower is better), the attribute scores the known data allow, and the sampling
 latency on this machine.
 
@@ -19,6 +20,7 @@ exists is read back, so a long run that stops keeps its finished seeds; the tota
 
     python tools/bench_quality.py --seeds 1234,7,11,23,42   # the published comparison (per seed: ~30 min)
     python tools/bench_quality.py --quick --seeds 1,2       # tiny sizes, a few minutes: checks that it runs
+    python tools/bench_quality.py --seeds 1234,7 --rows "teacher 1 NFE;POSE, 1 step"   # some rows only
 """
 
 from __future__ import annotations
@@ -159,39 +161,63 @@ CLAIMS = [  # (statement, better row, worse row): "better" means a lower FD
     ("the EMA backbone beats the frozen one", "POSE, 1 step", "ablation: frozen backbone, 1 step"),
     ("the consistency loss helps", "POSE, 1 step", "ablation: consistency weight 0, 1 step"),
     ("POSE 4 steps beats POSE 1 step", "POSE, 4 steps", "POSE, 1 step"),
+    ("training every parameter beats the linears only", "POSE, 1 step", "exact LoRA (linears only), POSE 1 step"),
 ]
 METRICS = ("fd", "one_shape", "colour", "direction", "motion_jitter", "first_frame_mse", "latency_ms")
 
 
-def run_seed(seed: int, sizes: dict, out: Path, work: Path, overrides: list[str], quick: bool) -> list[dict]:
-    """Train and evaluate every row at one seed; writes ``out`` (table, JSON, plot, samples) and returns the
-    rows. A seed whose ``quality.json`` exists is read back, not run again (runs resume seed by seed)."""
+RUNS: dict[str, tuple[str | None, str | None, list[str]]] = {
+    # run: (its teacher run, the run whose generator it starts from, its overrides)
+    "teacher": (None, None, ["phases=[teacher]"]),
+    "phase1": ("teacher", None, ["phases=[phase1]"]),
+    "phase2_no_priming": ("teacher", None, ["phases=[phase2]"]),
+    "pose": ("teacher", "phase1", ["phases=[phase2]"]),
+    "pose_frozen_backbone": ("teacher", "phase1", ["phases=[phase2]", "phase2.backbone=frozen"]),
+    "pose_conv_head": ("teacher", "phase1", ["phases=[phase2]", "phase2.head=conv"]),
+    "pose_no_consistency": ("teacher", "phase1", ["phases=[phase2]", "phase2.consistency_weight=0"]),
+    "phase1_linears": ("teacher", None, ["phases=[phase1]", "phase1.generator_params=linears"]),
+    "pose_linears": ("teacher", "phase1_linears", ["phases=[phase2]", "phase2.generator_params=linears"]),
+}
+"""Every training run of one seed and what it starts from (each is trained once, when a row needs it)."""
+
+ROWS = [  # (row, run, sampler, steps, NFE)
+    ("teacher 100 NFE", "teacher", "teacher", 50, 100), ("teacher 4 NFE", "teacher", "teacher", 2, 4),
+    ("teacher 1 NFE", "teacher", "student", 1, 1), ("Phase I only, 1 step", "phase1", "student", 1, 1),
+    ("Phase II without priming, 1 step", "phase2_no_priming", "student", 1, 1),
+    ("POSE, 1 step", "pose", "student", 1, 1), ("POSE, 4 steps", "pose", "student", 4, 4),
+    ("ablation: frozen backbone, 1 step", "pose_frozen_backbone", "student", 1, 1),
+    ("ablation: conv head, 1 step", "pose_conv_head", "student", 1, 1),
+    ("ablation: consistency weight 0, 1 step", "pose_no_consistency", "student", 1, 1),
+    ("exact LoRA (linears only), POSE 1 step", "pose_linears", "student", 1, 1),
+]
+"""Every row of the table: the run whose generator it samples, and how."""
+
+
+def run_seed(seed: int, sizes: dict, out: Path, work: Path, overrides: list[str], quick: bool,
+             names: list[str]) -> list[dict]:
+    """Train and evaluate the rows ``names`` at one seed; writes ``out`` (table, JSON, plot, samples) and
+    returns them. Rows already in ``out``'s ``quality.json`` are read back, not run again (runs resume seed by
+    seed, and a later ``--rows`` adds its rows to a finished seed)."""
     done = out / "quality.json"
-    if done.is_file():
+    measured = {r["row"]: r for r in json.loads(done.read_text())} if done.is_file() else {}
+    if all(name in measured for name in names):
         print(f"== seed {seed}: already measured ({done})", flush=True)
-        return json.loads(done.read_text())
+        return [measured[name] for name in names]
     seed_args = [f"seed={seed}", *overrides]
-    teacher = train(work, "teacher", sizes, [*seed_args, "phases=[teacher]"])
-    t = [*seed_args, f"teacher_checkpoint={teacher}"]
-    primed = train(work, "phase1", sizes, [*t, "phases=[phase1]"])
-    g = [*t, f"generator_checkpoint={primed}", "phases=[phase2]"]
-    runs = {
-        "phase2_no_priming": train(work, "phase2_no_priming", sizes, [*t, "phases=[phase2]"]),
-        "pose": train(work, "pose", sizes, g),
-        "pose_frozen_backbone": train(work, "pose_frozen_backbone", sizes, [*g, "phase2.backbone=frozen"]),
-        "pose_conv_head": train(work, "pose_conv_head", sizes, [*g, "phase2.head=conv"]),
-        "pose_no_consistency": train(work, "pose_no_consistency", sizes, [*g, "phase2.consistency_weight=0"]),
-    }
-    rows_spec = [  # (row, model, sampler, steps, NFE)
-        ("teacher 100 NFE", teacher, "teacher", 50, 100), ("teacher 4 NFE", teacher, "teacher", 2, 4),
-        ("teacher 1 NFE", teacher, "student", 1, 1), ("Phase I only, 1 step", primed, "student", 1, 1),
-        ("Phase II without priming, 1 step", runs["phase2_no_priming"], "student", 1, 1),
-        ("POSE, 1 step", runs["pose"], "student", 1, 1), ("POSE, 4 steps", runs["pose"], "student", 4, 4),
-        ("ablation: frozen backbone, 1 step", runs["pose_frozen_backbone"], "student", 1, 1),
-        ("ablation: conv head, 1 step", runs["pose_conv_head"], "student", 1, 1),
-        ("ablation: consistency weight 0, 1 step", runs["pose_no_consistency"], "student", 1, 1),
-    ]
-    model0 = load_model(teacher)
+    trained: dict[str, Path] = {}
+
+    def run(name: str) -> Path:
+        if name not in trained:
+            teacher, start, extra = RUNS[name]
+            args = [*seed_args, *extra]
+            if teacher is not None:
+                args.append(f"teacher_checkpoint={run(teacher)}")
+            if start is not None:
+                args.append(f"generator_checkpoint={run(start)}")
+            trained[name] = train(work, name, sizes, args)
+        return trained[name]
+
+    model0 = load_model(run("teacher"))
     cfg = model0.config
     data_cfg = ProceduralConfig(channels=cfg.out_channels, frames=sizes["frames"], height=sizes["size"],
                                 width=sizes["size"], text_dim=cfg.text_dim)
@@ -201,19 +227,21 @@ def run_seed(seed: int, sizes: dict, out: Path, work: Path, overrides: list[str]
     batch = default_collate([prompts[i] for i in range(len(prompts))])
     fd = FeatureFD(cfg.out_channels)
     conditioner = Conditioner(cfg, stand_ins=True)
-    rows = []
     torch.set_num_threads(torch.get_num_threads())
-    for name, path, sampler, steps, nfe in rows_spec:
-        model = load_model(path)
+    for name, run_name, sampler, steps, nfe in ROWS:
+        if name not in names or name in measured:
+            continue
+        model = load_model(run(run_name))
         videos, metrics = evaluate(model, conditioner, batch, real, fd, prompts.colours, sampler, steps,
                                    sizes["guidance"], seed)
-        rows.append({"row": name, "nfe": nfe, **metrics})
+        measured[name] = {"row": name, "nfe": nfe, **metrics}
         slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
         save_video_grid(torch.cat([batch["latents"][:4], videos[:4]]), out / "samples" / f"{slug}.gif")
         print(f"{name:<40} FD {metrics['fd']:9.3f}  latency {metrics['latency_ms']:8.2f} ms", flush=True)
-    write_table(rows, out, sizes, seed, quick)
-    plot(rows, out / "quality_vs_latency.png")
-    return rows
+    kept = [measured[name] for name, *_ in ROWS if name in measured]  # every row of this seed, in table order
+    write_table(kept, out, sizes, seed, quick)
+    plot(kept, out / "quality_vs_latency.png")
+    return [measured[name] for name in names]
 
 
 def main() -> None:
@@ -225,6 +253,9 @@ def main() -> None:
                              "docs/results, else <out>/runs); existing generators are reused")
     parser.add_argument("--seeds", default="1234",
                         help="comma-separated seeds; every row is trained and measured at each (default 1234)")
+    parser.add_argument("--rows", default=None,
+                        help="the rows to measure, by name, separated by ';' (default: every row); rows a seed has "
+                             "measured before are read back")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="training-config override applied to every run (runs already in --workdir are reused "
                              "as they are, so give changed settings a new workdir or copy only the runs they keep)")
@@ -235,11 +266,16 @@ def main() -> None:
         parser.error(f"--seeds {args.seeds!r}: expected comma-separated integers")
     if not seeds or len(set(seeds)) != len(seeds):
         parser.error(f"--seeds {args.seeds!r}: expected distinct seeds")
+    known = [name for name, *_ in ROWS]
+    names = known if args.rows is None else [x.strip() for x in args.rows.split(";") if x.strip()]
+    unknown = [x for x in names if x not in known]
+    if unknown or not names:
+        parser.error(f"--rows {args.rows!r}: unknown rows {unknown}; the rows are: {'; '.join(known)}")
     sizes = QUICK if args.quick else FULL
     work = args.workdir or (Path("outputs/bench_quality") if args.out == Path("docs/results") else args.out / "runs")
     start = time.perf_counter()
     per_seed = {seed: run_seed(seed, sizes, args.out / f"seed-{seed}", work / f"seed-{seed}", args.overrides,
-                               args.quick) for seed in seeds}
+                               args.quick, names) for seed in seeds}
     rows = aggregate(per_seed)
     write_summary(rows, per_seed, args.out, sizes, args.quick, time.perf_counter() - start)
     plot(rows, args.out / "quality_vs_latency.png", spread=len(seeds) > 1)
@@ -284,6 +320,8 @@ def write_summary(rows: list[dict], per_seed: dict[int, list[dict]], out: Path, 
     lines += ["", f"The orderings, by FD, with the number of seeds (of {n}) at which each holds:", ""]
     claims = []
     for statement, better, worse in CLAIMS:
+        if better not in fd[seeds[0]] or worse not in fd[seeds[0]]:
+            continue  # a row not measured this time (--rows)
         held = [s for s in seeds if fd[s][better] < fd[s][worse]]
         claims.append({"claim": statement, "better": better, "worse": worse, "holds_at": held})
         lines.append(f"- {statement}: {len(held)} of {n}")

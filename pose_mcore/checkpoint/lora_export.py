@@ -62,13 +62,15 @@ _HUNYUAN_DOUBLED_A = "final_layer.adaLN_modulation.1.weight"
 @dataclass
 class _Entry:
     """One target tensor of the export and what it becomes: ``lora`` (a factor pair), ``bias``
-    (``diff_b`` / ``lora_B.bias``), ``diff`` (a full difference) or ``skip`` (not representable)."""
+    (``diff_b`` / ``lora_B.bias``), ``diff`` (a full difference) or ``skip`` (not representable); ``carried``:
+    whether diffusers' LoRA loading applies it (ComfyUI applies every entry)."""
 
     name: str
     kind: str
     shape: tuple[int, ...]
     rank: int = 0
     doubled: bool = False
+    carried: bool = False
 
     @property
     def module(self) -> str:
@@ -84,7 +86,9 @@ class LoRAExport:
     family: str
     lora_errors: dict[str, list[tuple[int, float, float]]] = field(default_factory=lambda: defaultdict(list))
     diffs: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    """Relative changes of the entries written that diffusers drops, per tensor type."""
     skipped: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    """Relative changes of the tensors this key style cannot hold, per tensor type."""
 
     def summary(self) -> list[str]:
         """Lines for the terminal: per layer type the relative error of the weight difference and of
@@ -96,18 +100,22 @@ class LoRAExport:
             rank = str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}-{ranks[-1]}"
             lines.append(f"{kind:<48} {len(rows):>4} {rank:>6} {max(e for _, e, _ in rows):>10.3g} "
                          f"{max(e for _, _, e in rows):>10.3g}")
-        for title, table in (("full differences (diff / diff_b)", self.diffs),
+        for title, table in (("full differences diffusers drops (diff / diff_b)", self.diffs),
                              ("not representable in this key style, left out", self.skipped)):
             if table:
                 lines.append(f"{title}: relative change |dW| / |W| per tensor type (largest)")
                 lines += [f"  {kind:<46} {len(v):>4} {max(v):>10.3g}" for kind, v in sorted(table.items())]
-        if self.diffs or self.skipped:
-            lost = max(v for table in (self.diffs, self.skipped) for vs in table.values() for v in vs)
-            how = ("diffusers' load_lora_weights drops the diff / diff_b entries (ComfyUI applies them)"
+        lost = max((v for table in (self.diffs, self.skipped) for vs in table.values() for v in vs), default=0.0)
+        if lost > 0:
+            how = ("diffusers' load_lora_weights drops these diff / diff_b entries (ComfyUI applies them)"
                    if self.diffs else "this file leaves them out")
             lines.append(f"in diffusers: {how}, so the teacher with this LoRA is the generator's linear layers only, "
                          f"not the generator (the tensors above change by up to {lost:.3g}); for the generator "
-                         f"itself: pose-convert export --layout {self.family}-diffusers (full weights)")
+                         f"itself: pose-convert export --layout {self.family}-diffusers (full weights), or train "
+                         "with phase1.generator_params=linears phase2.generator_params=linears")
+        elif self.diffs or self.skipped:
+            lines.append("in diffusers: every tensor a LoRA cannot carry is the teacher's (a generator trained with "
+                         "generator_params=linears), so the teacher with this LoRA is the generator")
         return lines
 
 
@@ -127,9 +135,12 @@ def _plan_entries(name: str, shape: tuple[int, ...], family: str, style: str, ra
         doubled = style == "official" and family == "hunyuan" and name == _HUNYUAN_DOUBLED_A
         # a --rank above a small layer's full rank (the head, 64 outputs at 14B) keeps the rank all layers have,
         # its exact factors padded with zeros: one rank in the file, which every LoRA loader scales alike
-        return _Entry(name, "lora", shape, full if rank is None else rank, doubled)
-    if name.endswith(".bias") and (style == "official" or name.removesuffix(".bias") in linears):
-        return _Entry(name, "bias", shape)  # diffusers: peft's lora_B.bias exists on adapted linears only
+        return _Entry(name, "lora", shape, full if rank is None else rank, doubled, carried=True)
+    linear = name.removesuffix(".bias") in linears
+    if name.endswith(".bias") and (style == "official" or linear):
+        # diffusers: peft's lora_B.bias exists on adapted linears only; its Wan converter reads a linear's diff_b
+        # as one, its HunyuanVideo converter none
+        return _Entry(name, "bias", shape, carried=linear and (style == "diffusers" or family == "wan"))
     return _Entry(name, "skip" if style == "diffusers" else "diff", shape)
 
 
@@ -302,8 +313,9 @@ def export_lora(src: Path, base: Path, dst: Path, rank: int | None, key_style: s
                     if _has_alpha(e, key_style, family):
                         writer.write(next(names), torch.tensor(float(a.shape[0]), dtype=torch.float32))
                     continue
-                table = report.skipped if e.kind == "skip" else report.diffs
-                table[_layer_type(e.name)].append(_relative(delta, w_gen.float()))
+                if not e.carried:
+                    table = report.skipped if e.kind == "skip" else report.diffs
+                    table[_layer_type(e.name)].append(_relative(delta, w_gen.float()))
                 if e.kind != "skip":
                     writer.write(next(names), delta.to(d))
             del gen_out, base_out

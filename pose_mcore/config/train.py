@@ -71,6 +71,10 @@ class Phase1Config:
     shift: float = 5.0
     lora_rank: int = 16
     lora_alpha: float = 16.0
+    generator_params: str = "all"
+    """What of the generator trains: 'all' (the paper) or 'linears' (the linear layers' weights and biases, what a
+    LoRA against the teacher carries in diffusers; norms, modulation tables and the patch embedding stay the
+    teacher's)."""
 
 
 @dataclass
@@ -102,6 +106,8 @@ class Phase2Config:
     t_min: float = 0.02
     t_max: float = 0.98
     shift: float = 5.0
+    generator_params: str = "all"
+    """As ``phase1.generator_params``."""
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pose_mcore.engine.optimizer import Engine, Optimizer
 from pose_mcore.parallel.replicas import Replica, parameter_replicas
 from pose_mcore.pose.conditioning import Conditioner, Conditions
 from pose_mcore.pose.draws import SampleDraws
-from pose_mcore.pose.roles import Roles
+from pose_mcore.pose.roles import Roles, train_generator
 
 MicroBatches = Sequence[dict[str, torch.Tensor]]
 """This rank's share of one global batch, as micro-batches (each with its ``sample_index``)."""
@@ -55,6 +55,11 @@ class Phase:
     def optimizer(self, modules: Sequence[nn.Module], cfg: OptimConfig) -> Optimizer:
         """An optimiser over the trained parameters of ``modules``, with the run's engine settings."""
         return Optimizer(modules, self.roles.generator.config, cfg, self.engine)
+
+    def generator_optimizer(self, which: str, cfg: OptimConfig) -> Optimizer:
+        """The generator's optimiser over ``which`` of its parameters (:func:`train_generator`)."""
+        train_generator(self.roles.generator, which)
+        return self.optimizer([self.roles.generator], cfg)
 
     def optimizers(self) -> dict[str, Optimizer]:
         return {}

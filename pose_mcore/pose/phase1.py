@@ -23,7 +23,7 @@ class Phase1(Phase):
                  device: torch.device, engine: Engine | None = None) -> None:
         super().__init__(roles, conditioner, seed, device, engine)
         self.cfg = cfg
-        self.opt_g = self.optimizer([roles.generator], cfg.optim_g)
+        self.opt_g = self.generator_optimizer(cfg.generator_params, cfg.optim_g)
         self.opt_fake = self.optimizer([roles.base], cfg.optim_fake)
 
     def optimizers(self) -> dict[str, Optimizer]:

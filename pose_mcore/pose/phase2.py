@@ -48,7 +48,7 @@ class Phase2(Phase):
         head = build_head(cfg, model_cfg, self.layers, text_dim, image_dim).to(device)
         roles.attach_discriminator(head, cfg.backbone)
         self.i2v = model_cfg.in_channels > model_cfg.out_channels
-        self.opt_g = self.optimizer([roles.generator], cfg.optim_g)
+        self.opt_g = self.generator_optimizer(cfg.generator_params, cfg.optim_g)
         self.d_modules = [head] + ([roles.disc_backbone] if cfg.backbone == "full" else [])
         if cfg.backbone == "full":
             # What the head cannot see is not trained (and not in DDP's buckets, whose overlapped reduction

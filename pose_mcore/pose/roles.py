@@ -1,6 +1,7 @@
 """The model roles of POSE and how they share weights.
 
-- ``generator``: initialised from the teacher, fully trained.
+- ``generator``: initialised from the teacher, fully trained (or only its linear layers:
+  :func:`train_generator`).
 - ``base``: ONE frozen copy of the teacher carrying a zero-initialised LoRA: with the adapter off it
   is the real score (the teacher), with it on the fake score. Only the LoRA trains.
 - ``ema``: exponential moving average of the generator; in Phase II the discriminator backbone.
@@ -17,18 +18,40 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from megatron.core import tensor_parallel
 from torch import nn
 
 from pose_mcore.models.registry import cast_weights, clone_model
 from pose_mcore.pose.lora import add_lora, lora_enabled
 
 BACKBONE_MODES = ("ema", "frozen", "full")
+GENERATOR_PARAMS = ("all", "linears")
+LINEAR_TYPES = (nn.Linear, tensor_parallel.ColumnParallelLinear, tensor_parallel.RowParallelLinear)
 
 
 def frozen(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)
     return module
+
+
+def lora_carried(module: nn.Module) -> Iterator[nn.Parameter]:
+    """The weights and biases of ``module``'s linear layers (``nn.Linear`` and megatron-core's column / row
+    parallel ones): what a LoRA against the teacher carries in diffusers (factor pairs and ``lora_B.bias``).
+    Norms, modulation tables and the patch embedding are left out: diffusers drops their differences."""
+    for m in module.modules():
+        if isinstance(m, LINEAR_TYPES):
+            yield from m.parameters(recurse=False)
+
+
+def train_generator(generator: nn.Module, which: str) -> None:
+    """Mark what of the generator trains: ``all`` of it, or only its ``linears`` (:func:`lora_carried`), so that
+    an exported LoRA reproduces it exactly in diffusers."""
+    if which not in GENERATOR_PARAMS:
+        raise ValueError(f"generator_params {which!r} must be one of {GENERATOR_PARAMS}")
+    carried = {id(p) for p in lora_carried(generator)}
+    for p in generator.parameters():
+        p.requires_grad_(which == "all" or id(p) in carried)
 
 
 class Roles(nn.Module):

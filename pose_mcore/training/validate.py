@@ -18,6 +18,7 @@ from pose_mcore.config.train import PHASES, DataConfig, OptimConfig, TrainConfig
 from pose_mcore.data.procedural import ProceduralConfig
 from pose_mcore.encoders.model import vae_spatial_factor, vae_tile_problem
 from pose_mcore.models.registry import ALL_PRESETS, family_of_preset
+from pose_mcore.pose.roles import GENERATOR_PARAMS
 
 PRECISIONS = ("auto", "bf16", "amp", "fp32")
 DATA_KINDS = ("procedural", "latents")
@@ -193,6 +194,7 @@ def _phase1(p: Problems, c: TrainConfig) -> None:
     _noise_range(p, "phase1", s.t_min, s.t_max, s.shift)
     p.check("phase1.lora_rank", s.lora_rank, AT_LEAST_1)
     p.check("phase1.lora_alpha", s.lora_alpha, POSITIVE)
+    p.choice("phase1.generator_params", s.generator_params, GENERATOR_PARAMS)
 
 
 def _phase2(p: Problems, c: TrainConfig, model: VideoDiTConfig | None) -> None:
@@ -204,6 +206,7 @@ def _phase2(p: Problems, c: TrainConfig, model: VideoDiTConfig | None) -> None:
     p.choice("phase2.head", s.head, HEADS)
     p.choice("phase2.adv_loss", s.adv_loss, ADV_LOSSES)
     p.choice("phase2.r1_on", s.r1_on, R1_TARGETS)
+    p.choice("phase2.generator_params", s.generator_params, GENERATOR_PARAMS)
     if s.r1_on == "features" and s.backbone in BACKBONES and s.backbone != "full":
         p.add("phase2.r1_on", s.r1_on, f"needs phase2.backbone=full (not {s.backbone!r}): the features of a backbone "
                                        "the discriminator does not train would give the penalty nothing to train")
