@@ -4,10 +4,10 @@ rank) and ``pose-convert`` (:mod:`pose_mcore.checkpoint.convert`).
     pose-train [--config NAME | FILE.yaml] [--resume] [--validate] [--exit-after N] [key.path=value ...]
 
 ``--config`` takes a YAML file or the name of a config shipped in the package (``pose_mcore/configs``,
-also ``examples/configs`` in a checkout): ``tiny-cpu``, ``wan2.1-i2v-14b``, ``hunyuan-i2v-13b``.
-Without it, ``tiny-cpu`` runs: a small teacher pre-trained on the procedural moving-shapes videos, then
-POSE Phase I and Phase II, on the CPU, writing checkpoints, samples and the final generator under
-``outputs/``.
+also ``examples/configs`` in a checkout): ``tiny-cpu``, ``tiny-cpu-tp2``, ``wan2.1-i2v-14b``,
+``hunyuan-i2v-13b``. Without it, ``tiny-cpu`` runs (about 5 minutes on 2 CPU cores): a small image-to-video
+teacher pre-trained on the procedural moving-shapes videos, then POSE Phase I and Phase II, writing checkpoints,
+samples and the final generator under ``outputs/tiny-cpu`` and ending with a table measured on held-out videos.
 """
 
 from __future__ import annotations

@@ -168,14 +168,16 @@ def test_vae_tile_fits_the_model_folders_vae(capsys, tmp_path, model_folders):
 
 
 def test_tensor_parallel_defaults_to_one_as_in_megatron():
-    """Ranks go to data parallelism unless the config asks for TP (``NPROC=4`` alone is DP=4, not TP=4); the demo's
-    config asks for TP=2 itself; sequence parallelism follows TP > 1 unless turned off, which trains too
-    (tests/test_train_parallel.py's tp2_nosp_dp2 layout)."""
+    """Ranks go to data parallelism unless the config asks for TP (``NPROC=4`` alone is DP=4, not TP=4; the default
+    demo is DP=2); the TP demo's config (tiny-cpu-tp2) asks for TP=2 itself; sequence parallelism follows TP > 1
+    unless turned off, which trains too (tests/test_train_parallel.py's tp2_nosp_dp2 layout)."""
     assert TrainConfig().tensor_parallel == 1
     model = validate_train_config(load_train_config(None, [*TINY, "micro_batch_size=2", "teacher.steps=1"]), world_size=4)
     assert (model.tensor_model_parallel_size, model.sequence_parallel) == (1, False)
-    demo = load_train_config(ROOT / "examples" / "configs" / "tiny-cpu.yaml")
+    demo = load_train_config(ROOT / "examples" / "configs" / "tiny-cpu-tp2.yaml")
     assert demo.tensor_parallel == 2 and validate_train_config(demo, world_size=2).sequence_parallel
+    default = validate_train_config(load_train_config(ROOT / "examples" / "configs" / "tiny-cpu.yaml"), world_size=2)
+    assert (default.tensor_model_parallel_size, default.sequence_parallel) == (1, False)  # DP=2
     no_sp = validate_train_config(load_train_config(None, [*TINY, "tensor_parallel=2", "model.sequence_parallel=false",
                                                            "micro_batch_size=2", "teacher.steps=1"]), world_size=2)
     assert (no_sp.tensor_model_parallel_size, no_sp.sequence_parallel) == (2, False)

@@ -110,16 +110,18 @@ def test_unknown_fault_point_is_named(monkeypatch):
         fault_point("step", 3)
 
 
-DEMO_SHORT = ["teacher.steps=4", "phase1.steps=2", "phase2.steps=4", "checkpoint_every=2", "log_every=1",
-              "deterministic=true"]  # GPU ranks: no atomics in backward (nothing changes on the CPU)
+DEMO_SHORT = ["--config", "tiny-cpu-tp2", "teacher.steps=4", "phase1.steps=2", "phase2.steps=4", "checkpoint_every=2",
+              "log_every=1", "deterministic=true",  # GPU ranks: no atomics in backward (nothing changes on the CPU)
+              "evaluation.videos=8", "evaluation.teacher_steps=2"]
 
 
 @pytest.mark.slow
 def test_resume_inside_phase2_on_the_demo_layout_is_bit_identical(tmp_path):
-    """The demo's own config and layout (TP=2 with sequence parallelism on 2 ranks), stopped inside Phase II after
-    the head has trained (--exit-after 8: the teacher's 4 steps, Phase I's 2, Phase II's first 2, checkpointed) and
-    resumed, ends as the uninterrupted run: the generator bit for bit and every logged Phase II metric. A head whose
-    replicated weights drifted apart on the TP ranks broke this: a checkpoint keeps one rank's copy."""
+    """The shipped TP=2 demo (``tiny-cpu-tp2``: sequence parallelism on 2 ranks), stopped inside Phase II after the
+    head has trained (--exit-after 8: the teacher's 4 steps, Phase I's 2, Phase II's first 2, checkpointed) and
+    resumed, ends as the uninterrupted run: the generator bit for bit, every logged Phase II metric and the
+    end-of-run report measured on the tensor-parallel models. A head whose replicated weights drifted apart on the
+    TP ranks broke this: a checkpoint keeps one rank's copy."""
     # as a user runs the demo: without the suite's TRITON_INTERPRET, the CPU ranks run the kernels' torch references
     env = rank_env(2, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHON=sys.executable, NPROC="2", TRITON_INTERPRET="0")
     for key in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "WORLD_SIZE", "RANK", "POSE_FAULT", "POSE_FAULT_RANK"):
@@ -143,3 +145,8 @@ def test_resume_inside_phase2_on_the_demo_layout_is_bit_identical(tmp_path):
                for run in ("Y", "X")]
     phase2 = [{r["step"]: r for r in m if r["phase"] == "phase2"} for m in metrics]
     assert sorted(phase2[0]) == sorted(phase2[1]) == [1, 2, 3, 4] and phase2[0] == phase2[1]
+    tables = [[line for line in (tmp_path / run / "quality.md").read_text().splitlines() if line.startswith("|")]
+              for run in ("Y", "X")]
+    assert len(tables[0]) == 5 and tables[0] == tables[1]
+    assert "| POSE generator, 1 step | 1 |" in whole.stdout and "| teacher, 2 Euler steps with guidance 3 | 4 |" \
+        in whole.stdout

@@ -79,7 +79,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("WORLD_SIZE", None)
     return subprocess.run([sys.executable, "-m", "pose_mcore.cli", "tensor_parallel=1", *args], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=cwd)  # one process: the demo config's TP=2 needs 2
+                          text=True, timeout=300, env=env, cwd=cwd)  # one process: the demo config is DP=2
 
 
 def test_unknown_config_key(tmp_path):
@@ -135,7 +135,8 @@ def test_launcher_end_to_end(tmp_path):
     env = rank_env(2, PYTHON=sys.executable, NPROC="2")  # CPU ranks unless there are 2 GPUs
     for key in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "WORLD_SIZE"):
         env.pop(key, None)
-    proc = subprocess.run(["bash", str(ROOT / "examples" / "pretrain_pose.sh"), *SMALL, "preset=tiny-i2v",
+    proc = subprocess.run(["bash", str(ROOT / "examples" / "pretrain_pose.sh"), "--config", "tiny-cpu-tp2", *SMALL,
+                           "preset=tiny-i2v", "evaluation.videos=0",
                            f"output_dir={tmp_path / 'run'}", "sample_every=2", "check_replicas_every=1"], env=env,
                           capture_output=True,
                           text=True, timeout=600)
@@ -153,15 +154,16 @@ def test_launcher_end_to_end(tmp_path):
     assert WanTransformer3DModel.from_pretrained(tmp_path / "diffusers").config.in_channels == 12
 
 
-@pytest.mark.parametrize("name", ["tiny-cpu", "wan2.1-i2v-14b", "hunyuan-i2v-13b"])
-def test_shipped_configs_parse(name):
-    cfg = load_train_config(ROOT / "examples" / "configs" / f"{name}.yaml")
-    assert cfg.phases and cfg.phase2.adv_loss == "hinge"
-    from pose_mcore.models.registry import family_of_preset
+@pytest.mark.parametrize("name", ["tiny-cpu", "tiny-cpu-tp2", "wan2.1-i2v-14b", "hunyuan-i2v-13b"])
+def test_shipped_configs_are_valid(name):
+    """Every shipped config passes the whole validation for the ranks it is made for (the tiny ones: the launcher's
+    2; the 14B ones: one node of 8 GPUs)."""
+    from pose_mcore.training.validate import validate_train_config
 
-    family = family_of_preset(cfg.preset)
-    tp = cfg.tensor_parallel or 2
-    family.make_config(cfg.preset, tensor_model_parallel_size=tp, sequence_parallel=True, **cfg.model)
+    cfg = load_train_config(ROOT / "examples" / "configs" / f"{name}.yaml")
+    world, device = (2, "cpu") if name.startswith("tiny") else (8, "cuda")
+    model = validate_train_config(cfg, world, files=False, device_type=device)
+    assert model.tensor_model_parallel_size == cfg.tensor_parallel
 
 
 def test_tensorboard_logging(tp1, tmp_path):
@@ -193,3 +195,32 @@ def test_plain_log_lines_without_a_terminal(tmp_path, capsys):
     assert out.out.splitlines() == ["teacher: step 0 of 6", "teacher 3/6 loss=0.5 it/s=3.00", "teacher 6/6 loss=0.5 it/s=3.00"]
     assert "\r" not in out.err + out.out
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_end_of_run_report_measures_the_teacher_and_the_generator(tp1, tmp_path, capsys):
+    """``evaluation.videos``: the table's rows are the held-out measures of the exported teacher (its full step
+    count and 1 step, not the fake score's LoRA) and the exported generator, recomputed here from the files."""
+    from pose_mcore.checkpoint.load import load_model
+    from pose_mcore.evaluation.quality import HeldOut, sample_videos
+    from pose_mcore.pose.conditioning import Conditioner
+
+    run = tmp_path / "run"
+    Trainer(load_train_config(None, [*SMALL, "preset=tiny-i2v", "evaluation.videos=6", "evaluation.teacher_steps=2",
+                                     "phase1.real_guidance=2.0", f"output_dir={run}"])).run()
+    out = capsys.readouterr().out
+    assert "| POSE generator, 1 step | 1 |" in out and "samples (real videos left" in out
+    rows = {r["row"]: r for r in json.loads((run / "quality.json").read_text())}
+    assert list(rows) == ["teacher, 2 Euler steps with guidance 2", "teacher, 1 step", "POSE generator, 1 step"]
+    assert rows["teacher, 2 Euler steps with guidance 2"]["nfe"] == 4
+    teacher, generator = load_model(run / "teacher"), load_model(run / "generator")
+    held = HeldOut.procedural(teacher.config, 6, 3, 8, 8)
+    conditioner = Conditioner(teacher.config, stand_ins=True)
+    for name, model, sampler, steps in (("teacher, 2 Euler steps with guidance 2", teacher, "teacher", 2),
+                                        ("teacher, 1 step", teacher, "student", 1),
+                                        ("POSE generator, 1 step", generator, "student", 1)):
+        want = held.measure(sample_videos(model, conditioner, held.prompts, sampler, steps, 2.0, 1234)[0])
+        assert want == pytest.approx({k: rows[name][k] for k in want}, rel=1e-5, abs=1e-6), name
+    assert rows["teacher, 1 step"]["fd"] != rows["POSE generator, 1 step"]["fd"]
+    again = _cli(*SMALL, "preset=tiny-i2v", "evaluation.videos=6", "evaluation.teacher_steps=2",
+                 "phase1.real_guidance=2.0", f"output_dir={run}", "--resume", cwd=tmp_path)
+    assert again.returncode == 0 and f"its report {run / 'quality.md'}" in again.stdout

@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import default_collate
 
 from pose_mcore.notices import quiet_third_party_warnings
 
@@ -43,9 +42,7 @@ quiet_third_party_warnings()  # before megatron-core is imported: it warns at im
 
 from pose_mcore.checkpoint.load import load_model  # noqa: E402
 from pose_mcore.config.train import load_train_config  # noqa: E402
-from pose_mcore.data.procedural import ProceduralConfig, ProceduralVideos  # noqa: E402
-from pose_mcore.diffusion.samplers import euler_sample, guided, student_sample  # noqa: E402
-from pose_mcore.evaluation.metrics import FeatureFD, attribute_scores  # noqa: E402
+from pose_mcore.evaluation.quality import HeldOut, sample_videos  # noqa: E402
 from pose_mcore.pose.conditioning import Conditioner  # noqa: E402
 from pose_mcore.training.logging import save_video_grid  # noqa: E402
 from pose_mcore.training.trainer import Trainer  # noqa: E402
@@ -74,38 +71,6 @@ def train(workdir: Path, name: str, sizes: dict, overrides: list[str]) -> Path:
     config = load_train_config(None, [*BASE, *data, *steps, f"output_dir={run}", *overrides])
     print(f"== training {name}: phases {config.phases}", flush=True)
     return Trainer(config).run()
-
-
-def evaluate(model: torch.nn.Module, conditioner: Conditioner, batch: dict[str, torch.Tensor], real: torch.Tensor,
-             fd: FeatureFD, colours: torch.Tensor, sampler: str, steps: int, guidance: float, seed: int
-             ) -> tuple[torch.Tensor, dict[str, float]]:
-    device = next(model.parameters()).device
-    conds = conditioner({k: v.to(device) for k, v in batch.items()})
-
-    def cond(x, t):
-        return model(conds.inputs(x), 1000 * t, **conds.cond).sample
-
-    def uncond(x, t):
-        return model(conds.inputs(x), 1000 * t, **conds.uncond).sample
-
-    noise = torch.randn(batch["latents"].shape, generator=torch.Generator().manual_seed(seed)).to(device)
-    with torch.no_grad():
-        cond(noise, torch.ones(noise.shape[0], device=device))  # warm-up, outside the timing
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    with torch.no_grad():
-        if sampler == "teacher":
-            videos = euler_sample(guided(cond, uncond, guidance), noise, steps)
-        else:
-            videos = student_sample(cond, noise, steps, mode="renoise",
-                                    generator=torch.Generator().manual_seed(seed + 1))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    latency = (time.perf_counter() - start) / noise.shape[0]
-    videos = videos.float().cpu()
-    scores = attribute_scores(videos, colours, batch["colour"], batch["direction"], batch["first_frame"])
-    return videos, {"fd": fd.distance(real, videos), **scores, "latency_ms": 1000 * latency}
 
 
 def plot(rows: list[dict], path: Path, spread: bool = False) -> None:
@@ -217,26 +182,18 @@ def run_seed(seed: int, sizes: dict, out: Path, work: Path, overrides: list[str]
             trained[name] = train(work, name, sizes, args)
         return trained[name]
 
-    model0 = load_model(run("teacher"))
-    cfg = model0.config
-    data_cfg = ProceduralConfig(channels=cfg.out_channels, frames=sizes["frames"], height=sizes["size"],
-                                width=sizes["size"], text_dim=cfg.text_dim)
-    held_out = ProceduralVideos(data_cfg, sizes["eval_size"], seed=991)
-    prompts = ProceduralVideos(data_cfg, sizes["eval_size"], seed=992)
-    real = default_collate([held_out[i] for i in range(len(held_out))])["latents"]
-    batch = default_collate([prompts[i] for i in range(len(prompts))])
-    fd = FeatureFD(cfg.out_channels)
+    cfg = load_model(run("teacher")).config
+    held = HeldOut.procedural(cfg, sizes["eval_size"], sizes["frames"], sizes["size"], sizes["size"])
     conditioner = Conditioner(cfg, stand_ins=True)
-    torch.set_num_threads(torch.get_num_threads())
     for name, run_name, sampler, steps, nfe in ROWS:
         if name not in names or name in measured:
             continue
         model = load_model(run(run_name))
-        videos, metrics = evaluate(model, conditioner, batch, real, fd, prompts.colours, sampler, steps,
-                                   sizes["guidance"], seed)
+        videos, latency = sample_videos(model, conditioner, held.prompts, sampler, steps, sizes["guidance"], seed)
+        metrics = {**held.measure(videos), "latency_ms": 1000 * latency}
         measured[name] = {"row": name, "nfe": nfe, **metrics}
         slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-        save_video_grid(torch.cat([batch["latents"][:4], videos[:4]]), out / "samples" / f"{slug}.gif")
+        save_video_grid(torch.cat([held.prompts["latents"][:4], videos[:4]]), out / "samples" / f"{slug}.gif")
         print(f"{name:<40} FD {metrics['fd']:9.3f}  latency {metrics['latency_ms']:8.2f} ms", flush=True)
     kept = [measured[name] for name, *_ in ROWS if name in measured]  # every row of this seed, in table order
     write_table(kept, out, sizes, seed, quick)

@@ -111,6 +111,17 @@ class Phase2Config:
 
 
 @dataclass
+class EvaluationConfig:
+    videos: int = 0
+    """Held-out procedural videos the finished run is measured on (0: no report): the one-step generator
+    against the teacher at 1 NFE and at ``teacher_steps`` Euler steps, by FD and the known attributes
+    (:mod:`pose_mcore.evaluation.quality`); printed and written to ``<output_dir>/quality.md``. Only runs on
+    procedural data that distil (phase1 or phase2): real videos have no held-out set with known attributes."""
+    teacher_steps: int = 25
+    """Euler steps of the teacher's full row, with ``phase1.real_guidance`` (2 NFE a step unless it is 1)."""
+
+
+@dataclass
 class TrainConfig:
     preset: str = "tiny-t2v"
     model: dict[str, Any] = field(default_factory=dict)
@@ -149,6 +160,7 @@ class TrainConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     phase1: Phase1Config = field(default_factory=Phase1Config)
     phase2: Phase2Config = field(default_factory=Phase2Config)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     output_dir: str = "outputs/run"
     checkpoint_every: int = 0
     """Steps between checkpoints (0: only at the end of each phase)."""

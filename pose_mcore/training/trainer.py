@@ -24,12 +24,13 @@ from pose_mcore.data.sampler import BatchStream
 from pose_mcore.data.video import write_mp4
 from pose_mcore.encoders.model import ModelEncoders
 from pose_mcore.engine.ddp import release
+from pose_mcore.evaluation.quality import HeldOut, report_table, sample_videos
 from pose_mcore.faults import fault_point
 from pose_mcore.models.registry import family_of_preset
 from pose_mcore.parallel.replicas import ReplicaDrift, check_replicas
 from pose_mcore.parallel.state import ParallelInfo, deterministic_mode, initialize_parallel
 from pose_mcore.pose.build import build_phase
-from pose_mcore.pose.conditioning import Conditioner, missing_fields
+from pose_mcore.pose.conditioning import Conditioner, missing_fields, needs_image
 from pose_mcore.pose.phase import Phase
 from pose_mcore.pose.roles import Roles
 from pose_mcore.training.checkpointing import (
@@ -167,8 +168,10 @@ class Trainer:
         meta = None if restore is None else json.loads((restore / "meta.json").read_text())
         if self._finished(meta):
             if self.info.rank == 0:
+                report = self.output / "quality.md"
                 print(f"pose-train: the run in {self.output} is finished ({restore.name}); its generator is "
-                      f"{self.output / 'generator'}. Nothing to do.", flush=True)
+                      f"{self.output / 'generator'}{f', its report {report}' if report.is_file() else ''}. "
+                      "Nothing to do.", flush=True)
             return self.output / "generator"
         if meta is not None:
             if meta["phase"] not in cfg.phases:
@@ -244,7 +247,46 @@ class Trainer:
                 self.export_model(teacher, trained_teacher)
             self.sample(phase, self.output / "samples" / f"{name}-final")
         self.logger.close()
-        return self.export_model(roles.generator, self.output / "generator")
+        generator = self.export_model(roles.generator, self.output / "generator")
+        if cfg.evaluation.videos and cfg.data.kind == "procedural" and roles.base is not None:
+            self.report(roles, phase)
+        return generator
+
+    def report(self, roles: Roles, phase: Phase) -> None:
+        """The finished run measured on held-out procedural videos (``evaluation``): the one-step generator against
+        the teacher at 1 NFE and at its full step count; rank 0 prints the table with where the samples and the
+        generator are, and writes it to ``quality.md`` (the numbers to ``quality.json``)."""
+        cfg, data = self.config, self.config.data
+        start = time.perf_counter()
+        held = HeldOut.procedural(self.model_config, cfg.evaluation.videos, data.frames, data.height, data.width)
+        guidance, steps = cfg.phase1.real_guidance, cfg.evaluation.teacher_steps
+        full = steps * (1 if guidance == 1 else 2)
+        rows = []
+        with roles.real() as teacher, phase.amp():
+            for row, model, sampler, n, nfe in ((f"teacher, {steps} Euler steps with guidance {guidance:g}", teacher,
+                                                 "teacher", steps, full),
+                                                ("teacher, 1 step", teacher, "student", 1, 1),
+                                                ("POSE generator, 1 step", roles.generator, "student", 1, 1)):
+                videos, _ = sample_videos(model, self.conditioner, held.prompts, sampler, n, guidance, cfg.seed)
+                rows.append({"row": row, "nfe": nfe, **held.measure(videos)})
+        if self.info.rank != 0:
+            return
+        last = cfg.phases[-1]
+        i2v = needs_image(self.model_config)
+        lines = [f"# {self.output.name}: {cfg.evaluation.videos} held-out videos ({data.frames} x {data.height} x "
+                 f"{data.width}, never trained on)", "", *report_table(rows, i2v), "",
+                 "FD: Frechet distance to held-out real videos in a fixed random 3-D conv feature space. one shape / "
+                 "colour / direction: fraction of videos with one shape, of the prompted colour, moving the prompted "
+                 "way." + i2v * " first-frame MSE: against the condition." + f" Measured in "
+                 f"{time.perf_counter() - start:.0f} s.", "", f"- samples (real videos left, one-step samples right): "
+                 f"{self.output / 'samples' / f'{last}-final'}{'.mp4' if cfg.model_dir else '.gif'}",
+                 f"- generator: {self.output / 'generator'} (pose_mcore checkpoint; `pose-convert export` writes "
+                 "diffusers or official files)"]
+        with atomic_destination(self.output / "quality.json", overwrite=True) as tmp:
+            tmp.write_text(json.dumps(rows, indent=2))
+        with atomic_destination(self.output / "quality.md", overwrite=True) as tmp:
+            tmp.write_text("\n".join(lines) + "\n")
+        print("\n".join(lines), flush=True)
 
     def _checkpoint(self, name: str, step: int, global_step: int, roles: Roles, phase: Phase) -> None:
         meta = {"phase": name, "step": step, "global_step": global_step, "data_position": self.data.position,

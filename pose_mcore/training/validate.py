@@ -230,6 +230,13 @@ def _phase2(p: Problems, c: TrainConfig, model: VideoDiTConfig | None) -> None:
                                                              f"[0, {blocks}) ({c.preset} has {blocks} blocks)")
 
 
+def _evaluation(p: Problems, c: TrainConfig) -> None:
+    e = c.evaluation
+    if p.check("evaluation.videos", e.videos, NON_NEGATIVE) and e.videos == 1:
+        p.add("evaluation.videos", e.videos, "must be 0 (no report) or at least 2 (a distance between sets)")
+    p.check("evaluation.teacher_steps", e.teacher_steps, AT_LEAST_1)
+
+
 def _tokens(p: Problems, c: TrainConfig, model: VideoDiTConfig | None) -> None:
     """The procedural videos' latent grid fits the patches, and its tokens split over the token shards (every
     CP x TP rank needs at least one real token: a rank of padding only has nothing to attend from)."""
@@ -264,6 +271,7 @@ def validate_train_config(config: TrainConfig, world_size: int, files: bool = Tr
     _phase1(p, config)
     _phase2(p, config, model)
     _tokens(p, config, model)
+    _evaluation(p, config)
     p.check("seed", config.seed, NON_NEGATIVE)
     for name in ("checkpoint_every", "sample_every", "check_replicas_every"):
         p.check(name, getattr(config, name), NON_NEGATIVE)
