@@ -7,6 +7,10 @@
 #
 # Environment: NPROC (default 2), NNODES (1), NODE_RANK (0), MASTER_ADDR, MASTER_PORT (29500),
 # PYTHON (default: python3). Options go to `python -m pose_mcore.cli` (see --help).
+#
+# SIGUSR1 or SIGTERM sent to this script is passed on to the ranks (not to torchrun, which would kill them): they
+# finish their step, checkpoint it and stop; the script then exits with status 75 ("stopped; resume with
+# --resume"), which examples/slurm/pretrain_pose.sbatch requeues on. Exit 0: the run finished.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON="${PYTHON:-python3}"
@@ -32,9 +36,30 @@ if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() el
 fi
 # A bad config is refused here, in one line per problem, before any rank starts.
 WORLD_SIZE=$((NPROC * NNODES)) "$PYTHON" -m pose_mcore.cli --validate "$@" || exit $?
-status=0
+STOP_STATUS=75
+POSE_STOP_FILE="$(mktemp "${TMPDIR:-/tmp}/pose-stop.XXXXXX")"
+export POSE_STOP_FILE
+trap 'rm -f "$POSE_STOP_FILE"' EXIT
 "$PYTHON" -m torch.distributed.run "${rendezvous[@]}" --nproc-per-node "$NPROC" --no-python \
-  "$here/pretrain_pose.sh" "$@" || status=$?
+  "$here/pretrain_pose.sh" "$@" &
+torchrun_pid=$!
+forward() {  # the ranks are torchrun's children (this script exec'd into python)
+  echo "pretrain_pose.sh: $1 received: asking the ranks to checkpoint and stop" >&2
+  pkill "-$1" -P "$torchrun_pid" || true
+}
+trap 'forward USR1' USR1
+trap 'forward TERM' TERM
+trap 'forward TERM' INT  # Ctrl-C: the ranks (started in the background, so deaf to SIGINT) stop cleanly too
+status=0
+while true; do  # a trapped signal interrupts `wait`; wait again until torchrun itself has ended
+  wait "$torchrun_pid" && status=0 || status=$?
+  kill -0 "$torchrun_pid" 2>/dev/null || break
+done
+trap - USR1 TERM INT
+if [[ -s "$POSE_STOP_FILE" ]]; then
+  echo "pretrain_pose.sh: $(cat "$POSE_STOP_FILE")" >&2
+  exit $STOP_STATUS
+fi
 if [[ $status -ne 0 ]]; then
   echo "pretrain_pose.sh: the run stopped: a rank failed or was killed (exit status $status; torchrun's report" \
        "above names the rank). Run the same command with --resume to continue from the latest checkpoint." >&2

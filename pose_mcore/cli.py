@@ -27,6 +27,7 @@ from pose_mcore.checkpoint.io import CheckpointError  # noqa: E402
 from pose_mcore.config.base import ConfigError  # noqa: E402
 from pose_mcore.config.train import TrainConfigError, load_train_config  # noqa: E402
 from pose_mcore.parallel.state import destroy_parallel  # noqa: E402
+from pose_mcore.training.stopping import STOP_STATUS, RunStopped  # noqa: E402
 from pose_mcore.training.trainer import Trainer, TrainingError  # noqa: E402
 from pose_mcore.training.validate import validate_train_config  # noqa: E402
 
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as e:
         print(f"pose-train: stopped: {e}", file=sys.stderr)
         return 1
+    except RunStopped:
+        return STOP_STATUS  # rank 0 said where and why
     finally:
         if owns_groups:
             destroy_parallel()

@@ -1,7 +1,9 @@
 """Fault injection for the resume tests: a process kills itself (SIGKILL, as a preemption or an OOM
-killer would) at a named point of a run. Off unless ``POSE_FAULT`` is set; never set by pose_mcore.
+killer would), or sends itself ``POSE_FAULT_SIGNAL`` (as a scheduler's warning would), at a named point of a
+run. Off unless ``POSE_FAULT`` is set; never set by pose_mcore.
 
-    POSE_FAULT=<point>[@<where>]   POSE_FAULT_RANK=<rank>   (default: every rank reaching the point)
+    POSE_FAULT=<point>[@<where>][,<point>[@<where>] ...]   POSE_FAULT_RANK=<rank>   POSE_FAULT_SIGNAL=USR1
+    (rank: default every rank reaching the point; signal: default SIGKILL)
 
 Points (``where`` is a global step, or the name of the destination being written):
     step@N          after the update of global step N, before it is logged or checkpointed
@@ -19,21 +21,25 @@ import sys
 
 FAULT_ENV = "POSE_FAULT"
 FAULT_RANK_ENV = "POSE_FAULT_RANK"
+FAULT_SIGNAL_ENV = "POSE_FAULT_SIGNAL"
 POINTS = ("step", "checkpoint", "phase_end", "write", "phase_start")
 
 
 def fault_point(point: str, where: int | str | None = None) -> None:
-    """Kill this process here if ``POSE_FAULT`` names this point (and this rank)."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
+    """Kill (or signal) this process here if ``POSE_FAULT`` names this point (and this rank)."""
+    specs = os.environ.get(FAULT_ENV)
+    if not specs:
         return
-    name, _, at = spec.partition("@")
-    if name not in POINTS:
-        raise ValueError(f"{FAULT_ENV}={spec!r}: unknown point {name!r}; points: {', '.join(POINTS)}")
-    if name != point or (at and at != str(where)):
-        return
-    rank = os.environ.get(FAULT_RANK_ENV)
-    if rank is not None and rank != os.environ.get("RANK", "0"):
-        return
-    print(f"fault injection: rank {os.environ.get('RANK', '0')} killed at {spec}", file=sys.stderr, flush=True)
-    os.kill(os.getpid(), signal.SIGKILL)
+    for spec in specs.split(","):
+        name, _, at = spec.partition("@")
+        if name not in POINTS:
+            raise ValueError(f"{FAULT_ENV}={spec!r}: unknown point {name!r}; points: {', '.join(POINTS)}")
+        if name != point or (at and at != str(where)):
+            continue
+        rank = os.environ.get(FAULT_RANK_ENV)
+        if rank is not None and rank != os.environ.get("RANK", "0"):
+            return
+        sig = signal.Signals[f"SIG{os.environ.get(FAULT_SIGNAL_ENV, 'KILL').upper().removeprefix('SIG')}"]
+        print(f"fault injection: rank {os.environ.get('RANK', '0')} sent {sig.name} at {spec}", file=sys.stderr,
+              flush=True)
+        os.kill(os.getpid(), sig)

@@ -22,7 +22,8 @@ CONFIG = ["preset=tiny-t2v", "micro_batch_size=2", "data.size=16", "data.frames=
           "teacher.steps=2", "phase1.steps=2", "phase2.steps=2", "phase1.fake_updates=1", "checkpoint_every=1",
           "log_every=1", "phase2.head_dim=16", "phase2.head_queries=2", "phase2.head_heads=2", "phase1.lora_rank=4",
           "teacher.optim.lr=1e-3", "phase1.optim_g.lr=1e-4", "phase1.optim_fake.lr=1e-3", "phase2.optim_g.lr=1e-4",
-          "phase2.optim_d.lr=1e-4", "sample_every=1", "deterministic=true"]  # GPU ranks: no atomics in backward
+          "phase2.optim_d.lr=1e-4", "sample_every=1", "deterministic=true",  # GPU ranks: no atomics in backward
+          "tensor_parallel=2", "evaluation.videos=0"]
 # Global steps: teacher 1-2, Phase I 3-4, Phase II 5-6. In run order, each resumed from the previous kill:
 KILLS = [
     ("step@1", None),           # inside the first step: no checkpoint yet, the resume starts afresh
@@ -37,16 +38,21 @@ KILLS = [
 ]
 
 
-def _launch(out: Path, fault: str | None = None, rank: str | None = None, launcher: bool = False
-            ) -> subprocess.CompletedProcess:
+def _launch(out: Path, fault: str | None = None, rank: str | None = None, launcher: bool = False,
+            signal: str | None = None, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """The 2-rank run of ``CONFIG`` (under torchrun, or the launcher), with a fault injected: SIGKILL, or
+    ``signal``, at ``fault`` on ``rank`` (default every rank)."""
     env = rank_env(2, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHON=sys.executable, NPROC="2")
-    for key in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "WORLD_SIZE", "RANK", "POSE_FAULT", "POSE_FAULT_RANK"):
+    for key in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "WORLD_SIZE", "RANK", "POSE_FAULT", "POSE_FAULT_RANK",
+                "POSE_FAULT_SIGNAL"):
         env.pop(key, None)
     if fault is not None:
         env["POSE_FAULT"] = fault
     if rank is not None:
         env["POSE_FAULT_RANK"] = rank
-    args = [*CONFIG, f"output_dir={out}", "--resume"]
+    if signal is not None:
+        env["POSE_FAULT_SIGNAL"] = signal
+    args = [*CONFIG, f"output_dir={out}", "--resume", *extra]
     cmd = (["bash", str(ROOT / "examples" / "pretrain_pose.sh"), *args] if launcher else
            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
             "pose_mcore.cli", *args])
@@ -82,7 +88,7 @@ def test_kill_anywhere_resume_to_the_same_bits(tmp_path):
     for fault, rank in KILLS:
         proc = _launch(run, fault, rank, launcher=rank is not None)
         assert proc.returncode != 0, f"{fault}: the run was not killed\n{proc.stderr[-2000:]}"
-        assert f"killed at {fault}" in proc.stderr, f"{fault}: {proc.stderr[-3000:]}"
+        assert f"sent SIGKILL at {fault}" in proc.stderr, f"{fault}: {proc.stderr[-3000:]}"
         if rank is not None:  # the launcher ends the run and says what to do, rather than hanging
             assert "Run the same command with --resume" in proc.stderr
     final = _launch(run)

@@ -11,7 +11,7 @@ peak memory of a step per rank on CUDA, and the TFLOP/s and MFU of the step on C
 torch's FLOP counter over one step, recomputed forwards included when activation checkpointing is on;
 MFU against ``--peak-tflops``, the card's dense bf16 rate). Ratios are new / baseline.
 
-    torchrun --nproc-per-node 2 tools/bench_train.py --config tiny-cpu tensor_parallel=1     # DP=2
+    torchrun --nproc-per-node 2 tools/bench_train.py --config tiny-cpu                       # DP=2
     torchrun --nproc-per-node 8 tools/bench_train.py --config wan2.1-i2v-14b --steps 3
 """
 

@@ -174,6 +174,12 @@ class TrainConfig:
     """Every N steps (0: never), check after the step that every weight and reduced gradient that several ranks
     hold is bitwise the same on each (as Megatron-LM's ``--check-weight-hash-across-dp-replicas-interval``, over
     the tensor-parallel ranks too: a lost reduction shows there); a difference stops the run naming the tensors."""
+    exit_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    """Signals that stop the run cleanly (as Megatron-LM's ``--exit-signal-handler``): every rank finishes its step,
+    the run checkpoints it and exits with status 75, to be resumed (``[]``: the default actions)."""
+    exit_duration_mins: float | None = None
+    """Stop the same way once the run has used this much wall time (Megatron-LM's ``--exit-duration-in-mins``),
+    keeping as margin the longest step and the longest checkpoint save seen."""
     max_nonfinite: int = 5
     """Consecutive non-finite steps (skipped) before the run stops."""
     deterministic: bool = False

@@ -40,6 +40,7 @@ from pose_mcore.training.checkpointing import (
     save_checkpoint,
 )
 from pose_mcore.training.logging import RunLogger, save_video_grid
+from pose_mcore.training.stopping import RunStopped, StopRequests
 from pose_mcore.training.validate import global_batch_size, validate_train_config
 
 
@@ -54,6 +55,9 @@ class Trainer:
         self.model_config = validate_train_config(config, world)
         self.config = config
         self.exit_after = exit_after
+        self.started = time.monotonic()
+        self.save_seconds = 0.0
+        """The longest checkpoint save of this run (or of the run it resumed): part of the margin a time limit keeps."""
         tp, cp = self.model_config.tensor_model_parallel_size, self.model_config.context_parallel_size
         if config.deterministic:
             deterministic_mode()
@@ -152,6 +156,17 @@ class Trainer:
                 and (self.output / "generator" / "config.json").is_file())
 
     def run(self, resume: bool = False) -> Path:
+        """Run every configured phase (:meth:`_run`), stopping early on ``exit_signals`` or ``exit_duration_mins``
+        (:class:`pose_mcore.training.stopping.RunStopped`, after a checkpoint)."""
+        cfg = self.config
+        budget = None if cfg.exit_duration_mins is None else 60 * cfg.exit_duration_mins
+        self.stops = StopRequests(cfg.exit_signals, budget, self.started, self.device)
+        try:
+            return self._run(resume)
+        finally:
+            self.stops.close()
+
+    def _run(self, resume: bool = False) -> Path:
         """Run every configured phase (continuing from the latest checkpoint with ``resume``); return the
         folder of the final generator (a pose_mcore checkpoint).
 
@@ -166,6 +181,8 @@ class Trainer:
             raise TrainConfigError(f"output_dir {self.output} already holds checkpoints ({restore.name}): pass "
                                    "--resume to continue that run, or choose another output_dir")
         meta = None if restore is None else json.loads((restore / "meta.json").read_text())
+        if meta is not None:
+            self.save_seconds = meta.get("save_seconds", 0.0)
         if self._finished(meta):
             if self.info.rank == 0:
                 report = self.output / "quality.md"
@@ -212,6 +229,7 @@ class Trainer:
             self.logger.start_phase(name, total, step)
             consecutive = 0
             t_last = time.perf_counter()
+            longest_step = 0.0
             while step < total:
                 micro_batches = [{k: v.to(self.device) for k, v in b.items()} for b in self.data.next()]
                 metrics = phase.step(micro_batches)
@@ -231,11 +249,17 @@ class Trainer:
                 now = time.perf_counter()
                 self.logger.log(name, step, global_step, metrics, 1.0 / max(now - t_last, 1e-9),
                                 write=step % cfg.log_every == 0 or step == total)
+                longest_step = max(longest_step, now - t_last)
                 t_last = now
                 if cfg.sample_every and step % cfg.sample_every == 0:
                     self.sample(phase, self.output / "samples" / f"{name}-{step:06d}")
-                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total:
+                saved = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total
+                if saved:
                     self._checkpoint(name, step, global_step, roles, phase)
+                reason = self.stops.due(longest_step + self.save_seconds)
+                if reason is not None:
+                    self.logger.end_phase()
+                    self._stop(reason, name, step, global_step, roles, phase, saved)
                 if self.exit_after is not None and steps_this_run >= self.exit_after:
                     self.logger.end_phase()
                     raise SystemExit(f"exit after {steps_this_run} steps (as if the job were stopped)")
@@ -288,10 +312,29 @@ class Trainer:
             tmp.write_text("\n".join(lines) + "\n")
         print("\n".join(lines), flush=True)
 
-    def _checkpoint(self, name: str, step: int, global_step: int, roles: Roles, phase: Phase) -> None:
+    def _checkpoint(self, name: str, step: int, global_step: int, roles: Roles, phase: Phase) -> Path:
+        start = time.perf_counter()
         meta = {"phase": name, "step": step, "global_step": global_step, "data_position": self.data.position,
-                "phase_state": phase.state_dict()}
-        save_checkpoint(self.output / "checkpoints", meta, roles.named_roles(), phase.pieces())
+                "phase_state": phase.state_dict(), "save_seconds": self.save_seconds}
+        path = save_checkpoint(self.output / "checkpoints", meta, roles.named_roles(), phase.pieces())
+        self.save_seconds = max(self.save_seconds, time.perf_counter() - start)
+        return path
+
+    def _stop(self, reason: str, name: str, step: int, global_step: int, roles: Roles, phase: Phase,
+              saved: bool) -> None:
+        """Checkpoint this step (unless it just was) and raise :class:`RunStopped`; rank 0 says why and what to do,
+        and writes the reason where the launcher looks (``POSE_STOP_FILE``)."""
+        path = latest_checkpoint(self.output / "checkpoints") if saved else None
+        if path is None:
+            path = self._checkpoint(name, step, global_step, roles, phase)
+        message = (f"stopped at {name} step {step} ({reason}); checkpoint {path}. Resume with the same command and "
+                   "--resume")
+        if self.info.rank == 0:
+            print(f"pose-train: {message}", flush=True)
+            stop_file = os.environ.get("POSE_STOP_FILE")
+            if stop_file:
+                Path(stop_file).write_text(message + "\n")
+        raise RunStopped(message)
 
     def sample_batch(self) -> dict[str, torch.Tensor]:
         """The first samples of the dataset: the same prompts in every sample grid of the run (and the same

@@ -19,6 +19,7 @@ from pose_mcore.data.procedural import ProceduralConfig
 from pose_mcore.encoders.model import vae_spatial_factor, vae_tile_problem
 from pose_mcore.models.registry import ALL_PRESETS, family_of_preset
 from pose_mcore.pose.roles import GENERATOR_PARAMS
+from pose_mcore.training.stopping import signal_numbers
 
 PRECISIONS = ("auto", "bf16", "amp", "fp32")
 DATA_KINDS = ("procedural", "latents")
@@ -277,6 +278,12 @@ def validate_train_config(config: TrainConfig, world_size: int, files: bool = Tr
         p.check(name, getattr(config, name), NON_NEGATIVE)
     p.check("log_every", config.log_every, AT_LEAST_1)
     p.check("max_nonfinite", config.max_nonfinite, AT_LEAST_1)
+    try:
+        signal_numbers(config.exit_signals)
+    except ValueError as e:
+        p.add("exit_signals", config.exit_signals, str(e))
+    if config.exit_duration_mins is not None:
+        p.check("exit_duration_mins", config.exit_duration_mins, POSITIVE)
     p.choice("precision", config.precision, PRECISIONS)
     if device_type is None:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
