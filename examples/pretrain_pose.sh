@@ -6,7 +6,10 @@
 #                                                    runs under an existing torchrun: execs the entry point
 #
 # Environment: NPROC (default 2), NNODES (1), NODE_RANK (0), MASTER_ADDR, MASTER_PORT (29500),
-# PYTHON (default: python3). Options go to `python -m pose_mcore.cli` (see --help).
+# PYTHON (default: python3). Options go to `python -m pose_mcore.cli` (see --help). Several nodes: one launcher
+# per node with the same MASTER_ADDR / MASTER_PORT, and either NODE_RANK on each (static rendezvous) or
+# RDZV_ID=<job id> (torchrun's c10d rendezvous: the nodes find their ranks themselves; what
+# examples/slurm/pretrain_pose.sbatch uses).
 #
 # SIGUSR1 or SIGTERM sent to this script is passed on to the ranks (not to torchrun, which would kill them): they
 # finish their step, checkpoint it and stop; the script then exits with status 75 ("stopped; resume with
@@ -26,6 +29,9 @@ NPROC="${NPROC:-2}"
 NNODES="${NNODES:-1}"
 if [[ "$NNODES" == 1 && -z "${MASTER_ADDR:-}" ]]; then
   rendezvous=(--standalone)
+elif [[ -n "${RDZV_ID:-}" ]]; then
+  rendezvous=(--nnodes "$NNODES" --rdzv-backend c10d --rdzv-id "$RDZV_ID"
+              --rdzv-endpoint "${MASTER_ADDR:?set MASTER_ADDR for multi-node runs}:${MASTER_PORT:-29500}")
 else
   rendezvous=(--nnodes "$NNODES" --node-rank "${NODE_RANK:-0}" --master-addr "${MASTER_ADDR:?set MASTER_ADDR for multi-node runs}"
               --master-port "${MASTER_PORT:-29500}")

@@ -54,6 +54,13 @@ def test_sample_writes_the_video_and_its_latents(model_folders, generator, tmp_p
     first = load_file(tmp_path / "many" / "00000.safetensors")["latents"]
     assert torch.equal(first, latents)  # line 0 takes --seed
     assert not torch.equal(load_file(tmp_path / "many" / "00001.safetensors")["latents"], latents)
+    args[args.index("--out") + 1] = str(tmp_path / "shard")  # node 1 of 2: line 1 only, its name and seed kept
+    assert sample([*args, "--shard", "1/2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "shard").iterdir()) == ["00001.mp4", "00001.safetensors"]
+    assert torch.equal(load_file(tmp_path / "shard" / "00001.safetensors")["latents"],
+                       load_file(tmp_path / "many" / "00001.safetensors")["latents"])
+    capsys.readouterr()
+    assert sample([*args, "--shard", "2/2"]) == 2 and "--shard 2/2: need 0 <= K < N" in capsys.readouterr().err
     capsys.readouterr()
     args = _sample_args(model_folders, generator, tmp_path / "x.mp4")
     del args[args.index("--image"):args.index("--image") + 2]

@@ -2,7 +2,7 @@
 encoders and VAE (:class:`pose_mcore.encoders.ModelEncoders`).
 
     pose-sample --checkpoint GEN_DIR --model MODEL_DIR --prompt "..." [--image first.png] --out video.mp4
-    pose-sample --checkpoint GEN_DIR --model MODEL_DIR --prompts prompts.jsonl --out videos/
+    pose-sample --checkpoint GEN_DIR --model MODEL_DIR --prompts prompts.jsonl --out videos/ [--shard K/N]
                 [--steps 1|2|4] [--mode renoise|euler] [--shift S] [--seed S] [--height --width --frames]
                 [--fps 16] [--negative-prompt TEXT] [--dtype bf16|fp32] [--save-latents] [--vae-tile PX]
                 [--image-fit resize|crop]
@@ -77,7 +77,10 @@ def requests(args: argparse.Namespace) -> list[Request]:
     """The videos to make: one ``--prompt``, or one per line of ``--prompts``."""
     if (args.prompt is None) == (args.prompts is None):
         raise SampleError("give exactly one of --prompt and --prompts")
+    index, count = parse_shard(args.shard)
     if args.prompt is not None:
+        if count > 1:
+            raise SampleError(f"--shard {args.shard}: shares a --prompts list; one --prompt is one video")
         return [Request(args.prompt, args.image, args.seed, args.out)]
     if not args.prompts.is_file():
         raise SampleError(f"--prompts {args.prompts}: no such file")
@@ -97,7 +100,19 @@ def requests(args: argparse.Namespace) -> list[Request]:
         out.append(Request(prompt, image, args.seed + len(out), args.out / f"{len(out):05d}.mp4"))
     if not out:
         raise SampleError(f"--prompts {args.prompts}: no prompts")
-    return out
+    return out[index::count]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``--shard K/N``: this job makes the videos of lines ``K, K + N, ...`` (their names and seeds unchanged), so
+    N jobs (nodes) share a prompt list; default ``0/1``."""
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError as e:
+        raise SampleError(f"--shard {text}: expected K/N (e.g. 0/4)") from e
+    if count < 1 or not 0 <= index < count:
+        raise SampleError(f"--shard {text}: need 0 <= K < N")
+    return index, count
 
 
 def conditioning(encoders: ModelEncoders, config: VideoDiTConfig, request: Request, negative_prompt: str,
@@ -175,6 +190,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt")
     p.add_argument("--prompts", type=Path, help=".jsonl of {prompt, image} or a text file of prompts")
     p.add_argument("--image", type=Path, help="first frame (image-to-video)")
+    p.add_argument("--shard", default="0/1", metavar="K/N",
+                   help="with --prompts: make lines K, K+N, ... only (names and seeds as in the whole list), so that N "
+                        "jobs or nodes share the list")
     p.add_argument("--image-fit", choices=IMAGE_FITS, default="resize",
                    help="resize: as the diffusers pipeline (the VAE sees the image stretched to the output size, the "
                         "image encoder the original); crop: cover and centre-crop it to the output size first")
