@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,12 +39,26 @@ def _records(out: Path) -> dict[tuple[str, int], dict]:
     return {(r["phase"], r["step"]): r for r in lines}
 
 
-def test_resume_continues_exactly(tp1, tmp_path):
+def test_resume_continues_exactly(tp1, tmp_path, capsys):
+    """Every metric after the resume point and the generator as an uninterrupted run's; the run's record (config,
+    versions: once) and each start (the second from its checkpoint); output lines stamped with time and rank."""
     _run(tmp_path / "whole")
     with pytest.raises(SystemExit, match="exit after 7 steps"):
         _run(tmp_path / "split", exit_after=7)  # teacher 4 + phase1 3: the latest checkpoint is phase1 step 2
     assert latest_checkpoint(tmp_path / "split" / "checkpoints").name == "step-00000006"
+    record = (tmp_path / "split" / "run.json").read_text()
+    capsys.readouterr()
     _run(tmp_path / "split", resume=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d rank 0 \| .*", line) for line in lines), lines[:3]
+    assert any(line.endswith("| resumed phase1 at step 2 from " + str(tmp_path / "split" / "checkpoints" /
+                                                                      "step-00000006")) for line in lines)
+    assert (tmp_path / "split" / "run.json").read_text() == record
+    run = json.loads(record)
+    assert run["versions"]["torch"] == torch.__version__.split("+")[0] or run["versions"]["torch"] == torch.__version__
+    assert run["config"]["output_dir"] == str(tmp_path / "split") and "megatron-core" in run["versions"]
+    starts = [json.loads(line) for line in (tmp_path / "split" / "starts.jsonl").read_text().splitlines()]
+    assert [s["resumed_from"] for s in starts] == [None, str(tmp_path / "split" / "checkpoints" / "step-00000006")]
     whole, split = _records(tmp_path / "whole"), _records(tmp_path / "split")
     after = [k for k in whole if k[0] == "phase2" or (k[0] == "phase1" and k[1] > 2)]
     assert len(after) == 5

@@ -39,6 +39,7 @@ from pose_mcore.training.checkpointing import (
     load_checkpoint,
     save_checkpoint,
 )
+from pose_mcore.training.console import record_start, stamped_output
 from pose_mcore.training.logging import RunLogger, save_video_grid
 from pose_mcore.training.stopping import RunStopped, StopRequests
 from pose_mcore.training.validate import global_batch_size, validate_train_config
@@ -162,7 +163,8 @@ class Trainer:
         budget = None if cfg.exit_duration_mins is None else 60 * cfg.exit_duration_mins
         self.stops = StopRequests(cfg.exit_signals, budget, self.started, self.device)
         try:
-            return self._run(resume)
+            with stamped_output(self.info.rank):
+                return self._run(resume)
         finally:
             self.stops.close()
 
@@ -204,6 +206,7 @@ class Trainer:
         self.logger = RunLogger(self.output, self.info.rank == 0, cfg.tensorboard)
         if self.info.rank == 0:
             (self.output / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, default=str))
+            record_start(self.output, to_dict(cfg), self.layout(), None if restore is None else str(restore))
         roles: Roles | None = None
         steps_this_run = 0
         for p_index in range(start_phase, len(cfg.phases)):
