@@ -35,6 +35,7 @@ setup(
         "test": ["pytest>=8", "peft", "ruff"],
         # NVIDIA apex is not on PyPI (the PyPI package `apex` is unrelated): use the NGC image.
         "gpu": ["transformer-engine[pytorch]", "flash-attn", "triton>=3.0"],
+        "wandb": ["wandb"],  # wandb=true
     },
     entry_points={"console_scripts": ["pose-train=pose_mcore.cli:main",
                                       "pose-convert=pose_mcore.cli:convert",

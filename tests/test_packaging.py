@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_ONLY = {"pytest", "ruff"}  # the `test` extra
-OPTIONAL = {"transformer_engine", "flash_attn", "triton"}  # the `gpu` extra, imported only when present
+OPTIONAL = {"transformer_engine", "flash_attn", "triton", "wandb"}  # the `gpu` and `wandb` extras, imported when used
 NEEDS = {"torch.utils.tensorboard": ("tensorboard",),  # modules that need another distribution, undeclared by theirs
          "diffusers": ("accelerate", "ftfy")}
 

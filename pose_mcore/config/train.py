@@ -167,6 +167,15 @@ class TrainConfig:
     sample_every: int = 0
     log_every: int = 10
     tensorboard: bool = False
+    wandb: bool = False
+    """Log to Weights & Biases too (``pip install pose_mcore[wandb]``): the scalars of ``metrics.jsonl`` and the
+    sample videos, one W&B run per ``output_dir`` that every resume continues (its id in ``wandb_run_id``)."""
+    wandb_project: str = "pose_mcore"
+    wandb_name: str | None = None
+    """The W&B run's name (default: the output folder's name)."""
+    wandb_mode: str = "auto"
+    """``online``, ``offline`` (no network: ``wandb sync`` uploads it later) or ``auto`` (online when
+    ``WANDB_API_KEY`` is set, else offline)."""
     precision: str = "auto"
     """'auto' (bf16 weights and autocast on CUDA, fp32 on the CPU), 'bf16', 'amp' (fp32 weights under bf16
     autocast, CUDA: the engine before bf16 weights, and diffusers' recipe) or 'fp32'."""

@@ -1,22 +1,65 @@
 """Run logging: a progress bar with the latest metrics (on a terminal; elsewhere, as under CI, nohup or
-SLURM, one plain line every ``log_every`` steps), a JSONL file of every logged step, TensorBoard scalars
-when asked, and sample videos as GIF grids."""
+SLURM, one plain line every ``log_every`` steps), a JSONL file of every logged step, TensorBoard scalars and
+Weights & Biases (scalars and sample videos) when asked, and sample videos as GIF grids."""
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 
+@dataclass(frozen=True)
+class WandbSettings:
+    """Where a run logs in Weights & Biases (the run's ``wandb_*`` options)."""
+
+    project: str
+    name: str
+    mode: str
+    """``online``, ``offline``, or ``auto``: online when ``WANDB_API_KEY`` is set, else offline (``wandb sync``
+    uploads an offline run later)."""
+    config: dict[str, Any]
+
+
+class WandbRun:
+    """One W&B run per output folder: its id is kept in ``<output>/wandb_run_id``, so that every resume (a
+    requeued job) continues the same run."""
+
+    def __init__(self, output: Path, settings: WandbSettings) -> None:
+        import wandb
+
+        self.wandb = wandb
+        id_file = output / "wandb_run_id"
+        if not id_file.is_file():
+            id_file.write_text(secrets.token_hex(4) + "\n")  # 8 characters of [0-9a-f], as W&B's own ids
+        mode = settings.mode if settings.mode != "auto" else ("online" if os.environ.get("WANDB_API_KEY")
+                                                              else "offline")
+        self.run = wandb.init(project=settings.project, name=settings.name, id=id_file.read_text().strip(),
+                              resume="allow", mode=mode, dir=str(output), config=settings.config)
+
+    def log(self, values: dict[str, Any], step: int) -> None:
+        self.run.log(values, step=step)
+
+    def video(self, key: str, path: Path, step: int) -> None:
+        self.run.log({key: self.wandb.Video(str(path), format=path.suffix.lstrip("."))}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 class RunLogger:
     """Rank 0 logs; other ranks hold a silent instance."""
 
-    def __init__(self, output: Path, enabled: bool, tensorboard: bool, interactive: bool | None = None) -> None:
+    def __init__(self, output: Path, enabled: bool, tensorboard: bool, interactive: bool | None = None,
+                 wandb: WandbSettings | None = None) -> None:
         self.enabled = enabled
         self.output = output
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
@@ -24,6 +67,7 @@ class RunLogger:
         self.bar: tqdm | None = None
         self.total = 0
         self.writer = None
+        self.wandb: WandbRun | None = None
         if enabled:
             output.mkdir(parents=True, exist_ok=True)
             self.metrics = open(output / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
@@ -31,6 +75,8 @@ class RunLogger:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(output / "tensorboard"))
+            if wandb is not None:
+                self.wandb = WandbRun(output, wandb)
 
     def start_phase(self, name: str, total: int, done: int) -> None:
         self.total = total
@@ -55,6 +101,13 @@ class RunLogger:
             if self.writer is not None:
                 for k, v in metrics.items():
                     self.writer.add_scalar(f"{phase}/{k}", v, global_step)
+            if self.wandb is not None:
+                self.wandb.log({f"{phase}/{k}": v for k, v in metrics.items()}, global_step)
+
+    def video(self, name: str, path: Path, global_step: int) -> None:
+        """A sample video written at ``path`` (GIF or MP4), as media in W&B."""
+        if self.enabled and self.wandb is not None:
+            self.wandb.video(f"samples/{name}", path, global_step)
 
     def end_phase(self) -> None:
         if self.bar is not None:
@@ -62,10 +115,12 @@ class RunLogger:
             self.bar = None
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and not self.metrics.closed:
             self.metrics.close()
             if self.writer is not None:
                 self.writer.close()
+            if self.wandb is not None:
+                self.wandb.close()
 
 
 def save_video_grid(videos: torch.Tensor, path: Path, scale: int = 4) -> None:

@@ -40,7 +40,7 @@ from pose_mcore.training.checkpointing import (
     save_checkpoint,
 )
 from pose_mcore.training.console import record_start, stamped_output
-from pose_mcore.training.logging import RunLogger, save_video_grid
+from pose_mcore.training.logging import RunLogger, WandbSettings, save_video_grid
 from pose_mcore.training.stopping import RunStopped, StopRequests
 from pose_mcore.training.validate import global_batch_size, validate_train_config
 
@@ -203,7 +203,9 @@ class Trainer:
         else:
             teacher = self._teacher()
         # nothing is written before the inputs have been read
-        self.logger = RunLogger(self.output, self.info.rank == 0, cfg.tensorboard)
+        wandb = None if not cfg.wandb else WandbSettings(cfg.wandb_project, cfg.wandb_name or self.output.name,
+                                                         cfg.wandb_mode, to_dict(cfg))
+        self.logger = RunLogger(self.output, self.info.rank == 0, cfg.tensorboard, wandb=wandb)
         if self.info.rank == 0:
             (self.output / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, default=str))
             record_start(self.output, to_dict(cfg), self.layout(), None if restore is None else str(restore))
@@ -255,7 +257,7 @@ class Trainer:
                 longest_step = max(longest_step, now - t_last)
                 t_last = now
                 if cfg.sample_every and step % cfg.sample_every == 0:
-                    self.sample(phase, self.output / "samples" / f"{name}-{step:06d}")
+                    self.sample(phase, self.output / "samples" / f"{name}-{step:06d}", global_step)
                 saved = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total
                 if saved:
                     self._checkpoint(name, step, global_step, roles, phase)
@@ -272,7 +274,7 @@ class Trainer:
                 teacher = roles.generator
                 release(teacher)  # frozen from here on: its gradient buffers and main weights go
                 self.export_model(teacher, trained_teacher)
-            self.sample(phase, self.output / "samples" / f"{name}-final")
+            self.sample(phase, self.output / "samples" / f"{name}-final", global_step)
         self.logger.close()
         generator = self.export_model(roles.generator, self.output / "generator")
         if cfg.evaluation.videos and cfg.data.kind == "procedural" and roles.base is not None:
@@ -332,6 +334,7 @@ class Trainer:
             path = self._checkpoint(name, step, global_step, roles, phase)
         message = (f"stopped at {name} step {step} ({reason}); checkpoint {path}. Resume with the same command and "
                    "--resume")
+        self.logger.close()
         if self.info.rank == 0:
             print(f"pose-train: {message}", flush=True)
             stop_file = os.environ.get("POSE_STOP_FILE")
@@ -346,10 +349,10 @@ class Trainer:
         items = [dataset[i] for i in range(min(4, len(dataset)))]
         return {k: v.to(self.device) for k, v in default_collate(items).items()}
 
-    def sample(self, phase: Phase, path: Path) -> None:
+    def sample(self, phase: Phase, path: Path, global_step: int) -> None:
         """One-step samples of the generator (the teacher itself in the teacher phase: 1 step) under the
         dataset's first videos: an MP4 decoded by the model folder's VAE when ``model_dir`` is set, else a GIF
-        of latent channels (``path`` without suffix)."""
+        of latent channels (``path`` without suffix); also W&B media at ``global_step`` when logging there."""
         batch = self.sample_batch()
         conds = self.conditioner(batch)
         noise = torch.randn(batch["latents"].shape, generator=torch.Generator().manual_seed(0)).to(batch["latents"])
@@ -360,6 +363,7 @@ class Trainer:
         pair = torch.cat([batch["latents"][:4], video[:4]])
         if self.config.model_dir is None:
             save_video_grid(pair, path.with_suffix(".gif"))
+            self.logger.video(path.name, path.with_suffix(".gif"), global_step)
             return
         if self._decoder is None:
             self._decoder = ModelEncoders(self.config.model_dir, self.device, decode_only=True,
@@ -371,6 +375,7 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_destination(path.with_suffix(".mp4"), overwrite=True) as tmp:
             write_mp4(grid, tmp)
+        self.logger.video(path.name, path.with_suffix(".mp4"), global_step)
 
     def export_model(self, model: torch.nn.Module, dst: Path) -> Path:
         """Write a model (the trained teacher, the final generator) as a pose_mcore checkpoint, streamed."""

@@ -5,6 +5,7 @@ problems at once.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from pose_mcore.pose.roles import GENERATOR_PARAMS
 from pose_mcore.training.stopping import signal_numbers
 
 PRECISIONS = ("auto", "bf16", "amp", "fp32")
+WANDB_MODES = ("auto", "online", "offline")
 DATA_KINDS = ("procedural", "latents")
 BACKBONES = ("ema", "frozen", "full")
 HEADS = ("semantic", "conv")
@@ -285,6 +287,9 @@ def validate_train_config(config: TrainConfig, world_size: int, files: bool = Tr
     if config.exit_duration_mins is not None:
         p.check("exit_duration_mins", config.exit_duration_mins, POSITIVE)
     p.choice("precision", config.precision, PRECISIONS)
+    p.choice("wandb_mode", config.wandb_mode, WANDB_MODES)
+    if config.wandb and importlib.util.find_spec("wandb") is None:
+        p.add("wandb", config.wandb, "needs the wandb package: pip install 'pose_mcore[wandb]'")
     if device_type is None:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
     if config.precision in ("bf16", "amp") and device_type != "cuda":
