@@ -32,7 +32,7 @@ DEVICE = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device(
 
 
 HEAVY = ("test_memory_model.py", "test_train_parallel.py", "test_resume_faults.py", "test_context_parallel.py",
-         "test_model_parallel.py", "test_device_placement.py", "test_checkpoint_reshard.py")
+         "test_model_parallel.py", "test_stopping.py", "test_device_placement.py", "test_checkpoint_reshard.py")
 """Test files whose set-up runs for minutes, longest first (2026-11-27 on 2 cores: 11 to 2.5 minutes)."""
 
 

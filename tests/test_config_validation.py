@@ -18,7 +18,10 @@ from pose_mcore.config.train import TrainConfig, load_train_config
 from pose_mcore.training.validate import validate_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["preset=tiny-t2v", "tensor_parallel=1", "data.frames=3", "data.height=8", "data.width=8"]
+TINY = ["preset=tiny-t2v", "tensor_parallel=1", "micro_batch_size=8", "data.frames=3", "data.height=8",
+        "data.width=8"]
+"""A config every case below changes in one value (from the default tiny-cpu: the value's rule must not depend on
+what the demo config happens to set)."""
 
 # Every numeric field of TrainConfig with values that break its rule ("x" is the wrong type everywhere).
 BAD_VALUES: dict[str, list] = {
@@ -62,6 +65,9 @@ BAD_VALUES: dict[str, list] = {
     "phase2.t_max": [2.0],
     "phase2.shift": [-5.0],
     "vae_tile": [0, 20],
+    "evaluation.videos": [-1, 1],
+    "evaluation.teacher_steps": [0],
+    "exit_duration_mins": [0, -5.0],
 }
 for _section in ("teacher.optim", "phase1.optim_g", "phase1.optim_fake", "phase2.optim_g", "phase2.optim_d"):
     BAD_VALUES.update({f"{_section}.lr": [0, -1e-4], f"{_section}.eps": [0], f"{_section}.weight_decay": [-0.1],
