@@ -74,3 +74,28 @@ def test_signal_names():
     for bad in ("SIGKILL", "NOPE"):
         with pytest.raises(ValueError, match=f"'{bad}' is not a signal a process can catch"):
             signal_numbers([bad])
+
+
+def test_requests_from_another_thread_install_nothing():
+    """Python takes signal handlers in the main thread only: a trainer in a worker thread keeps the process's."""
+    import threading
+
+    from pose_mcore.training.stopping import StopRequests
+
+    before, seen = signal.getsignal(signal.SIGUSR1), []
+
+    def worker():
+        stops = StopRequests(["SIGUSR1"], budget_s=None, start=0.0)
+        seen.append((signal.getsignal(signal.SIGUSR1), stops.due(0.0)))
+        stops.close()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [(before, None)]
+    stops = StopRequests(["SIGUSR1"], budget_s=None, start=0.0)  # the main thread: installed, then restored
+    assert signal.getsignal(signal.SIGUSR1) == stops._handle
+    signal.raise_signal(signal.SIGUSR1)
+    assert stops.due(0.0) == "SIGUSR1 received"
+    stops.close()
+    assert signal.getsignal(signal.SIGUSR1) == before

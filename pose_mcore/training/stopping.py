@@ -11,6 +11,7 @@ a second signal during the save changes nothing (the checkpoint is written atomi
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -42,7 +43,9 @@ def signal_numbers(names: list[str]) -> list[signal.Signals]:
 
 
 class StopRequests:
-    """Installs the handlers of ``signals`` (in the main thread) and tells, after a step, whether the ranks stop.
+    """Installs the handlers of ``signals`` and tells, after a step, whether the ranks stop. Python takes signal
+    handlers in the main thread only: a trainer run from another thread (an embedding framework's worker) keeps
+    the process's handlers and stops on its time limit or another rank's signal only.
 
     ``budget_s``: the run's wall-clock budget from ``start`` (``time.monotonic()``), or None; a stop is due once
     the time left would not cover another step and a checkpoint (``margin_s``, measured by the caller)."""
@@ -53,8 +56,10 @@ class StopRequests:
         self.device = device or torch.device("cpu")
         self.received: str | None = None
         self._previous: dict[signal.Signals, Callable | int | None] = {}
-        for sig in signal_numbers(signals):
-            self._previous[sig] = signal.signal(sig, self._handle)
+        wanted = signal_numbers(signals)
+        if threading.current_thread() is threading.main_thread():
+            for sig in wanted:
+                self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.received = self.received or signal.Signals(signum).name
