@@ -29,8 +29,7 @@ PHASE2 = Phase2Config(head_dim=16, head_queries=4, head_heads=2, optim_g=OptimCo
 
 def batch_for(cfg, size: int = 2, frames: int = 3, height: int = 4, width: int = 6) -> dict[str, torch.Tensor]:
     """A procedural batch on this process's device (samples 0.. of a global batch)."""
-    data = ProceduralVideos(ProceduralConfig(channels=cfg.out_channels, text_dim=cfg.text_dim, frames=frames,
-                                             height=height, width=width, size=2), 16, seed=5)
+    data = ProceduralVideos(ProceduralConfig.for_model(cfg, frames, height, width, size=2), 16, seed=5)
     batch = default_collate([data[i] for i in range(size)])
     batch["sample_index"] = torch.arange(size)
     return to_device(batch)
@@ -57,8 +56,7 @@ def phase2_setup(roles, cfg, backbone: str = "ema", head: str = "semantic", engi
 def global_batch(cfg, micro: int, accumulation: int, dp_rank: int = 0, dp_size: int = 1):
     """This rank's micro-batches of the first global batch of 4 procedural videos of 27 tokens (odd: padded
     under sequence parallelism), as the trainer's batch stream cuts it for the layout."""
-    data = ProceduralVideos(ProceduralConfig(channels=cfg.out_channels, text_dim=cfg.text_dim, frames=3, height=6,
-                                             width=6, size=2), 4, seed=5)
+    data = ProceduralVideos(ProceduralConfig.for_model(cfg, 3, 6, 6, size=2), 4, seed=5)
     return [to_device(b) for b in BatchStream(data, micro, accumulation, 11, dp_rank, dp_size).next()]
 
 

@@ -11,9 +11,13 @@ the attributes of every sample are known (the quality benchmark measures against
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from pose_mcore.config.base import VideoDiTConfig
 
 SHAPES = ("square", "disk", "cross")
 DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0))  # (dy, dx) per frame: right, left, down, up
@@ -33,6 +37,12 @@ class ProceduralConfig:
     amplitude: float = 2.0
     table_seed: int = 1234
     """Seed of the colour vectors and the text-embedding table (fixed for the dataset)."""
+
+    @classmethod
+    def for_model(cls, model: VideoDiTConfig, frames: int, height: int, width: int, **more: Any) -> ProceduralConfig:
+        """Videos of ``frames x height x width`` in the latent channels and text width of a model of ``model``."""
+        return cls(channels=model.out_channels, text_dim=model.text_dim, frames=frames, height=height, width=width,
+                   **more)
 
     def problem(self) -> str | None:
         """Why these videos cannot be drawn (a shape must fit its frame all along its path), or None."""

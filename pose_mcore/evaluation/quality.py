@@ -37,8 +37,7 @@ class HeldOut:
     @classmethod
     def procedural(cls, config: VideoDiTConfig, videos: int, frames: int, height: int, width: int) -> HeldOut:
         """``videos`` real videos and as many prompts of ``frames x height x width`` for a model of ``config``."""
-        data = ProceduralConfig(channels=config.out_channels, frames=frames, height=height, width=width,
-                                text_dim=config.text_dim)
+        data = ProceduralConfig.for_model(config, frames, height, width)
         real, prompts = ProceduralVideos(data, videos, seed=REAL_SEED), ProceduralVideos(data, videos, seed=PROMPT_SEED)
         return cls(default_collate([real[i] for i in range(videos)])["latents"],
                    default_collate([prompts[i] for i in range(videos)]), prompts.colours,

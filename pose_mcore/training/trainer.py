@@ -104,9 +104,8 @@ class Trainer:
     def _dataset(self):
         d = self.config.data
         if d.kind == "procedural":
-            cfg = self.model_config
-            return ProceduralVideos(ProceduralConfig(channels=cfg.out_channels, frames=d.frames, height=d.height,
-                                                     width=d.width, text_dim=cfg.text_dim), d.size, d.seed)
+            return ProceduralVideos(ProceduralConfig.for_model(self.model_config, d.frames, d.height, d.width), d.size,
+                                    d.seed)
         try:
             dataset = LatentDataset(d.path)
         except DatasetError as e:
