@@ -19,13 +19,12 @@ from pose_mcore.config.train import PHASES, DataConfig, OptimConfig, TrainConfig
 from pose_mcore.data.procedural import ProceduralConfig
 from pose_mcore.encoders.model import vae_spatial_factor, vae_tile_problem
 from pose_mcore.models.registry import ALL_PRESETS, family_of_preset
-from pose_mcore.pose.roles import GENERATOR_PARAMS
+from pose_mcore.pose.roles import BACKBONE_MODES, GENERATOR_PARAMS
 from pose_mcore.training.stopping import signal_numbers
 
 PRECISIONS = ("auto", "bf16", "amp", "fp32")
 WANDB_MODES = ("auto", "online", "offline")
 DATA_KINDS = ("procedural", "latents")
-BACKBONES = ("ema", "frozen", "full")
 HEADS = ("semantic", "conv")
 ADV_LOSSES = ("hinge", "non_saturating")
 R1_TARGETS = ("logit", "features")
@@ -205,12 +204,12 @@ def _phase2(p: Problems, c: TrainConfig, model: VideoDiTConfig | None) -> None:
     _optim(p, "phase2.optim_g", s.optim_g)
     _optim(p, "phase2.optim_d", s.optim_d)
     p.check("phase2.ema_decay", s.ema_decay, UNIT_OPEN_TOP)
-    p.choice("phase2.backbone", s.backbone, BACKBONES)
+    p.choice("phase2.backbone", s.backbone, BACKBONE_MODES)
     p.choice("phase2.head", s.head, HEADS)
     p.choice("phase2.adv_loss", s.adv_loss, ADV_LOSSES)
     p.choice("phase2.r1_on", s.r1_on, R1_TARGETS)
     p.choice("phase2.generator_params", s.generator_params, GENERATOR_PARAMS)
-    if s.r1_on == "features" and s.backbone in BACKBONES and s.backbone != "full":
+    if s.r1_on == "features" and s.backbone in BACKBONE_MODES and s.backbone != "full":
         p.add("phase2.r1_on", s.r1_on, f"needs phase2.backbone=full (not {s.backbone!r}): the features of a backbone "
                                        "the discriminator does not train would give the penalty nothing to train")
     dim_ok = p.check("phase2.head_dim", s.head_dim, AT_LEAST_1)
