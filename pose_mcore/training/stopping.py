@@ -53,6 +53,8 @@ class StopRequests:
     def __init__(self, signals: list[str], budget_s: float | None, start: float,
                  device: torch.device | None = None) -> None:
         self.budget_s, self.start = budget_s, start
+        self.active = bool(signals) or budget_s is not None
+        """Whether anything can ask for a stop (the same on every rank: the config says): else no agreement."""
         self.device = device or torch.device("cpu")
         self.received: str | None = None
         self._previous: dict[signal.Signals, Callable | int | None] = {}
@@ -66,7 +68,9 @@ class StopRequests:
 
     def due(self, margin_s: float) -> str | None:
         """After a step, on every rank together: why the run stops now (``"SIGUSR1 on rank 1"``-like words), or
-        None. One all-reduce over the default group when several ranks run."""
+        None. One all-reduce over the default group when several ranks run and a stop can be asked for."""
+        if not self.active:
+            return None
         code = NO_STOP
         if self.received is not None:
             code = SIGNALLED

@@ -257,13 +257,13 @@ class Trainer:
                 t_last = now
                 if cfg.sample_every and step % cfg.sample_every == 0:
                     self.sample(phase, self.output / "samples" / f"{name}-{step:06d}", global_step)
-                saved = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total
-                if saved:
-                    self._checkpoint(name, step, global_step, roles, phase)
+                saved = None
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total:
+                    saved = self._checkpoint(name, step, global_step, roles, phase)
                 reason = self.stops.due(longest_step + self.save_seconds)
                 if reason is not None:
                     self.logger.end_phase()
-                    self._stop(reason, name, step, global_step, roles, phase, saved)
+                    self._stop(reason, saved or self._checkpoint(name, step, global_step, roles, phase), name, step)
                 if self.exit_after is not None and steps_this_run >= self.exit_after:
                     self.logger.end_phase()
                     raise SystemExit(f"exit after {steps_this_run} steps (as if the job were stopped)")
@@ -324,13 +324,9 @@ class Trainer:
         self.save_seconds = max(self.save_seconds, time.perf_counter() - start)
         return path
 
-    def _stop(self, reason: str, name: str, step: int, global_step: int, roles: Roles, phase: Phase,
-              saved: bool) -> None:
-        """Checkpoint this step (unless it just was) and raise :class:`RunStopped`; rank 0 says why and what to do,
-        and writes the reason where the launcher looks (``POSE_STOP_FILE``)."""
-        path = latest_checkpoint(self.output / "checkpoints") if saved else None
-        if path is None:
-            path = self._checkpoint(name, step, global_step, roles, phase)
+    def _stop(self, reason: str, path: Path, name: str, step: int) -> None:
+        """Raise :class:`RunStopped` once ``name``'s ``step`` is checkpointed at ``path``; rank 0 says why and what to
+        do, and writes it where the launcher looks (``POSE_STOP_FILE``)."""
         message = (f"stopped at {name} step {step} ({reason}); checkpoint {path}. Resume with the same command and "
                    "--resume")
         self.logger.close()
