@@ -183,3 +183,41 @@ def test_traces_of_parallel_layouts_equal_the_measured_ranks(layouts):
             assert r["step"] > 0
     # the layouts are not the same step: CP keeps every weight (TP slices them), TP keeps all tokens' activations
     assert traced["cp2"]["phase2-ema"]["states"] > traced["tp2"]["phase2-ema"]["states"]
+
+
+def test_a_collectives_late_release_is_not_counted(tmp_path):
+    """gloo's worker thread may hold a collective's tensors after the caller resumes (how CI once measured a
+    real TP=2 step 144 B above its trace: a norm's all-reduced sum outlived the program's reference). The
+    count runs collectives on copies: a collective that holds its tensors forever (simulated by a mode under
+    the count) changes nothing; the program's own temporary is freed when the program drops it."""
+    import torch.distributed as dist
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    from pose_mcore.evaluation.memory_model import LiveBytes
+
+    class Holding(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.held: list[torch.Tensor] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "c10d":
+                self.held += [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+            return func(*args, **(kwargs or {}))
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        x = torch.ones(1000)
+        with Holding() as holding, LiveBytes([x]) as live:
+            s = x * 2  # 4000 B, all-reduced, then dropped
+            dist.all_reduce(s)
+            total = s.sum()  # 4 B
+            del s
+            big = torch.ones(10_000)  # 40000 B: the peak
+            del big
+    finally:
+        dist.destroy_process_group()
+    assert holding.held, "the collective ran"
+    assert float(total) == 2000.0
+    assert (live.peak.states, live.peak.step) == (4000, 40_004)

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from pose_mcore.config.base import RECOMPUTE_EVERY_BLOCK, VideoDiTConfig
 from pose_mcore.config.train import TrainConfig
@@ -101,6 +101,8 @@ class LiveBytes(TorchDispatchMode):
         self.current[kind] -= n
 
     def __torch_dispatch__(self, func: object, types: object, args: tuple = (), kwargs: dict | None = None) -> object:
+        if getattr(func, "namespace", None) == "c10d":
+            return _on_copies(func, args, kwargs or {})
         out = func(*args, **(kwargs or {}))
         inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
         for t in tree_flatten(out)[0]:
@@ -111,6 +113,30 @@ class LiveBytes(TorchDispatchMode):
         if total > self.peak.total:
             self.peak = StepMemory(self.current["states"], self.current["step"], total)
         return out
+
+
+def _on_copies(func: Callable[..., object], args: tuple, kwargs: dict) -> object:
+    """Runs the collective ``func`` on copies of its tensors, waits for it and writes the results back.
+    A gloo worker thread drops its references to a collective's tensors only after the caller has resumed,
+    so a temporary the program has already dropped (a norm's all-reduced sum) could outlive it by a few ops,
+    by chance of scheduling: on copies the count is the program's own, the same on every machine. (The
+    copies are not counted: the mode is off inside its handler.) Fake tensors go through as they are."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    flat, spec = tree_flatten((args, kwargs))
+    if any(isinstance(t, FakeTensor) for t in flat):
+        return func(*args, **kwargs)
+    copies = [t.clone() if isinstance(t, torch.Tensor) else t for t in flat]
+    copy_args, copy_kwargs = tree_unflatten(copies, spec)
+    flat_out, out_spec = tree_flatten(func(*copy_args, **copy_kwargs))
+    for item in flat_out:
+        if hasattr(item, "wait"):
+            item.wait()
+    originals = {id(c): t for c, t in zip(copies, flat, strict=True) if c is not t}
+    for copy, original in zip(copies, flat, strict=True):
+        if copy is not original:
+            original.copy_(copy)
+    return tree_unflatten([originals.get(id(item), item) for item in flat_out], out_spec)
 
 
 def _tensors_of(objects: list[object]) -> list[torch.Tensor]:
