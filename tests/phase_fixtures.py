@@ -39,7 +39,7 @@ def phase1_setup(preset: str = "tiny-t2v", teacher_state=None, engine=None, dtyp
     family = family_of_preset(preset)
     cfg = family.make_config(preset, **overrides)
     torch.manual_seed(0)
-    teacher = family.model_class(cfg).to(run_device())
+    teacher = family.build(cfg).to(run_device())
     if teacher_state is not None:
         load_full_state_dict(teacher, teacher_state)
     roles = Roles(teacher, lora_rank=4, lora_alpha=4, dtype=dtype)
@@ -69,6 +69,9 @@ LAYOUT_CASES = {
     "wan-full-conv": ("tiny-t2v", "phase2", {"backbone": "full", "head": "conv"}),
     "wan-i2v-phase1": ("tiny-i2v", "phase1", {}),
     "wan-i2v-ema-semantic": ("tiny-i2v", "phase2", {}),
+    "a14b-teacher": ("tiny-t2v-a14b", "teacher", {}),
+    "a14b-phase1": ("tiny-t2v-a14b", "phase1", {"real_guidance_low": 1.5}),
+    "a14b-frozen-semantic": ("tiny-t2v-a14b", "phase2", {"backbone": "frozen"}),
     "hunyuan-teacher": ("tiny-hunyuan-t2v", "teacher", {}),
     "hunyuan-phase1": ("tiny-hunyuan-t2v", "phase1", {}),
     "hunyuan-ema-semantic": ("tiny-hunyuan-t2v", "phase2", {}),
@@ -76,8 +79,9 @@ LAYOUT_CASES = {
     "hunyuan-full-semantic": ("tiny-hunyuan-t2v", "phase2", {"backbone": "full"}),
     "hunyuan-ema-conv": ("tiny-hunyuan-t2v", "phase2", {"head": "conv"}),
 }
-"""name -> (preset, phase, Phase II settings): one step of every phase, each backbone mode and each head, of
-both families (and Wan I2V: image conditions, the consistency loss), in the layout tests."""
+"""name -> (preset, phase, Phase I or Phase II settings): one step of every phase, each backbone mode and each head, of
+both families (and Wan I2V: image conditions, the consistency loss; Wan2.2-A14B's two experts: a batch whose
+samples take both experts, sparse gradients), in the layout tests."""
 
 TEACHER = TeacherConfig(optim=OptimConfig(lr=1e-3))
 
@@ -115,15 +119,15 @@ def layout_step(case: str, micro: int, accumulation: int, init: dict | None = No
     family = family_of_preset(preset)
     cfg = family.make_config(preset, **model_overrides)
     torch.manual_seed(0)
-    teacher = family.model_class(cfg).to(run_device())
+    teacher = family.build(cfg).to(run_device())
     conditioner = Conditioner(cfg, stand_ins=True)
     if name == "teacher":
         roles = Roles(teacher, with_fake=False)
         phase = TeacherPhase(roles, conditioner, TEACHER, seed=2, device=run_device(), engine=engine)
     elif name == "phase1":
         roles = Roles(teacher, lora_rank=4, lora_alpha=4)
-        phase = Phase1(roles, conditioner, dataclasses.replace(PHASE1, fake_updates=1), seed=3, device=run_device(),
-                       engine=engine)
+        phase = Phase1(roles, conditioner, dataclasses.replace(PHASE1, fake_updates=1, **settings), seed=3,
+                       device=run_device(), engine=engine)
     else:
         roles = Roles(teacher, lora_rank=4, lora_alpha=4)
         phase = phase2_setup(roles, cfg, engine=engine, **settings)

@@ -106,7 +106,7 @@ def test_precision_policies(tp1, precision, device, weights_bf16, autocast):
     assert (config.bf16(device), config.autocast(device)) == (weights_bf16, autocast)
     family = family_of_preset(config.preset)
     model_cfg = family.make_config(config.preset)
-    roles, phase = build_phase("phase1", config, family.model_class(model_cfg), Conditioner(model_cfg, stand_ins=True),
+    roles, phase = build_phase("phase1", config, family.build(model_cfg), Conditioner(model_cfg, stand_ins=True),
                                torch.device("cpu"), bf16=config.bf16(device), autocast=config.autocast(device))
     assert phase.bf16 is autocast
     assert {p.dtype for p in roles.generator.parameters()} == {torch.bfloat16 if weights_bf16 else torch.float32}

@@ -46,6 +46,7 @@ BAD_VALUES: dict[str, list] = {
     "phase1.steps": [0],
     "phase1.fake_updates": [0],
     "phase1.real_guidance": [0, -3.0],
+    "phase1.real_guidance_low": [0, -3.0, 2.0],  # 2.0: tiny-t2v is one model, not two experts
     "phase1.t_min": [-0.1, 1.0],
     "phase1.t_max": [0, 1.5, 0.01],  # 0.01 is below t_min = 0.02
     "phase1.shift": [0],

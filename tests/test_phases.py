@@ -169,7 +169,7 @@ def test_text_dropout_with_a_negative_prompt_of_another_length(tp1):
     family = family_of_preset(preset)
     cfg = family.make_config(preset)
     torch.manual_seed(0)
-    model = family.model_class(cfg).to(run_device()).eval()
+    model = family.build(cfg).to(run_device()).eval()
     gen = torch.Generator().manual_seed(1)
     batch = to_device({"latents": torch.randn(2, cfg.out_channels, 3, 4, 6, generator=gen),
                        "first_frame": torch.randn(2, cfg.out_channels, 1, 4, 6, generator=gen),

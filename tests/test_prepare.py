@@ -166,7 +166,7 @@ def _loss_changes(preset: str, data: LatentDataset, edits: dict) -> None:
     family = family_of_preset(preset)
     cfg = family.make_config(preset)
     torch.manual_seed(0)
-    roles = Roles(family.model_class(cfg).to(run_device()), lora_rank=4, lora_alpha=4)
+    roles = Roles(family.build(cfg).to(run_device()), lora_rank=4, lora_alpha=4)
     batch = to_device({**default_collate([data[i] for i in range(2)]), "sample_index": torch.arange(2)})
     negative = to_device(data.negative)
 

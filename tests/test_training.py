@@ -169,7 +169,8 @@ def test_launcher_end_to_end(tmp_path):
     assert WanTransformer3DModel.from_pretrained(tmp_path / "diffusers").config.in_channels == 12
 
 
-@pytest.mark.parametrize("name", ["tiny-cpu", "tiny-cpu-tp2", "wan2.1-i2v-14b", "hunyuan-i2v-13b"])
+@pytest.mark.parametrize("name", ["tiny-cpu", "tiny-cpu-tp2", "wan2.1-i2v-14b", "hunyuan-i2v-13b", "wan2.2-t2v-a14b",
+                                  "wan2.2-i2v-a14b"])
 def test_shipped_configs_are_valid(name):
     """Every shipped config passes the whole validation for the ranks it is made for (the tiny ones: the launcher's
     2; the 14B ones: one node of 8 GPUs)."""

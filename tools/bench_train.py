@@ -58,7 +58,7 @@ def counted_flops(phase: Phase, batches: list[dict[str, torch.Tensor]]) -> int:
 
 
 def build(trainer: Trainer, config: TrainConfig, name: str) -> Phase:
-    teacher = family_of_preset(config.preset).model_class(trainer.model_config).to(trainer.device)
+    teacher = family_of_preset(config.preset).build(trainer.model_config).to(trainer.device)
     return build_phase(name, config, teacher, trainer.conditioner, trainer.device,
                        bf16=config.bf16(trainer.device.type), autocast=config.autocast(trainer.device.type))[1]
 

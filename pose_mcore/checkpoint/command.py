@@ -99,8 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.json:
                 print(json.dumps(info, indent=2))
             else:
-                for key in ("path", "family", "variant", "layout", "parameters", "tensors", "dtypes", "unplaced_keys",
-                            "missing_keys", "notes"):
+                for key in ("path", "family", "variant", "layout", "experts", "parameters", "tensors", "dtypes",
+                            "unplaced_keys", "missing_keys", "notes"):
                     value = f"{info[key]:,}" if key == "parameters" else info[key]
                     print(f"{key:>14}: {value}")
     except CheckpointError as e:

@@ -9,6 +9,7 @@ are written to a temporary path and renamed at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pose_mcore.checkpoint import configs, fp8
 from pose_mcore.checkpoint.fp8 import Fp8Dequantized
 from pose_mcore.checkpoint.io import (
     CheckpointError,
+    Prefixed,
     PrefixStripped,
     SafetensorsStreamWriter,
     TensorSource,
@@ -33,7 +35,8 @@ from pose_mcore.checkpoint.layouts import hunyuan as hunyuan_layout
 from pose_mcore.checkpoint.layouts import wan as wan_layout
 from pose_mcore.checkpoint.layouts.rules import Rule, invert, plan
 from pose_mcore.config.base import VideoDiTConfig
-from pose_mcore.models.registry import family_of_config
+from pose_mcore.models.experts import EXPERTS
+from pose_mcore.models.registry import FAMILIES, family_of_config
 
 FORMAT = "pose_mcore"
 FORMAT_VERSION = 1
@@ -70,10 +73,74 @@ class Detected:
     source: TensorSource
     config: VideoDiTConfig
     notes: list[str]
+    experts: dict[str, Detected] | None = None
+    """A two-expert model's folders (Wan2.2-A14B), by expert name; ``source`` then holds both under ``high.`` /
+    ``low.`` and ``config`` has the boundary."""
 
     @property
     def variant(self) -> str:
         return configs.matching_preset(self.config) or "custom"
+
+
+EXPERT_FOLDERS = {"official": ("high_noise_model", "low_noise_model"), "diffusers": ("transformer", "transformer_2")}
+"""Where a two-expert model (Wan2.2-A14B) keeps its experts, high-noise first: the official folder, a diffusers
+pipeline folder (whose ``model_index.json`` has the ``boundary_ratio``)."""
+
+
+def expert_folders(src: Path) -> tuple[str, dict[str, Path]] | None:
+    """The kind (a key of :data:`EXPERT_FOLDERS`) and the experts' folders of a two-expert model folder; None
+    for anything else."""
+    for kind, names in EXPERT_FOLDERS.items():
+        folders = {name: src / sub for name, sub in zip(EXPERTS, names, strict=True)}
+        if all(f.is_dir() for f in folders.values()):
+            return kind, folders
+    return None
+
+
+def _boundary(src: Path, kind: str, single: VideoDiTConfig, overrides: dict[str, Any]) -> tuple[float, str]:
+    """A two-expert folder's boundary and where it came from: ``--set boundary=``, the diffusers folder's
+    ``model_index.json``, or (the official folders record none) the preset of the same architecture."""
+    if overrides.get("boundary") is not None:
+        return overrides["boundary"], "--set"
+    if kind == "diffusers":
+        index = src / "model_index.json"
+        ratio = _read_json(index).get("boundary_ratio") if index.is_file() else None
+        if ratio is None:
+            raise CheckpointError(f"{index}: no boundary_ratio for the two experts (transformer, transformer_2); "
+                                  "pass --set boundary=R")
+        return float(ratio), "model_index.json's boundary_ratio"
+    for name, fields in FAMILIES["wan"].presets.items():
+        if fields.get("boundary") is not None and configs.make_config(
+                "wan", {k: v for k, v in fields.items() if k != "boundary"}).architecture() == single.architecture():
+            return fields["boundary"], f"preset {name}"
+    raise CheckpointError(f"{src}: the official folders do not record the experts' boundary and no preset has this "
+                          "architecture: pass --set boundary=R (Wan2.2-T2V-A14B 0.875, I2V-A14B 0.9)")
+
+
+def detect_experts(src: Path, family: str | None = None, overrides: dict[str, Any] | None = None,
+                   container: str | None = None) -> Detected | None:
+    """A two-expert model folder (official ``high_noise_model/`` + ``low_noise_model/``, or a diffusers pipeline
+    folder with ``transformer/`` + ``transformer_2/``) as one :class:`Detected`; None if ``src`` is not one."""
+    src = Path(src)
+    found = expert_folders(src) if src.is_dir() else None
+    if found is None:
+        return None
+    kind, folders = found
+    single_overrides = {k: v for k, v in (overrides or {}).items() if k != "boundary"}
+    experts = {name: detect(folder, family, single_overrides, container) for name, folder in folders.items()}
+    high, low = experts["high"], experts["low"]
+    if high.family != "wan" or low.family != "wan":
+        raise CheckpointError(f"{src}: two experts are a Wan2.2 model; found {high.family} and {low.family}")
+    if high.config.architecture() != low.config.architecture():
+        differ = sorted(k for k, v in high.config.architecture().items() if low.config.architecture()[k] != v)
+        raise CheckpointError(f"{src}: the experts {folders['high'].name} and {folders['low'].name} differ in "
+                              f"{differ}")
+    boundary, origin = _boundary(src, kind, high.config, overrides or {})
+    cfg = configs.make_config("wan", {**high.config.architecture(), "boundary": boundary})
+    notes = [f"two experts: high noise {folders['high'].name}/, low noise {folders['low'].name}/; boundary {boundary} "
+             f"(from {origin})"] + [f"{name}: {n}" for name, d in experts.items() for n in d.notes]
+    source = Prefixed(src, {f"{name}.": d.source for name, d in experts.items()})
+    return Detected(high.layout, "wan", source, cfg, notes, experts)
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -170,7 +237,7 @@ def expected_shapes(cfg: VideoDiTConfig) -> dict[str, tuple[int, ...]]:
         initialize_parallel(1)
     single = configs.make_config(family_of_config(cfg).name, cfg.architecture(), perform_initialization=False)
     with torch.device("meta"):
-        model = family_of_config(cfg).model_class(single)
+        model = family_of_config(cfg).build(single)
     return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
 
 
@@ -256,6 +323,12 @@ def _write_shards(groups: Sequence[_Group], source: TensorSource, cfg: Any, dtyp
     return names
 
 
+def _prefixed(group: _Group, prefix: str) -> _Group:
+    """``group`` reading and writing names under ``prefix`` (one expert of a two-expert model)."""
+    return _Group(group.rule, [prefix + k for k in group.src], [prefix + k for k in group.dst],
+                  [(prefix + n, d, s) for n, d, s in group.metas])
+
+
 def _identity_rules(keys: Sequence[str]) -> list[Rule]:
     return [Rule((k,), (k,)) for k in keys]
 
@@ -292,12 +365,20 @@ def import_checkpoint(src: Path, dst: Path, family: str | None = None, dtype: st
     dst = Path(dst)
     if dst.exists() and not overwrite:
         raise CheckpointError(f"{dst}: destination exists (pass --overwrite to replace it)")
-    found = detect(src, family, overrides, container)
+    found = detect_experts(src, family, overrides, container)
+    if found is None and (overrides or {}).get("boundary") is not None:
+        raise CheckpointError(f"{src}: --set boundary is for a two-expert model (a folder with high_noise_model/ and "
+                              "low_noise_model/, or a diffusers folder with transformer/ and transformer_2/); this "
+                              "is one model")
+    found = found or detect(src, family, overrides, container)
     if tp is not None:
         configs.make_config(found.family, found.config.architecture(), tensor_model_parallel_size=tp)
-    rules = _identity_rules(found.source.keys()) if found.layout == "pose" else LAYOUTS[found.layout].rules
-    groups = _groups(rules, found.source, found.config, DTYPES[dtype])
-    _check_against_model(groups, found.config, Path(src))
+    groups = []
+    for name, part in (found.experts or {"": found}).items():
+        rules = _identity_rules(part.source.keys()) if part.layout == "pose" else LAYOUTS[part.layout].rules
+        part_groups = _groups(rules, part.source, part.config, DTYPES[dtype])
+        _check_against_model(part_groups, part.config, part.source.path)
+        groups += [_prefixed(g, f"{name}.") for g in part_groups] if name else part_groups
     with atomic_destination(dst, overwrite) as tmp:
         _write_pose(tmp, groups, found.source, found.config, DTYPES[dtype], shard_bytes, found.family, found.layout,
                     "import")
@@ -354,16 +435,14 @@ def export_checkpoint(src: Path, dst: Path, layout: str, dtype: str = "keep", ov
     if target.family != found.family:
         raise CheckpointError(f"{src}: a {found.family} checkpoint cannot be written in the {layout} layout")
     cfg = found.config
+    if getattr(cfg, "boundary", None) is not None:
+        return _export_experts(found, dst, layout, dtype, overwrite, shard_bytes)
     groups = _groups(invert(target.rules), found.source, cfg, DTYPES.get(dtype))
     with atomic_destination(dst, overwrite) as tmp:
         if dtype == "fp8":
             _write_fp8(groups, found.source, cfg, tmp)
         elif layout.endswith("-diffusers"):
-            tmp.mkdir()
-            _write_shards(groups, found.source, cfg, DTYPES[dtype], tmp,
-                          "diffusion_pytorch_model-{:05d}-of-{:05d}.safetensors", "diffusion_pytorch_model.safetensors",
-                          DIFFUSERS_INDEX, shard_bytes, "export")
-            (tmp / "config.json").write_text(json.dumps(configs.to_diffusers_config(cfg), indent=2))
+            _write_folder(groups, found.source, cfg, dtype, tmp, configs.to_diffusers_config(cfg), shard_bytes)
         elif dst.suffix == ".safetensors":
             _write_shards(groups, found.source, cfg, DTYPES[dtype], tmp.parent, "", tmp.name, None, 2**62, "export",
                           _architecture_metadata(cfg))
@@ -376,26 +455,60 @@ def export_checkpoint(src: Path, dst: Path, layout: str, dtype: str = "keep", ov
                     state[name] = t.to(want).clone()
             torch.save({"module": state}, tmp)
         elif layout == "wan":
-            tmp.mkdir()
-            _write_shards(groups, found.source, cfg, DTYPES[dtype], tmp,
-                          "diffusion_pytorch_model-{:05d}-of-{:05d}.safetensors", "diffusion_pytorch_model.safetensors",
-                          DIFFUSERS_INDEX, shard_bytes, "export")
-            (tmp / "config.json").write_text(json.dumps(configs.to_official_wan_config(cfg), indent=2))
+            _write_folder(groups, found.source, cfg, dtype, tmp, configs.to_official_wan_config(cfg), shard_bytes)
         else:
             raise CheckpointError(f"{dst}: the hunyuan layout is written to a .pt (as the official "
                                   "mp_rank_00_model_states.pt) or a .safetensors file")
     return found
 
 
+def _write_folder(groups: Sequence[_Group], source: TensorSource, cfg: VideoDiTConfig, dtype: str, folder: Path,
+                  config_json: dict[str, Any], shard_bytes: int) -> None:
+    """A diffusers or official Wan model folder: ``diffusion_pytorch_model*.safetensors`` and ``config.json``."""
+    folder.mkdir()
+    _write_shards(groups, source, cfg, DTYPES[dtype], folder, "diffusion_pytorch_model-{:05d}-of-{:05d}.safetensors",
+                  "diffusion_pytorch_model.safetensors", DIFFUSERS_INDEX, shard_bytes, "export")
+    (folder / "config.json").write_text(json.dumps(config_json, indent=2))
+
+
+def _export_experts(found: Detected, dst: Path, layout: str, dtype: str, overwrite: bool, shard_bytes: int
+                    ) -> Detected:
+    """A two-expert checkpoint as the experts' folders (:data:`EXPERT_FOLDERS`: ``transformer/`` and
+    ``transformer_2/`` for diffusers, ``high_noise_model/`` and ``low_noise_model/`` for the official layout)."""
+    if dtype == "fp8" or dst.suffix:
+        raise CheckpointError(f"{dst}: a two-expert checkpoint is written as a folder of the experts' folders; "
+                              "fp8 and single files take one model (export the generator, or each expert's folder)")
+    single = dataclasses.replace(found.config, boundary=None)
+    target = LAYOUTS[layout]
+    kind = "diffusers" if layout.endswith("-diffusers") else "official"
+    with atomic_destination(dst, overwrite) as tmp:
+        tmp.mkdir()
+        for name, sub in zip(EXPERTS, EXPERT_FOLDERS[kind], strict=True):
+            source = PrefixStripped(found.source, f"{name}.", only=True)
+            groups = _groups(invert(target.rules), source, single, DTYPES.get(dtype))
+            config_json = configs.to_diffusers_config(single) if kind == "diffusers" else \
+                configs.to_official_wan_config(single)
+            _write_folder(groups, source, single, dtype, tmp / sub, config_json, shard_bytes)
+    return found
+
+
 def inspect_checkpoint(src: Path, overrides: dict[str, Any] | None = None, container: str | None = None
                        ) -> dict[str, Any]:
     """What a checkpoint is: family, variant, layout, parameter count, dtypes, keys it cannot place."""
-    found = detect(src, overrides=overrides, container=container)
+    found = detect_experts(src, overrides=overrides, container=container) or detect(src, overrides=overrides,
+                                                                                     container=container)
     keys = found.source.keys()
-    rules = _identity_rules(keys) if found.layout == "pose" else LAYOUTS[found.layout].rules
-    p = plan(rules, keys)
+    unplaced, missing = [], []
+    for name, part in (found.experts or {"": found}).items():
+        part_keys = part.source.keys()
+        p = plan(_identity_rules(part_keys) if part.layout == "pose" else LAYOUTS[part.layout].rules, part_keys)
+        prefix = f"{name}." if name else ""
+        unplaced += [prefix + k for k in p.unplaced]
+        missing += [prefix + k for k in p.missing]
     params = sum(torch.Size(found.source.shape(k)).numel() for k in keys)
     dtypes = sorted({str(found.source.dtype(k)).removeprefix("torch.") for k in keys})
+    boundary = getattr(found.config, "boundary", None)
     return {"path": str(src), "family": found.family, "variant": found.variant, "layout": found.layout,
-            "parameters": params, "dtypes": dtypes, "tensors": len(keys), "unplaced_keys": p.unplaced,
-            "missing_keys": p.missing, "architecture": found.config.architecture(), "notes": found.notes}
+            "experts": "one model" if boundary is None else f"high noise (t >= {boundary}), low noise (t < {boundary})",
+            "parameters": params, "dtypes": dtypes, "tensors": len(keys), "unplaced_keys": unplaced,
+            "missing_keys": missing, "architecture": found.config.architecture(), "notes": found.notes}

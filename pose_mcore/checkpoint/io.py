@@ -223,16 +223,18 @@ class MemorySource(TensorSource):
 
 
 class PrefixStripped(TensorSource):
-    """A source whose keys lose a prefix (``model.diffusion_model.`` of ComfyUI-style Wan files)."""
+    """A source whose keys lose a prefix (``model.diffusion_model.`` of ComfyUI-style Wan files); ``only``: and
+    which holds only the keys with it (one expert of a two-expert checkpoint)."""
 
-    def __init__(self, inner: TensorSource, prefix: str) -> None:
-        self.inner, self.prefix, self.path = inner, prefix, inner.path
+    def __init__(self, inner: TensorSource, prefix: str, only: bool = False) -> None:
+        self.inner, self.prefix, self.path, self.only = inner, prefix, inner.path, only
 
     def _k(self, key: str) -> str:
         return self.prefix + key
 
     def keys(self) -> list[str]:
-        return [k[len(self.prefix):] if k.startswith(self.prefix) else k for k in self.inner.keys()]
+        return [k[len(self.prefix):] if k.startswith(self.prefix) else k for k in self.inner.keys()
+                if not self.only or k.startswith(self.prefix)]
 
     def shape(self, key: str) -> tuple[int, ...]:
         return self.inner.shape(self._k(key))
@@ -245,6 +247,38 @@ class PrefixStripped(TensorSource):
 
     def get_ranges(self, key: str, dim: int, ranges: Sequence[tuple[int, int]]) -> torch.Tensor:
         return self.inner.get_ranges(self._k(key), dim, ranges)
+
+
+class Prefixed(TensorSource):
+    """Several sources as one, each one's keys under its prefix (two experts' checkpoints as one model's)."""
+
+    def __init__(self, path: Path, inner: dict[str, TensorSource]) -> None:
+        self.path, self.inner = path, inner
+
+    def _find(self, key: str) -> tuple[TensorSource, str]:
+        for prefix, source in self.inner.items():
+            if key.startswith(prefix):
+                return source, key[len(prefix):]
+        raise KeyError(key)
+
+    def keys(self) -> list[str]:
+        return [prefix + k for prefix, source in self.inner.items() for k in source.keys()]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        source, k = self._find(key)
+        return source.shape(k)
+
+    def dtype(self, key: str) -> torch.dtype:
+        source, k = self._find(key)
+        return source.dtype(k)
+
+    def get(self, key: str) -> torch.Tensor:
+        source, k = self._find(key)
+        return source.get(k)
+
+    def get_ranges(self, key: str, dim: int, ranges: Sequence[tuple[int, int]]) -> torch.Tensor:
+        source, k = self._find(key)
+        return source.get_ranges(k, dim, ranges)
 
 
 def open_source(path: Path, container: str | None = None) -> TensorSource:

@@ -65,7 +65,11 @@ class Phase1Config:
     fake_updates: int = 5
     """Fake-score updates per generator update (DMD2 used 5)."""
     real_guidance: float = 6.0
-    """CFG scale of the real score, standard form v_u + g (v_c - v_u)."""
+    """CFG scale of the real score, standard form v_u + g (v_c - v_u); with a two-expert teacher (Wan2.2-A14B),
+    the high-noise expert's (diffusers' ``guidance_scale``)."""
+    real_guidance_low: float | None = None
+    """With a two-expert teacher: the low-noise expert's CFG scale (diffusers' ``guidance_scale_2``); None: the
+    same as ``real_guidance``. Must be None for a one-model teacher."""
     t_min: float = 0.02
     t_max: float = 0.98
     shift: float = 5.0
@@ -150,6 +154,9 @@ class TrainConfig:
     generator_checkpoint: str | None = None
     """Initial generator weights for the first distillation phase (default: the teacher's), e.g. a
     Phase I result to run Phase II variants from."""
+    generator_init: str = "high"
+    """With a two-expert teacher (Wan2.2-A14B): the expert the generator starts from, 'high' (the high-noise
+    expert: a one-step generator maps pure noise, its domain) or 'low'."""
     model_dir: str | None = None
     """The diffusers model folder the dataset was prepared with (pose-prepare --model): when set, sample
     videos are decoded by its VAE and written as MP4 (otherwise GIF grids of latent channels)."""

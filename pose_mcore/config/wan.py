@@ -15,7 +15,8 @@ class WanConfig(VideoDiTConfig):
     """Architecture of a Wan2.1 / Wan2.2 DiT (see :class:`VideoDiTConfig` for the shared fields)."""
 
     ARCH_FIELDS: ClassVar[tuple[str, ...]] = VideoDiTConfig.ARCH_FIELDS + ("text_dim", "freq_dim", "image_dim",
-                                                                           "cross_attn_norm", "image_condition_type")
+                                                                           "cross_attn_norm", "image_condition_type",
+                                                                           "boundary")
 
     text_dim: int = 4096
     """Width of the text-encoder embeddings (umT5: 4096)."""
@@ -29,6 +30,10 @@ class WanConfig(VideoDiTConfig):
     """Wan2.2 TI2V image-to-video: None (text-to-video) or 'token_replace' (the clean first-frame latent replaces
     the first latent frame and its tokens get timestep 0, diffusers' ``expand_timesteps``). Not a weight
     layout: the same TI2V weights do both."""
+    boundary: float | None = None
+    """Wan2.2-A14B: two experts of this architecture, the high-noise one for ``t >= boundary`` and the low-noise
+    one below (:class:`pose_mcore.models.experts.Experts`; official ``config.boundary``, diffusers'
+    ``boundary_ratio``: T2V 0.875, I2V 0.900). None: one model."""
 
     @property
     def rope_axes_dim(self) -> tuple[int, int, int]:
@@ -52,6 +57,9 @@ class WanConfig(VideoDiTConfig):
                                                              or self.in_channels != self.out_channels):
             self.fail("image_condition_type='token_replace' (Wan2.2 TI2V) needs a temporal patch of 1, no CLIP "
                       "image tokens and in_channels == out_channels")
+        if self.boundary is not None and not 0 < self.boundary < 1:
+            self.fail(f"boundary={self.boundary} must lie strictly between 0 and 1 (a fraction of the 1000 "
+                      "timesteps), or be None for one model")
 
 
 _TINY = dict(num_layers=2, hidden_size=48, num_attention_heads=4, ffn_hidden_size=96, in_channels=4,
@@ -68,11 +76,20 @@ WAN_PRESETS: dict[str, dict[str, Any]] = {
                            in_channels=48, out_channels=48),
     "wan2.2-ti2v-5b-i2v": dict(num_layers=30, hidden_size=3072, num_attention_heads=24, ffn_hidden_size=14336,
                                in_channels=48, out_channels=48, image_condition_type="token_replace"),
+    "wan2.2-t2v-a14b": dict(num_layers=40, hidden_size=5120, num_attention_heads=40, ffn_hidden_size=13824,
+                            in_channels=16, out_channels=16, boundary=0.875),
+    "wan2.2-i2v-a14b": dict(num_layers=40, hidden_size=5120, num_attention_heads=40, ffn_hidden_size=13824,
+                            in_channels=36, out_channels=16, boundary=0.900),
     "tiny-t2v": dict(_TINY),
     "tiny-i2v": dict(_TINY, in_channels=12, image_dim=24),
     "tiny-ti2v-i2v": dict(_TINY, image_condition_type="token_replace"),
+    "tiny-t2v-a14b": dict(_TINY, boundary=0.875),
+    "tiny-i2v-a14b": dict(_TINY, in_channels=12, boundary=0.900),
 }
-"""Published Wan models (dims from the official configs) and tiny models for tests."""
+"""Published Wan models (dims from the official configs) and tiny models for tests. The A14B models are two
+experts of Wan2.1-14B's architecture (I2V: the condition latent and mask concatenated, no CLIP image branch);
+their samplers' other settings (shift 12.0 / 5.0; guidance (high, low) noise (4.0, 3.0) / (3.5, 3.5)) are
+training and sampling options (the shipped ``wan2.2-*-a14b.yaml`` configs)."""
 
 
 def wan_config(preset: str, **overrides: Any) -> WanConfig:

@@ -18,15 +18,23 @@ from pose_mcore.diffusion.flow import add_noise, shift_time, x0_from_velocity
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def cfg_velocity(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance: float) -> torch.Tensor:
-    """Classifier-free guidance, standard form."""
+Guidance = float | Callable[[torch.Tensor], torch.Tensor]
+"""A CFG scale, or one per sample from its time ``t [b]`` (a two-expert teacher's: :func:`guidance_of`)."""
+
+
+def cfg_velocity(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance, standard form; ``guidance`` a number or one per sample ``[b]``."""
+    if isinstance(guidance, torch.Tensor):
+        guidance = guidance.to(v_cond).reshape(-1, *[1] * (v_cond.dim() - 1))
     return v_uncond + guidance * (v_cond - v_uncond)
 
 
-def guided(cond: VelocityFn, uncond: VelocityFn, guidance: float) -> VelocityFn:
+def guided(cond: VelocityFn, uncond: VelocityFn, guidance: Guidance) -> VelocityFn:
     """A velocity function with guidance; ``guidance == 1`` skips the unconditional call."""
     if guidance == 1.0:
         return cond
+    if callable(guidance):
+        return lambda x, t: cfg_velocity(cond(x, t), uncond(x, t), guidance(t))
     return lambda x, t: cfg_velocity(cond(x, t), uncond(x, t), guidance)
 
 
@@ -36,10 +44,12 @@ def time_grid(steps: int, shift: float, device: torch.device | str = "cpu") -> t
 
 
 @torch.no_grad()
-def euler_sample(velocity: VelocityFn, noise: torch.Tensor, steps: int, shift: float = 1.0) -> torch.Tensor:
-    """Euler on the probability-flow ODE from ``t = 1`` (``noise``) to ``t = 0``."""
+def euler_sample(velocity: VelocityFn, noise: torch.Tensor, steps: int, shift: float = 1.0,
+                 times: torch.Tensor | None = None) -> torch.Tensor:
+    """Euler on the probability-flow ODE from ``t = 1`` (``noise``) to ``t = 0``, over :func:`time_grid` or the
+    given ``times`` (``steps + 1`` of them, e.g. a diffusers scheduler's ``sigmas``)."""
     x = noise
-    ts = time_grid(steps, shift, noise.device)
+    ts = time_grid(steps, shift, noise.device) if times is None else times.to(noise.device)
     for t, t_next in zip(ts[:-1], ts[1:], strict=True):
         tb = t.expand(x.shape[0])
         x = x + (t_next - t) * velocity(x, tb)

@@ -27,6 +27,10 @@ def data_parallel(module: nn.Module, config: TransformerConfig, distributed_opti
     buffers for the LoRA only."""
     if parallel_state.get_data_parallel_world_size(with_context_parallel=True) == 1:
         overlap_grad_reduce = False  # nothing to reduce: no hooks that would start a reduction
+    if getattr(module, "sparse_gradients", False):
+        # megatron starts an overlapped bucket's reduction once as many of its gradients as in the first step
+        # are ready: with experts that a step may leave unused, it would start early or never.
+        overlap_grad_reduce = False
     ddp = module.__dict__.get(_ATTR)
     if ddp is not None:
         same = (ddp.ddp_config.use_distributed_optimizer == distributed_optimizer

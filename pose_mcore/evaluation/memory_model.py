@@ -327,7 +327,7 @@ def _build(cfg: VideoDiTConfig, dtype: torch.dtype) -> Callable[[], torch.nn.Mod
         before = torch.get_default_dtype()
         torch.set_default_dtype(dtype)  # torch's own layers (the patch embedding) in the step's dtype
         try:
-            return family_of_config(cfg).model_class(cfg)
+            return family_of_config(cfg).build(cfg)
         finally:
             torch.set_default_dtype(before)
     return build
@@ -445,7 +445,7 @@ def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int,
             return _tracked(lambda: setup(run, model_cfg), fake)
 
     def setup(run: TrainConfig, model_cfg: VideoDiTConfig) -> tuple[dict[str, object], Callable[[], object]]:
-        teacher = family.model_class(model_cfg)
+        teacher = family.build(model_cfg)
         data = train_batch(model_cfg, run.micro_batch_size, frames, height, width, text_len)
         conditioner = Conditioner(model_cfg, negative={k: data[k][0] for k in negative_fields(model_cfg)})
         roles, step = build_phase(phase, run, teacher, conditioner, torch.device("cpu"), bf16=bf16, autocast=autocast)

@@ -18,7 +18,7 @@ from torch.utils.data import default_collate
 
 from pose_mcore.config.base import VideoDiTConfig
 from pose_mcore.data.procedural import ProceduralConfig, ProceduralVideos
-from pose_mcore.diffusion.samplers import euler_sample, guided, student_sample
+from pose_mcore.diffusion.samplers import Guidance, euler_sample, guided, student_sample
 from pose_mcore.evaluation.metrics import FeatureFD, attribute_scores
 from pose_mcore.pose.conditioning import Conditioner
 
@@ -51,10 +51,11 @@ class HeldOut:
 
 
 def sample_videos(model: torch.nn.Module, conditioner: Conditioner, prompts: dict[str, torch.Tensor], sampler: str,
-                  steps: int, guidance: float, seed: int) -> tuple[torch.Tensor, float]:
+                  steps: int, guidance: Guidance, seed: int) -> tuple[torch.Tensor, float]:
     """Videos (fp32, on the CPU) of ``model`` for every prompt, from the noise of ``seed``, and the sampling time per
     video in seconds. ``sampler``: ``teacher`` (Euler, ``steps`` steps, classifier-free ``guidance``: 2 NFE a step
-    unless it is 1) or ``student`` (the distilled sampler, ``steps`` steps without guidance)."""
+    unless it is 1; per sample for two experts: :func:`~pose_mcore.models.experts.guidance_of`) or ``student``
+    (the distilled sampler, ``steps`` steps without guidance)."""
     device = next(model.parameters()).device
     conds = conditioner({k: v.to(device) for k, v in prompts.items()})
 

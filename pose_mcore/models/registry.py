@@ -13,6 +13,7 @@ from torch._guards import detect_fake_mode
 from pose_mcore.config.base import ConfigError, VideoDiTConfig
 from pose_mcore.config.hunyuan import HUNYUAN_PRESETS, HunyuanConfig, hunyuan_config
 from pose_mcore.config.wan import WAN_PRESETS, WanConfig, wan_config
+from pose_mcore.models.experts import Experts
 from pose_mcore.models.hunyuan import HunyuanModel
 from pose_mcore.models.wan import WanModel
 
@@ -47,6 +48,12 @@ class ModelFamily:
     random_conditions: Callable[[Any, int, int, torch.Generator], dict[str, torch.Tensor]]
     """Random conditioning inputs of the right shapes (text tokens, masks, image tokens), for smoke runs."""
 
+    def build(self, config: VideoDiTConfig) -> torch.nn.Module:
+        """The model of ``config``: one DiT, or two experts switched at ``config.boundary`` (Wan2.2-A14B)."""
+        if getattr(config, "boundary", None) is not None:
+            return Experts(config, self.model_class)
+        return self.model_class(config)
+
 
 FAMILIES: dict[str, ModelFamily] = {
     "wan": ModelFamily("wan", WAN_PRESETS, WanConfig, wan_config, WanModel, _wan_conditions),
@@ -75,9 +82,9 @@ def build_empty(config: VideoDiTConfig, device: torch.device | str) -> torch.nn.
     memory, no random init), for weights loaded right after. Keeps the attributes megatron-core and
     pose_mcore set on parameters (TP partitioning, sequence-parallel tags), which ``to_empty`` drops."""
     if detect_fake_mode() is not None:  # a memory trace (evaluation/memory_model.py): fake tensors cost nothing
-        return family_of_config(config).model_class(config).to(device)
+        return family_of_config(config).build(config).to(device)
     with torch.device("meta"):
-        model = family_of_config(config).model_class(config)
+        model = family_of_config(config).build(config)
     attributes = {name: dict(vars(p)) for name, p in model.named_parameters()}
     model = model.to_empty(device=device)
     for name, p in model.named_parameters():

@@ -51,12 +51,14 @@ def _build(name: str, config: TrainConfig, teacher: torch.nn.Module, conditioner
         roles = Roles(teacher, with_base=False, dtype=dtype)
         return roles, TeacherPhase(roles, conditioner, config.teacher, seed, device, engine)
     if name == "phase1":
-        roles = Roles(teacher, config.phase1.lora_rank, config.phase1.lora_alpha, dtype=dtype)
+        roles = Roles(teacher, config.phase1.lora_rank, config.phase1.lora_alpha, dtype=dtype,
+                      generator_init=config.generator_init)
         init(roles)
         return roles, Phase1(roles, conditioner, config.phase1, seed, device, engine)
     if previous is None:
         primed = "phase1" in config.phases
-        previous = Roles(teacher, config.phase1.lora_rank, config.phase1.lora_alpha, with_fake=primed, dtype=dtype)
+        previous = Roles(teacher, config.phase1.lora_rank, config.phase1.lora_alpha, with_fake=primed, dtype=dtype,
+                         generator_init=config.generator_init)
         init(previous)
     model = conditioner.config
     return previous, Phase2(previous, conditioner, config.phase2, seed, device, model.text_dim,

@@ -1,6 +1,7 @@
 """Phase I, stability priming: distribution matching with the frozen teacher (real score) and the
 zero-initialised LoRA on the same base (fake score); ``fake_updates`` fake-score updates per
-generator update."""
+generator update. With a two-expert teacher both scores of a sample are its time's expert (the base routes
+each sample), the real one guided with that expert's scale."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pose_mcore.config.train import Phase1Config
 from pose_mcore.diffusion.flow import add_noise, x0_from_velocity
 from pose_mcore.diffusion.samplers import cfg_velocity
 from pose_mcore.engine.optimizer import Engine, Optimizer
+from pose_mcore.models.experts import guidance_of
 from pose_mcore.pose.conditioning import Conditioner
 from pose_mcore.pose.losses import distribution_matching_loss, flow_matching_loss
 from pose_mcore.pose.phase import MicroBatches, Phase
@@ -48,9 +50,10 @@ class Phase1(Phase):
         with torch.no_grad():
             with self.roles.real() as real:
                 v_real = self.velocity(real, x_t, t, conds, conds.cond)
-                if self.cfg.real_guidance != 1.0:
+                guidance = guidance_of(real, self.cfg.real_guidance, self.cfg.real_guidance_low)
+                if guidance != 1.0:
                     v_real = cfg_velocity(v_real, self.velocity(real, x_t, t, conds, conds.uncond),
-                                          self.cfg.real_guidance)
+                                          guidance(t) if callable(guidance) else guidance)
             with self.roles.fake() as fake:
                 v_fake = self.velocity(fake, x_t, t, conds, conds.cond)
         return distribution_matching_loss(x0, x0_from_velocity(x_t, t, v_real), x0_from_velocity(x_t, t, v_fake)), {}

@@ -10,6 +10,10 @@
 
 Discriminator backbone modes (paper Table 3): ``ema`` (default, no second trained backbone),
 ``frozen`` (the teacher weights: the base with LoRA off), ``full`` (a separately trained copy).
+
+A two-expert teacher (Wan2.2-A14B, :class:`Experts`): the base is the two experts, each with its own LoRA, so
+the real and the fake score of a sample are its timestep's expert (no third or fourth copy); the generator
+starts from one expert (``generator_init``); ``frozen`` is the high-noise expert.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ import torch
 from megatron.core import tensor_parallel
 from torch import nn
 
+from pose_mcore.models.experts import EXPERTS, Experts
 from pose_mcore.models.registry import cast_weights, clone_model
 from pose_mcore.pose.lora import add_lora, lora_enabled
 
 BACKBONE_MODES = ("ema", "frozen", "full")
 GENERATOR_PARAMS = ("all", "linears")
+GENERATOR_INITS = EXPERTS
 LINEAR_TYPES = (nn.Linear, tensor_parallel.ColumnParallelLinear, tensor_parallel.RowParallelLinear)
 
 
@@ -57,7 +63,9 @@ def train_generator(generator: nn.Module, which: str) -> None:
 class Roles(nn.Module):
     """Holds the roles as submodules, so one ``state_dict`` covers all of them.
 
-    ``with_base=False`` (the teacher phase, which trains the generator alone): no base at all.
+    ``with_base=False`` (the teacher phase, which trains the generator alone): no base at all, and the generator
+    is the whole teacher (both experts of a two-expert one); otherwise a two-expert teacher's generator is its
+    ``generator_init`` expert.
 
     Weights: the generator, the base (its LoRA included) and a trained discriminator backbone in ``dtype``
     (bf16 on a GPU, as megatron trains: the optimiser keeps fp32 main weights of what trains, so the frozen
@@ -65,10 +73,12 @@ class Roles(nn.Module):
     difference each step, far below bf16's resolution (2**-8 of the weight); the head in fp32 (small)."""
 
     def __init__(self, teacher: nn.Module, lora_rank: int = 8, lora_alpha: float = 8.0, with_fake: bool = True,
-                 with_ema: bool = False, dtype: torch.dtype = torch.float32, with_base: bool = True) -> None:
+                 with_ema: bool = False, dtype: torch.dtype = torch.float32, with_base: bool = True,
+                 generator_init: str = "high") -> None:
         super().__init__()
         self.dtype = dtype
-        self.generator = cast_weights(clone_model(teacher), dtype)
+        start = getattr(teacher, generator_init) if isinstance(teacher, Experts) and with_base else teacher
+        self.generator = cast_weights(clone_model(start), dtype)
         for p in self.generator.parameters():
             p.requires_grad_(True)
         self.base = cast_weights(frozen(clone_model(teacher)), dtype) if with_base else None
@@ -114,7 +124,7 @@ class Roles(nn.Module):
             yield self.ema
         elif self.backbone_mode == "frozen":
             with self.real() as teacher:
-                yield teacher
+                yield teacher.high if isinstance(teacher, Experts) else teacher
         else:
             yield self.disc_backbone
 

@@ -26,6 +26,7 @@ from pose_mcore.encoders.model import ModelEncoders
 from pose_mcore.engine.ddp import release
 from pose_mcore.evaluation.quality import HeldOut, report_table, sample_videos
 from pose_mcore.faults import fault_point
+from pose_mcore.models.experts import guidance_of
 from pose_mcore.models.registry import family_of_preset
 from pose_mcore.parallel.replicas import ReplicaDrift, check_replicas
 from pose_mcore.parallel.state import ParallelInfo, deterministic_mode, initialize_parallel
@@ -121,7 +122,7 @@ class Trainer:
 
     def _teacher(self) -> torch.nn.Module:
         if self.config.teacher_checkpoint is None:
-            return self.family.model_class(self.model_config).to(self.device)
+            return self.family.build(self.model_config).to(self.device)
         return self._load("teacher_checkpoint")
 
     def _load(self, key: str) -> torch.nn.Module:
@@ -133,6 +134,12 @@ class Trainer:
         if type(model.config) is not type(self.model_config):
             raise TrainConfigError(f"{key} {path} holds a {type(model.config).__name__} model but the "
                                    f"preset {self.config.preset!r} is a {type(self.model_config).__name__}")
+        want = getattr(self.model_config, "boundary", None) if key == "teacher_checkpoint" else None
+        have = getattr(model.config, "boundary", None)
+        if (want is None) != (have is None):
+            what = {True: "one model", False: "two experts"}
+            needs = f"the preset {self.config.preset!r}" if key == "teacher_checkpoint" else "the generator"
+            raise TrainConfigError(f"{key} {path} holds {what[have is None]} but {needs} is {what[want is None]}")
         return model.train()
 
     def _initial_generator(self, roles: Roles) -> None:
@@ -287,15 +294,17 @@ class Trainer:
         cfg, data = self.config, self.config.data
         start = time.perf_counter()
         held = HeldOut.procedural(self.model_config, cfg.evaluation.videos, data.frames, data.height, data.width)
-        guidance, steps = cfg.phase1.real_guidance, cfg.evaluation.teacher_steps
-        full = steps * (1 if guidance == 1 else 2)
+        guidance, low, steps = cfg.phase1.real_guidance, cfg.phase1.real_guidance_low, cfg.evaluation.teacher_steps
+        full = steps * (1 if guidance == 1 == (low or 1) else 2)
+        scales = f"{guidance:g}" if low is None else f"{guidance:g} (high noise) / {low:g} (low noise)"
         rows = []
         with roles.real() as teacher, phase.amp():
-            for row, model, sampler, n, nfe in ((f"teacher, {steps} Euler steps with guidance {guidance:g}", teacher,
+            for row, model, sampler, n, nfe in ((f"teacher, {steps} Euler steps with guidance {scales}", teacher,
                                                  "teacher", steps, full),
                                                 ("teacher, 1 step", teacher, "student", 1, 1),
                                                 ("POSE generator, 1 step", roles.generator, "student", 1, 1)):
-                videos, _ = sample_videos(model, self.conditioner, held.prompts, sampler, n, guidance, cfg.seed)
+                videos, _ = sample_videos(model, self.conditioner, held.prompts, sampler, n,
+                                          guidance_of(model, guidance, low), cfg.seed)
                 rows.append({"row": row, "nfe": nfe, **held.measure(videos)})
         if self.info.rank != 0:
             return

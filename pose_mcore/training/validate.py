@@ -19,7 +19,7 @@ from pose_mcore.config.train import PHASES, DataConfig, OptimConfig, TrainConfig
 from pose_mcore.data.procedural import ProceduralConfig
 from pose_mcore.encoders.model import vae_spatial_factor, vae_tile_problem
 from pose_mcore.models.registry import ALL_PRESETS, family_of_preset
-from pose_mcore.pose.roles import BACKBONE_MODES, GENERATOR_PARAMS
+from pose_mcore.pose.roles import BACKBONE_MODES, GENERATOR_INITS, GENERATOR_PARAMS
 from pose_mcore.training.stopping import signal_numbers
 
 PRECISIONS = ("auto", "bf16", "amp", "fp32")
@@ -187,12 +187,17 @@ def _teacher(p: Problems, c: TrainConfig) -> None:
     p.check("teacher.uncond_prob", t.uncond_prob, UNIT)
 
 
-def _phase1(p: Problems, c: TrainConfig) -> None:
+def _phase1(p: Problems, c: TrainConfig, model: VideoDiTConfig | None) -> None:
     s = c.phase1
     _optim(p, "phase1.optim_g", s.optim_g)
     _optim(p, "phase1.optim_fake", s.optim_fake)
     p.check("phase1.fake_updates", s.fake_updates, AT_LEAST_1)
     p.check("phase1.real_guidance", s.real_guidance, POSITIVE)
+    low = s.real_guidance_low
+    if low is not None and p.check("phase1.real_guidance_low", low, POSITIVE) and model is not None \
+            and getattr(model, "boundary", None) is None:
+        p.add("phase1.real_guidance_low", low, f"is for a two-expert teacher; preset {c.preset!r} is one model "
+                                               "(leave it unset)")
     _noise_range(p, "phase1", s.t_min, s.t_max, s.shift)
     p.check("phase1.lora_rank", s.lora_rank, AT_LEAST_1)
     p.check("phase1.lora_alpha", s.lora_alpha, POSITIVE)
@@ -270,7 +275,8 @@ def validate_train_config(config: TrainConfig, world_size: int, files: bool = Tr
     _phases(p, config, files)
     _data(p, config.data, global_batch_size(config, layout[2]) if layout else None, files)
     _teacher(p, config)
-    _phase1(p, config)
+    _phase1(p, config, model)
+    p.choice("generator_init", config.generator_init, GENERATOR_INITS)
     _phase2(p, config, model)
     _tokens(p, config, model)
     _evaluation(p, config)

@@ -56,7 +56,7 @@ def phase_run(preset: str, tp: int, cp: int, phases: tuple[str, ...] = ("teacher
     with emulated_accelerator() as device:
         cfg = family.make_config(preset, tensor_model_parallel_size=tp, context_parallel_size=cp,
                                  sequence_parallel=tp > 1, **run.model)
-        teacher = family.model_class(cfg).to(device)  # as the trainer builds its teacher
+        teacher = family.build(cfg).to(device)  # as the trainer builds its teacher
         data = {k: v.to(device) for k, v in train_batch(cfg, 2, *SHAPE, text_len=7).items()}
         data["sample_index"] = torch.arange(2).to(device)
         conditioner = Conditioner(cfg, negative={k: data[k][0] for k in negative_fields(cfg)})
@@ -77,7 +77,7 @@ def sample_run(preset: str, tp: int, cp: int) -> None:
     with emulated_accelerator() as device:
         cfg = family.make_config(preset, tensor_model_parallel_size=tp, context_parallel_size=cp,
                                  sequence_parallel=tp > 1, **run.model)
-        model = family.model_class(cfg).to(device).eval()
+        model = family.build(cfg).to(device).eval()
         data = train_batch(cfg, 1, *SHAPE, text_len=7)
         batch = {k: v for k, v in data.items() if k != "latents"}
         batch.update({f"negative_{k}": data[k][0] for k in negative_fields(cfg)})
