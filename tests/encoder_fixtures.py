@@ -16,10 +16,15 @@ import torch
 
 WORDS = ("a the red green blue square disk cross moving left right up down fast slow video of on in with and "
          "low quality blurry static bright cat dog runs jumps").split()
-KINDS = ("wan-t2v", "wan-i2v", "wan-ti2v", "hunyuan-t2v", "hunyuan-i2v", "hunyuan-i2v-replace")
-TINY_PRESET = {"wan-t2v": "tiny-t2v", "wan-i2v": "tiny-i2v", "wan-ti2v": "tiny-ti2v-i2v", "hunyuan-t2v": "tiny-hunyuan-t2v",
-               "hunyuan-i2v": "tiny-hunyuan-i2v", "hunyuan-i2v-replace": "tiny-hunyuan-i2v-token-replace"}
-"""The tiny pose_mcore preset whose DiT fits each folder's encoders."""
+KINDS = ("wan-t2v", "wan-i2v", "wan-ti2v", "wan-a14b-t2v", "wan-a14b-i2v", "hunyuan-t2v", "hunyuan-i2v",
+         "hunyuan-i2v-replace")
+TINY_PRESET = {"wan-t2v": "tiny-t2v", "wan-i2v": "tiny-i2v", "wan-ti2v": "tiny-ti2v-i2v", "wan-a14b-t2v": "tiny-t2v",
+               "wan-a14b-i2v": "tiny-i2v-a14b", "hunyuan-t2v": "tiny-hunyuan-t2v", "hunyuan-i2v": "tiny-hunyuan-i2v",
+               "hunyuan-i2v-replace": "tiny-hunyuan-i2v-token-replace"}
+"""The tiny pose_mcore preset whose DiT (one expert of a Wan2.2-A14B folder: the generator) fits each folder's
+encoders."""
+BOUNDARY = {"wan-a14b-t2v": 0.875, "wan-a14b-i2v": 0.9}
+"""Wan2.2-A14B folders (two experts, ``transformer_2``, ``boundary_ratio``; the I2V one has no CLIP)."""
 
 
 LLAVA_TOKENS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<image>", "system", "user", "assistant",
@@ -126,16 +131,21 @@ HUNYUAN_I2V_TEMPLATE = {
 """The real I2V template's structure for the tiny tokenizer: 16 image tokens (a 32 px image in 8 px patches)."""
 
 
-def pipeline(kind: str, transformer=None, image_to_video: bool = True):
+def pipeline(kind: str, transformer=None, image_to_video: bool = True, transformer_2=None):
     """The diffusers pipeline of a tiny folder of ``kind`` (:data:`KINDS`). Wan2.2 TI2V ('wan-ti2v') is a
     ``WanPipeline`` folder with ``expand_timesteps`` (as published); ``image_to_video`` loads it as the
-    image-to-video pipeline."""
+    image-to-video pipeline. Wan2.2-A14B: ``transformer_2`` the low-noise expert (None: the pipeline runs
+    ``transformer`` at every step, as it does a one-step generator)."""
     from diffusers import HunyuanVideoImageToVideoPipeline, HunyuanVideoPipeline, WanImageToVideoPipeline, WanPipeline
 
+    a14b = {"transformer_2": transformer_2, "boundary_ratio": BOUNDARY.get(kind)} if kind in BOUNDARY else {}
     cls, parts = {"wan-t2v": (WanPipeline, lambda: _wan_parts(False)),
                   "wan-i2v": (WanImageToVideoPipeline, lambda: _wan_parts(True)),
                   "wan-ti2v": (WanImageToVideoPipeline if image_to_video else WanPipeline,
                                lambda: dict(_wan_parts(False, wan22=True), expand_timesteps=True)),
+                  "wan-a14b-t2v": (WanPipeline, lambda: dict(_wan_parts(False), **a14b)),
+                  "wan-a14b-i2v": (WanImageToVideoPipeline,
+                                   lambda: dict(_wan_parts(False), image_encoder=None, image_processor=None, **a14b)),
                   "hunyuan-t2v": (HunyuanVideoPipeline, _hunyuan_parts),
                   "hunyuan-i2v": (HunyuanVideoImageToVideoPipeline, _hunyuan_i2v_parts),
                   "hunyuan-i2v-replace": (HunyuanVideoImageToVideoPipeline, _hunyuan_i2v_parts)}[kind]
@@ -146,8 +156,14 @@ def pipeline(kind: str, transformer=None, image_to_video: bool = True):
 def model_folder(kind: str, path: Path) -> Path:
     """Write a tiny diffusers model folder of ``kind`` without a transformer; return it. HunyuanVideo-I2V with
     token replacement ('hunyuan-i2v-replace') is the I2V folder whose transformer config says so (the
-    weights are not needed)."""
-    pipeline(kind, image_to_video=False).save_pretrained(path)
+    weights are not needed). A Wan2.2-A14B folder holds both experts, as published (pose_mcore loads neither)."""
+    experts = {}
+    if kind in BOUNDARY:
+        from wan_reference import diffusers_wan
+
+        experts = {"transformer": diffusers_wan(kind.endswith("i2v"), seed=8, clip=False),
+                   "transformer_2": diffusers_wan(kind.endswith("i2v"), seed=9, clip=False)}
+    pipeline(kind, image_to_video=False, **experts).save_pretrained(path)
     if kind == "hunyuan-i2v-replace":
         (path / "transformer").mkdir()
         (path / "transformer" / "config.json").write_text(json.dumps(

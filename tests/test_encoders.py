@@ -17,8 +17,8 @@ from pose_mcore.encoders import EncoderError, ModelEncoders
 
 PROMPT, NEGATIVE = "a red square moving left", "blurry static low quality"
 FRAMES, HEIGHT, WIDTH = 5, 32, 48
-TEXT_LEN = {"wan-t2v": 12, "wan-i2v": 512, "wan-ti2v": 12, "hunyuan-t2v": 10, "hunyuan-i2v": 10,
-            "hunyuan-i2v-replace": 10}
+TEXT_LEN = {"wan-t2v": 12, "wan-i2v": 512, "wan-ti2v": 12, "wan-a14b-t2v": 12, "wan-a14b-i2v": 12, "hunyuan-t2v": 10,
+            "hunyuan-i2v": 10, "hunyuan-i2v-replace": 10}
 """Text tokens: diffusers' Wan I2V attention takes the last 512 context tokens as text."""
 
 
@@ -39,7 +39,10 @@ def transformer(kind: str):
     if kind.startswith("hunyuan"):
         return diffusers_hunyuan({"hunyuan-t2v": "t2v", "hunyuan-i2v": "i2v_concat",
                                   "hunyuan-i2v-replace": "i2v_replace"}[kind], seed=5)
-    return diffusers_wan(kind == "wan-i2v", seed=5)
+    return diffusers_wan(kind in ("wan-i2v", "wan-a14b-i2v"), seed=5, clip=kind == "wan-i2v")
+
+
+TEXT_TO_VIDEO = ("wan-t2v", "wan-a14b-t2v", "hunyuan-t2v")
 
 
 def first_frame(seed: int = 0, kind: str = "wan-i2v", pixels: tuple[int, int] | None = None) -> Image.Image:
@@ -69,7 +72,7 @@ def run_pipeline(kind: str, model, guidance: float, seed: int = 0, output_type: 
             kwargs.update(negative_prompt=NEGATIVE, true_cfg_scale=guidance)
     else:
         kwargs.update(negative_prompt=NEGATIVE, guidance_scale=guidance)
-    if kind not in ("wan-t2v", "hunyuan-t2v"):
+    if kind not in TEXT_TO_VIDEO:
         kwargs["image"] = image or first_frame(kind=kind)
     with torch.no_grad():
         out = pipe(**kwargs).frames
@@ -117,9 +120,12 @@ def test_prepared_fields_equal_the_pipelines_inputs(model_folders, kind):
         assert torch.equal(fields["pooled"], cond["pooled_projections"])
         assert torch.equal(negative["pooled"], uncond["pooled_projections"])
         assert 0 < fields["text_mask"].sum() < fields["text_mask"].shape[-1]  # padding is masked
-    if kind == "wan-i2v":
+    if kind in ("wan-i2v", "wan-a14b-i2v"):
         image = enc.encode_first_frame(first_frame(), FRAMES, HEIGHT, WIDTH)
-        assert torch.equal(image["image_states"], cond["encoder_hidden_states_image"])
+        if kind == "wan-i2v":
+            assert torch.equal(image["image_states"], cond["encoder_hidden_states_image"])
+        else:  # Wan2.2-I2V-A14B: no CLIP, the condition channels alone
+            assert "image_states" not in image and cond.get("encoder_hidden_states_image") is None
         assert torch.equal(image["condition"], cond["hidden_states"][:, enc.latent_channels:])
         mask, latent = image["condition"][:, :4], image["condition"][:, 4:]
         assert mask[:, :, 0].eq(1).all() and mask[:, :, 1:].eq(0).all()
@@ -137,9 +143,14 @@ def test_prepared_fields_equal_the_pipelines_inputs(model_folders, kind):
         assert torch.equal(conds.inputs(noise), cond["hidden_states"])
         assert torch.equal(conds.timestep(torch.ones(1), noise), cond["timestep"])
         assert cond["timestep"][0, :6].eq(0).all() and cond["timestep"][0, 6:].eq(1000).all()
+    if kind in ("wan-a14b-t2v", "wan-a14b-i2v"):  # both experts are in the folder; neither is loaded
+        assert (model_folders[kind] / "transformer_2").is_dir()
+        assert enc.pipe.transformer is None and enc.pipe.transformer_2 is None
     assert set(enc.fields()) == {"wan-t2v": {"latents", "text"}, "wan-i2v": {"latents", "text", "image_states",
                                                                                "condition"},
                                  "wan-ti2v": {"latents", "text", "first_frame"},
+                                 "wan-a14b-t2v": {"latents", "text"},
+                                 "wan-a14b-i2v": {"latents", "text", "condition"},
                                  "hunyuan-t2v": {"latents", "text", "text_mask", "pooled"},
                                  "hunyuan-i2v": {"latents", "text", "text_mask", "pooled", "condition"},
                                  "hunyuan-i2v-replace": {"latents", "text", "text_mask", "pooled", "first_frame"}}[kind]
@@ -193,12 +204,15 @@ def test_folder_errors(model_folders, tmp_path):
         enc.check_frames(5, 40, WIDTH)
 
 
-@pytest.mark.parametrize("kind", ("wan-i2v", "wan-ti2v", "hunyuan-t2v", "hunyuan-i2v", "hunyuan-i2v-replace"))
+@pytest.mark.parametrize("kind", ("wan-i2v", "wan-ti2v", "wan-a14b-t2v", "wan-a14b-i2v", "hunyuan-t2v", "hunyuan-i2v",
+                                  "hunyuan-i2v-replace"))
 def test_one_step_sample_equals_the_pipeline(tp1, model_folders, kind, tmp_path):
     """Latents and decoded video, the first frame a photo of another size and aspect than the video (the
     pipeline resizes it for the VAE, its image encoder sees the original). HunyuanVideo-I2V (latent concat): the
     pipeline starts from 0.999 noise + 0.001 image latent and returns the latents and video without the
-    conditioning image's frames. ``--image-fit crop`` equals the pipeline given the cropped image."""
+    conditioning image's frames. ``--image-fit crop`` equals the pipeline given the cropped image. Wan2.2-A14B:
+    the generator (one model) from the two-expert folder's encoders, against the folder's pipeline with
+    ``transformer=generator, transformer_2=None`` (one step at t = 1000, above either boundary)."""
     from pose_mcore.checkpoint.convert import import_checkpoint
     from pose_mcore.checkpoint.load import load_model
     from pose_mcore.inference.sample import Request, SampleError, conditioning, generate, video
@@ -215,8 +229,8 @@ def test_one_step_sample_equals_the_pipeline(tp1, model_folders, kind, tmp_path)
     generator = load_model(tmp_path / "generator")
     image = tmp_path / "first.png"
     photo.save(image)
-    request = Request(PROMPT, image if kind != "hunyuan-t2v" else None, 11, tmp_path / "o.mp4")
-    if kind != "hunyuan-t2v":
+    request = Request(PROMPT, image if kind not in TEXT_TO_VIDEO else None, 11, tmp_path / "o.mp4")
+    if kind not in TEXT_TO_VIDEO:
         from pose_mcore.data.video import fit
         cropped = conditioning(enc, generator.config, request, "", FRAMES, *size(kind), image_fit="crop")
         _, want_cropped = run_pipeline(kind, model, guidance=1.0, seed=11, image=fit(photo, *size(kind)))

@@ -11,12 +11,14 @@ TINY_I2V = dict(TINY, in_channels=12, image_dim=24, added_kv_proj_dim=48)
 TEXT_LEN = 512  # diffusers' Wan I2V processor hard-codes 512 text tokens after the image tokens
 
 
-def diffusers_wan(i2v: bool = False, seed: int = 0):
-    """A tiny diffusers WanTransformer3DModel whose every parameter is random (norm weights included)."""
+def diffusers_wan(i2v: bool = False, seed: int = 0, clip: bool = True):
+    """A tiny diffusers WanTransformer3DModel whose every parameter is random (norm weights included); ``i2v``
+    without ``clip``: Wan2.2-I2V-A14B's (the condition channels, no image branch)."""
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(seed)
-    model = WanTransformer3DModel(**(TINY_I2V if i2v else TINY)).float().eval()
+    config = (TINY_I2V if clip else dict(TINY, in_channels=12)) if i2v else TINY
+    model = WanTransformer3DModel(**config).float().eval()
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in model.parameters():
