@@ -37,7 +37,7 @@ def test_quick_benchmark_over_seeds(tmp_path):
     per_seed = {s: json.loads((tmp_path / "a" / f"seed-{s}" / "quality.json").read_text()) for s in (1234, 7)}
     for name in ("quality.md", "quality_vs_latency.png", "seed-7/quality.md", "seed-7/samples/pose_1_step.gif"):
         assert (tmp_path / "a" / name).is_file(), name
-    assert summary["seeds"] == [1234, 7] and len(summary["rows"]) == 11
+    assert summary["seeds"] == [1234, 7] and len(summary["rows"]) == 16
     for i, row in enumerate(summary["rows"]):
         for metric in ("fd", "one_shape", "first_frame_mse"):
             values = [per_seed[s][i][metric] for s in (1234, 7)]

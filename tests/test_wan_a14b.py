@@ -311,3 +311,44 @@ def test_a_teacher_with_the_wrong_number_of_experts_is_refused(tp1, exported, tm
                 f"output_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("keys", ["diffusers", "official"])
+def test_a_lora_against_the_high_noise_expert_loads_in_the_a14b_pipeline(tp1, exported, tmp_path, keys, capsys):
+    """A generator started from the high-noise expert, exported as a full-rank LoRA against the two-expert teacher
+    (``--expert high``, the default): diffusers' ``WanPipeline.load_lora_weights`` on the A14B folder puts it on
+    ``transformer`` and the pipeline's transformer is then the generator."""
+    from diffusers import WanPipeline
+    from safetensors import safe_open
+
+    from pose_mcore.checkpoint.command import main
+    from pose_mcore.models.registry import clone_model
+    from pose_mcore.pose.roles import lora_carried
+    from pose_mcore.training.checkpointing import export_pose_checkpoint
+
+    root, (_, _, model) = exported
+    generator = clone_model(model.high.cpu())
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in lora_carried(generator):
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    export_pose_checkpoint(generator, tmp_path / "generator")
+    lora = tmp_path / "lora.safetensors"
+    assert main(["export", "--layout", "lora", "--src", str(tmp_path / "generator"), "--base", str(root / "pose"),
+                 "--dst", str(lora), "--rank", "full", "--lora-keys", keys]) == 0
+    assert "so the teacher with this LoRA is the generator" in capsys.readouterr().out
+    with safe_open(lora, "pt") as f:
+        assert f.metadata()["pose_mcore.base_model"] == "tiny-t2v-a14b (pose, high-noise expert)"
+    pipe = WanPipeline.from_pretrained(root / "diffusers", vae=None, text_encoder=None, tokenizer=None)
+    pipe.load_lora_weights(str(tmp_path), weight_name=lora.name)
+    inputs = wan_inputs(False, 2, 3, 4, 6, seed=8)
+    with torch.no_grad():
+        out, want, teacher = pipe.transformer(**inputs).sample, generator(**inputs).sample, model.high(**inputs).sample
+    assert (want - teacher).abs().max() > 1e-2 * want.abs().max()  # the generator is not its teacher
+    assert_close_rel(out, want, 1e-4)
+    # against the low-noise expert the same generator is another LoRA
+    other = tmp_path / "low.safetensors"
+    assert main(["export", "--layout", "lora", "--src", str(tmp_path / "generator"), "--base", str(root / "pose"),
+                 "--dst", str(other), "--rank", "full", "--lora-keys", keys, "--expert", "low"]) == 0
+    with safe_open(lora, "pt") as a, safe_open(other, "pt") as b:
+        assert any(not torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())

@@ -6,9 +6,11 @@ every row: the teacher at 100 NFE (50 Euler steps with CFG), 4 NFE and 1 NFE; Ph
 without priming; full POSE (Phase I then Phase II) at 1 and 4 steps; and the ablations of the
 paper's Table 3: backbone ema vs frozen, semantic vs convolutional head, frame consistency weight
 10 vs 0; and POSE with only the generator's linear layers trained (``generator_params=linears``: an exact
-LoRA in diffusers). Each row reports the Frechet distance in a fixed random 3-D conv feature space against
-held-out real videos (lower is better), the attribute scores the known data allow, and the sampling
-latency on this machine.
+LoRA in diffusers). Then Wan2.2-I2V-A14B's shape: a teacher of two experts switched at t = 0.9 (each trained
+on its own times), sampled with the switch at 100, 4 and 1 NFE, and POSE over it with the generator started
+from the high-noise and from the low-noise expert. Each row reports the Frechet distance in a fixed random 3-D
+conv feature space against held-out real videos (lower is better), the attribute scores the known data allow,
+and the sampling latency on this machine.
 
 With --seeds every row is trained and measured at each seed (each trains its own teacher), and the
 summary gives every metric's mean, standard deviation over the seeds and per-seed values, and each of the
@@ -127,10 +129,15 @@ CLAIMS = [  # (statement, better row, worse row): "better" means a lower FD
     ("the consistency loss helps", "POSE, 1 step", "ablation: consistency weight 0, 1 step"),
     ("POSE 4 steps beats POSE 1 step", "POSE, 4 steps", "POSE, 1 step"),
     ("training every parameter beats the linears only", "POSE, 1 step", "exact LoRA (linears only), POSE 1 step"),
+    ("two experts: POSE 1 step beats their teacher at 1 NFE", "two experts: POSE, 1 step, init high",
+     "two experts: teacher 1 NFE"),
+    ("two experts: the generator from the high-noise expert beats the one from the low-noise expert",
+     "two experts: POSE, 1 step, init high", "two experts: POSE, 1 step, init low"),
 ]
 METRICS = ("fd", "one_shape", "colour", "direction", "motion_jitter", "first_frame_mse", "latency_ms")
 
 
+A14B = ["preset=tiny-i2v-a14b"]
 RUNS: dict[str, tuple[str | None, str | None, list[str]]] = {
     # run: (its teacher run, the run whose generator it starts from, its overrides)
     "teacher": (None, None, ["phases=[teacher]"]),
@@ -142,6 +149,13 @@ RUNS: dict[str, tuple[str | None, str | None, list[str]]] = {
     "pose_no_consistency": ("teacher", "phase1", ["phases=[phase2]", "phase2.consistency_weight=0"]),
     "phase1_linears": ("teacher", None, ["phases=[phase1]", "phase1.generator_params=linears"]),
     "pose_linears": ("teacher", "phase1_linears", ["phases=[phase2]", "phase2.generator_params=linears"]),
+    # Wan2.2-I2V-A14B's shape at toy scale: two experts switched at t = 0.9 (no CLIP branch); its teacher draws t
+    # shifted by 5, so that the high-noise expert gets about a third of the samples (unshifted: a tenth)
+    "teacher_a14b": (None, None, ["phases=[teacher]", *A14B, "teacher.shift=5.0"]),
+    "phase1_a14b_high": ("teacher_a14b", None, ["phases=[phase1]", *A14B, "generator_init=high"]),
+    "pose_a14b_high": ("teacher_a14b", "phase1_a14b_high", ["phases=[phase2]", *A14B]),
+    "phase1_a14b_low": ("teacher_a14b", None, ["phases=[phase1]", *A14B, "generator_init=low"]),
+    "pose_a14b_low": ("teacher_a14b", "phase1_a14b_low", ["phases=[phase2]", *A14B]),
 }
 """Every training run of one seed and what it starts from (each is trained once, when a row needs it)."""
 
@@ -154,6 +168,11 @@ ROWS = [  # (row, run, sampler, steps, NFE)
     ("ablation: conv head, 1 step", "pose_conv_head", "student", 1, 1),
     ("ablation: consistency weight 0, 1 step", "pose_no_consistency", "student", 1, 1),
     ("exact LoRA (linears only), POSE 1 step", "pose_linears", "student", 1, 1),
+    ("two experts: teacher 100 NFE", "teacher_a14b", "teacher", 50, 100),
+    ("two experts: teacher 4 NFE", "teacher_a14b", "teacher", 2, 4),
+    ("two experts: teacher 1 NFE", "teacher_a14b", "student", 1, 1),
+    ("two experts: POSE, 1 step, init high", "pose_a14b_high", "student", 1, 1),
+    ("two experts: POSE, 1 step, init low", "pose_a14b_low", "student", 1, 1),
 ]
 """Every row of the table: the run whose generator it samples, and how."""
 
@@ -182,13 +201,14 @@ def run_seed(seed: int, sizes: dict, out: Path, work: Path, overrides: list[str]
             trained[name] = train(work, name, sizes, args)
         return trained[name]
 
-    cfg = load_model(run("teacher")).config
-    held = HeldOut.procedural(cfg, sizes["eval_size"], sizes["frames"], sizes["size"], sizes["size"])
-    conditioner = Conditioner(cfg, stand_ins=True)
+    held = None  # the same videos for every row: every model here has the same latent channels and text width
     for name, run_name, sampler, steps, nfe in ROWS:
         if name not in names or name in measured:
             continue
         model = load_model(run(run_name))
+        held = held or HeldOut.procedural(model.config, sizes["eval_size"], sizes["frames"], sizes["size"],
+                                          sizes["size"])
+        conditioner = Conditioner(model.config, stand_ins=True)  # the A14B rows have no CLIP image tokens
         videos, latency = sample_videos(model, conditioner, held.prompts, sampler, steps, sizes["guidance"], seed)
         metrics = {**held.measure(videos), "latency_ms": 1000 * latency}
         measured[name] = {"row": name, "nfe": nfe, **metrics}

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="lora: official (diffusion_model.*, ComfyUI; diffusers converts it) or diffusers "
                           "(transformer.*, peft)")
     exp.add_argument("--device", default="cpu", help="lora: where the SVDs run (e.g. cuda)")
+    exp.add_argument("--expert", choices=["high", "low"], default="high",
+                     help="lora against a two-expert teacher (Wan2.2-A14B): the expert the generator started from "
+                          "(generator_init)")
     ins = sub.add_parser("inspect", parents=[common], help="print what a checkpoint is")
     ins.add_argument("path", type=Path)
     ins.add_argument("--json", action="store_true", help="print JSON")
@@ -87,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.dtype == "fp8":
                 raise CheckpointError("--dtype fp8 is for full weights; a LoRA is written in fp32, bf16 or fp16")
             report = export_lora(args.src, args.base, args.dst, parse_rank(args.rank), args.lora_keys,
-                                 DTYPES[args.dtype], args.overwrite, args.device)
+                                 DTYPES[args.dtype], args.overwrite, args.device, args.expert)
             print("\n".join(report.summary()))
             print(f"wrote a rank-{report.rank} LoRA ({args.lora_keys} keys) to {args.dst}")
         elif args.command == "export":

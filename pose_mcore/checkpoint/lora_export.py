@@ -32,6 +32,7 @@ checkpoint's, to check a base against a LoRA).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import re
@@ -45,12 +46,14 @@ from pose_mcore.checkpoint.convert import LAYOUTS, Detected, _Group, _groups, de
 from pose_mcore.checkpoint.io import (
     CheckpointError,
     MemorySource,
+    PrefixStripped,
     SafetensorsStreamWriter,
     TensorSource,
     atomic_destination,
 )
 from pose_mcore.checkpoint.layouts.rules import invert
 from pose_mcore.config.base import VideoDiTConfig
+from pose_mcore.models.experts import EXPERTS
 from pose_mcore.models.registry import family_of_config
 from pose_mcore.parallel.replicas import tensor_digest
 
@@ -263,9 +266,13 @@ def peft_config(metas: list[tuple[str, torch.dtype, tuple[int, ...]]]) -> dict[s
 
 
 def export_lora(src: Path, base: Path, dst: Path, rank: int | None, key_style: str = "official",
-                dtype: torch.dtype | None = None, overwrite: bool = False, device: str = "cpu") -> LoRAExport:
+                dtype: torch.dtype | None = None, overwrite: bool = False, device: str = "cpu",
+                expert: str = "high") -> LoRAExport:
     """Write the generator at ``src`` as a LoRA against the teacher at ``base`` (both pose_mcore
-    checkpoints of one architecture) to the single file ``dst``; ``rank=None`` exports it exactly."""
+    checkpoints of one architecture) to the single file ``dst``; ``rank=None`` exports it exactly. A two-expert
+    teacher (Wan2.2-A14B): against its ``expert`` (the one the generator started from, ``generator_init``),
+    which diffusers' ``load_lora_weights`` loads into ``transformer`` (high) or, with ``load_into_transformer_2``,
+    ``transformer_2`` (low)."""
     src, base, dst = Path(src), Path(base), Path(dst)
     if key_style not in KEY_STYLES:
         raise CheckpointError(f"unknown LoRA key style {key_style!r}; known: {', '.join(KEY_STYLES)}")
@@ -276,6 +283,13 @@ def export_lora(src: Path, base: Path, dst: Path, rank: int | None, key_style: s
     if dst.exists() and not overwrite:
         raise CheckpointError(f"{dst}: destination exists (pass --overwrite to replace it)")
     gen, teacher = detect(src), detect(base)
+    base_name = f"{teacher.variant} ({base.name}"
+    if getattr(teacher.config, "boundary", None) is not None and teacher.layout == "pose":
+        if expert not in EXPERTS:
+            raise CheckpointError(f"--expert {expert!r}: a two-expert teacher's expert is one of {', '.join(EXPERTS)}")
+        teacher = dataclasses.replace(teacher, source=PrefixStripped(teacher.source, f"{expert}.", only=True),
+                                      config=dataclasses.replace(teacher.config, boundary=None))
+        base_name += f", {expert}-noise expert"
     _same_model(gen, teacher, src, base)
     family, cfg = gen.family, gen.config
     prefix = KEY_STYLES[key_style]
@@ -283,7 +297,7 @@ def export_lora(src: Path, base: Path, dst: Path, rank: int | None, key_style: s
     metas = _metas(plans, family, key_style)
     shown_rank = "full" if rank is None else str(rank)
     metadata = {"format": "pt", "pose_mcore.kind": "lora", "pose_mcore.family": family,
-                "pose_mcore.base_model": f"{teacher.variant} ({base.name})", BASE_DIGEST: "0" * 32,
+                "pose_mcore.base_model": f"{base_name})", BASE_DIGEST: "0" * 32,
                 "pose_mcore.rank": shown_rank,
                 "pose_mcore.alpha": "equal to each layer's rank (scale 1)", "pose_mcore.key_style": key_style,
                 "pose_mcore.architecture": json.dumps(cfg.architecture())}
