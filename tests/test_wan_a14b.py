@@ -352,3 +352,24 @@ def test_a_lora_against_the_high_noise_expert_loads_in_the_a14b_pipeline(tp1, ex
                  "--dst", str(other), "--rank", "full", "--lora-keys", keys, "--expert", "low"]) == 0
     with safe_open(lora, "pt") as a, safe_open(other, "pt") as b:
         assert any(not torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
+
+
+def test_the_teacher_phase_trains_each_expert_on_its_own_times(tp1):
+    """The toy teacher of two experts (the CPU proof's): a step whose samples are all high-noise ones moves the
+    high-noise expert and leaves the low-noise one bitwise as it was."""
+    from pose_mcore.config.train import OptimConfig, TeacherConfig
+    from pose_mcore.parallel.state import run_device
+    from pose_mcore.pose.conditioning import Conditioner
+    from pose_mcore.pose.roles import Roles
+    from pose_mcore.pose.teacher import TeacherPhase
+
+    cfg = wan_config("tiny-t2v-a14b")
+    roles = Roles(family_of_preset("tiny-t2v-a14b").build(cfg).to(DEVICE), with_base=False)
+    assert isinstance(roles.generator, Experts)  # the teacher phase trains both experts
+    phase = TeacherPhase(roles, Conditioner(cfg, stand_ins=True), TeacherConfig(optim=OptimConfig(lr=1e-3), shift=1e4),
+                         seed=2, device=run_device())  # t shifted to within 1e-3 of 1: every sample is high
+    before = {e: [p.detach().clone() for p in getattr(roles.generator, e).parameters()] for e in ("high", "low")}
+    assert phase.step([batch_for(cfg, size=2)])["stepped"] == 1.0
+    for expert, old in before.items():
+        same = all(torch.equal(a, b) for a, b in zip(old, getattr(roles.generator, expert).parameters(), strict=True))
+        assert same == (expert == "low"), expert
