@@ -65,8 +65,9 @@ class Experts(nn.Module):
                 **kwargs: torch.Tensor | None) -> TransformerOutput | tuple[torch.Tensor]:
         """Each sample through the expert of its timestep."""
         b = hidden_states.shape[0]
-        # A memory trace (fake tensors) has no values to split by: the whole batch takes one expert, the same
-        # activations as any split.
+        # A memory trace (fake tensors) has no values to split by: the whole batch takes one expert. Exact for one
+        # sample per micro-batch (the shipped configs); a split batch holds the same activations in two parts plus
+        # the outputs' concatenation.
         high = self.is_high(timestep) if detect_fake_mode() is None else torch.ones(b, dtype=torch.bool)
         n_high = int(high.sum())
         if n_high in (0, b):
