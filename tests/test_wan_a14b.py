@@ -373,3 +373,42 @@ def test_the_teacher_phase_trains_each_expert_on_its_own_times(tp1):
     for expert, old in before.items():
         same = all(torch.equal(a, b) for a, b in zip(old, getattr(roles.generator, expert).parameters(), strict=True))
         assert same == (expert == "low"), expert
+
+
+def test_i2v_sampling_with_the_switch_equals_the_i2v_pipeline(tp1, model_folders):
+    """Wan2.2-I2V-A14B: the teacher's Euler with the switch at 0.9 and guidance 3.5 (high) / 2.0 (low), from the
+    folder's encoders (text, negative prompt, condition channels), equals WanImageToVideoPipeline with
+    transformer_2 and boundary_ratio on its own time grid, same noise."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from encoder_fixtures import pipeline
+    from PIL import Image
+
+    from pose_mcore.encoders import ModelEncoders
+    from pose_mcore.pose.conditioning import Conditioner
+
+    high, low = (diffusers_wan(True, seed=s, clip=False).to(DEVICE) for s in (0, 5))
+    model = family_of_preset("tiny-i2v-a14b").build(wan_config("tiny-i2v-a14b")).to(DEVICE)
+    load_full_state_dict(model.high, wan_from_diffusers(high.state_dict()))
+    load_full_state_dict(model.low, wan_from_diffusers(low.state_dict()))
+    steps, shift, frames, height, width = 6, 5.0, 5, 32, 48
+    pipe = pipeline("wan-a14b-i2v", high, transformer_2=low)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.fromarray((torch.rand(40, 36, 3, generator=torch.Generator().manual_seed(2)) * 255).byte().numpy())
+    noise = torch.randn(1, 4, 2, 4, 6, generator=torch.Generator().manual_seed(7)).to(DEVICE)
+    prompt, negative = "a red square moving left", "blurry static"
+    with torch.no_grad():
+        ref = pipe(image=image, prompt=prompt, negative_prompt=negative, height=height, width=width, num_frames=frames,
+                   num_inference_steps=steps, guidance_scale=3.5, guidance_scale_2=2.0, max_sequence_length=12,
+                   latents=noise.clone(), output_type="latent").frames
+    enc = ModelEncoders(model_folders["wan-a14b-i2v"], max_sequence_length=12)
+    batch = {"latents": noise, **enc.encode_prompts([prompt]), **enc.encode_first_frame(image, frames, height, width)}
+    conds = Conditioner(model.config, enc.encode_negative(negative, height, width))(batch)
+
+    def velocity(fields):
+        return lambda x, t: model(conds.inputs(x), conds.timestep(t, x), **fields).sample
+
+    with torch.no_grad():
+        ours = euler_sample(guided(velocity(conds.cond), velocity(conds.uncond), guidance_of(model, 3.5, 2.0)), noise,
+                            steps, times=pipe.scheduler.sigmas)
+    assert_close_rel(ours, ref, REL, "latents")
