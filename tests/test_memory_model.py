@@ -35,7 +35,7 @@ def results(tmp_path_factory):
 
 def test_traces_equal_the_measured_steps(results):
     measured = {k: r for k, r in results.items() if "real" in r}
-    assert len(measured) == 8
+    assert len(measured) == 10
     for case, r in measured.items():
         real, traced = r["real"], r["traced"]
         assert real["states"] == traced["states"], case

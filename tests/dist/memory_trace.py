@@ -35,6 +35,10 @@ PHASE_CASES = {  # name -> (preset, phase, overrides)
     "wan_i2v/phase2-full": ("tiny-i2v", "phase2", ["phase2.backbone=full"]),
     "wan_i2v/phase2-frozen": ("tiny-i2v", "phase2", ["phase2.backbone=frozen"]),
     "hunyuan_t2v/phase2-ema-conv": ("tiny-hunyuan-t2v", "phase2", ["phase2.head=conv"]),
+    # Wan2.2-A14B: the frozen base is both experts; a trace sends a micro-batch to one expert, as a real step of
+    # one sample per micro-batch (the shipped configs) does
+    "wan_a14b/phase1": ("tiny-i2v-a14b", "phase1", ["micro_batch_size=1"]),
+    "wan_a14b/phase2-ema": ("tiny-i2v-a14b", "phase2", ["micro_batch_size=1"]),
 }
 
 
