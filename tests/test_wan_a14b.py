@@ -412,3 +412,24 @@ def test_i2v_sampling_with_the_switch_equals_the_i2v_pipeline(tp1, model_folders
         ours = euler_sample(guided(velocity(conds.cond), velocity(conds.uncond), guidance_of(model, 3.5, 2.0)), noise,
                             steps, times=pipe.scheduler.sigmas)
     assert_close_rel(ours, ref, REL, "latents")
+
+
+def test_the_memory_tool_traces_two_experts_at_any_micro_batch(tmp_path):
+    """tools/memory_model.py on a two-expert config with micro-batches of 2: a trace has no times to split a batch
+    by (a fake boolean mask has no size), so the whole micro-batch takes one expert; the base holds both."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "trace.json"
+    proc = subprocess.run([sys.executable, str(root / "tools" / "memory_model.py"), "--config", "tiny-cpu", "--video",
+                           "5x16x16", "--phase", "phase1", "--json", str(out), "preset=tiny-t2v-a14b",
+                           "micro_batch_size=2"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["phase1"]["step"] > 0
+    states = next(line for line in proc.stdout.splitlines() if line.strip().startswith("states:"))
+    assert "base" in states and "grads fake" in states

@@ -68,8 +68,8 @@ class Experts(nn.Module):
         # A memory trace (fake tensors) has no values to split by: the whole batch takes one expert. Exact for one
         # sample per micro-batch (the shipped configs); a split batch holds the same activations in two parts plus
         # the outputs' concatenation.
-        high = self.is_high(timestep) if detect_fake_mode() is None else torch.ones(b, dtype=torch.bool)
-        n_high = int(high.sum())
+        high = self.is_high(timestep)
+        n_high = b if detect_fake_mode() is not None else int(high.sum())
         if n_high in (0, b):
             out = (self.high if n_high else self.low)(hidden_states, timestep, **kwargs).sample
             return TransformerOutput(out) if return_dict else (out,)
