@@ -295,7 +295,8 @@ class Trainer:
         start = time.perf_counter()
         held = HeldOut.procedural(self.model_config, cfg.evaluation.videos, data.frames, data.height, data.width)
         guidance, low, steps = cfg.phase1.real_guidance, cfg.phase1.real_guidance_low, cfg.evaluation.teacher_steps
-        full = steps * (1 if guidance == 1 == (low or 1) else 2)
+        unguided = guidance == 1 and low in (None, 1)
+        full = steps * (1 if unguided else 2)
         scales = f"{guidance:g}" if low is None else f"{guidance:g} (high noise) / {low:g} (low noise)"
         rows = []
         with roles.real() as teacher, phase.amp():
