@@ -9,7 +9,7 @@ import torch
 
 from pose_mcore.config.train import Phase1Config
 from pose_mcore.diffusion.flow import add_noise, x0_from_velocity
-from pose_mcore.diffusion.samplers import cfg_velocity
+from pose_mcore.diffusion.samplers import VelocityFn, guided
 from pose_mcore.engine.optimizer import Engine, Optimizer
 from pose_mcore.models.experts import guidance_of
 from pose_mcore.pose.conditioning import Conditioner
@@ -49,11 +49,11 @@ class Phase1(Phase):
         x_t = add_noise(x0.detach(), eps, t)
         with torch.no_grad():
             with self.roles.real() as real:
-                v_real = self.velocity(real, x_t, t, conds, conds.cond)
+                def score(fields: dict[str, torch.Tensor]) -> VelocityFn:
+                    return lambda x, tt: self.velocity(real, x, tt, conds, fields)
+
                 guidance = guidance_of(real, self.cfg.real_guidance, self.cfg.real_guidance_low)
-                if guidance != 1.0:
-                    v_real = cfg_velocity(v_real, self.velocity(real, x_t, t, conds, conds.uncond),
-                                          guidance(t) if callable(guidance) else guidance)
+                v_real = guided(score(conds.cond), score(conds.uncond), guidance)(x_t, t)
             with self.roles.fake() as fake:
                 v_fake = self.velocity(fake, x_t, t, conds, conds.cond)
         return distribution_matching_loss(x0, x0_from_velocity(x_t, t, v_real), x0_from_velocity(x_t, t, v_fake)), {}
