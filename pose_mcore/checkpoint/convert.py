@@ -81,6 +81,12 @@ class Detected:
     def variant(self) -> str:
         return configs.matching_preset(self.config) or "custom"
 
+    def expert(self, name: str) -> Detected:
+        """One expert (``high`` or ``low``) of a two-expert checkpoint, as a one-model checkpoint: its tensors
+        without their prefix, the config without the boundary."""
+        return dataclasses.replace(self, source=PrefixStripped(self.source, f"{name}.", only=True),
+                                   config=dataclasses.replace(self.config, boundary=None), experts=None)
+
 
 EXPERT_FOLDERS = {"official": ("high_noise_model", "low_noise_model"), "diffusers": ("transformer", "transformer_2")}
 """Where a two-expert model (Wan2.2-A14B) keeps its experts, high-noise first: the official folder, a diffusers
@@ -109,10 +115,10 @@ def _boundary(src: Path, kind: str, single: VideoDiTConfig, overrides: dict[str,
             raise CheckpointError(f"{index}: no boundary_ratio for the two experts (transformer, transformer_2); "
                                   "pass --set boundary=R")
         return float(ratio), "model_index.json's boundary_ratio"
-    for name, fields in FAMILIES["wan"].presets.items():
-        if fields.get("boundary") is not None and configs.make_config(
-                "wan", {k: v for k, v in fields.items() if k != "boundary"}).architecture() == single.architecture():
-            return fields["boundary"], f"preset {name}"
+    for boundary in sorted({f["boundary"] for f in FAMILIES["wan"].presets.values() if f.get("boundary") is not None}):
+        name = configs.matching_preset(dataclasses.replace(single, boundary=boundary))
+        if name is not None:
+            return boundary, f"preset {name}"
     raise CheckpointError(f"{src}: the official folders do not record the experts' boundary and no preset has this "
                           "architecture: pass --set boundary=R (Wan2.2-T2V-A14B 0.875, I2V-A14B 0.9)")
 
@@ -122,7 +128,7 @@ def detect_experts(src: Path, family: str | None = None, overrides: dict[str, An
     """A two-expert model folder (official ``high_noise_model/`` + ``low_noise_model/``, or a diffusers pipeline
     folder with ``transformer/`` + ``transformer_2/``) as one :class:`Detected`; None if ``src`` is not one."""
     src = Path(src)
-    found = expert_folders(src) if src.is_dir() else None
+    found = expert_folders(src)
     if found is None:
         return None
     kind, folders = found
@@ -478,17 +484,16 @@ def _export_experts(found: Detected, dst: Path, layout: str, dtype: str, overwri
     if dtype == "fp8" or dst.suffix:
         raise CheckpointError(f"{dst}: a two-expert checkpoint is written as a folder of the experts' folders; "
                               "fp8 and single files take one model (export the generator, or each expert's folder)")
-    single = dataclasses.replace(found.config, boundary=None)
     target = LAYOUTS[layout]
     kind = "diffusers" if layout.endswith("-diffusers") else "official"
     with atomic_destination(dst, overwrite) as tmp:
         tmp.mkdir()
         for name, sub in zip(EXPERTS, EXPERT_FOLDERS[kind], strict=True):
-            source = PrefixStripped(found.source, f"{name}.", only=True)
-            groups = _groups(invert(target.rules), source, single, DTYPES.get(dtype))
-            config_json = configs.to_diffusers_config(single) if kind == "diffusers" else \
-                configs.to_official_wan_config(single)
-            _write_folder(groups, source, single, dtype, tmp / sub, config_json, shard_bytes)
+            part = found.expert(name)
+            groups = _groups(invert(target.rules), part.source, part.config, DTYPES.get(dtype))
+            config_json = configs.to_diffusers_config(part.config) if kind == "diffusers" else \
+                configs.to_official_wan_config(part.config)
+            _write_folder(groups, part.source, part.config, dtype, tmp / sub, config_json, shard_bytes)
     return found
 
 

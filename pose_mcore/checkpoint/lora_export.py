@@ -32,7 +32,6 @@ checkpoint's, to check a base against a LoRA).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import hashlib
 import json
 import re
@@ -46,7 +45,6 @@ from pose_mcore.checkpoint.convert import LAYOUTS, Detected, _Group, _groups, de
 from pose_mcore.checkpoint.io import (
     CheckpointError,
     MemorySource,
-    PrefixStripped,
     SafetensorsStreamWriter,
     TensorSource,
     atomic_destination,
@@ -287,8 +285,7 @@ def export_lora(src: Path, base: Path, dst: Path, rank: int | None, key_style: s
     if getattr(teacher.config, "boundary", None) is not None and teacher.layout == "pose":
         if expert not in EXPERTS:
             raise CheckpointError(f"--expert {expert!r}: a two-expert teacher's expert is one of {', '.join(EXPERTS)}")
-        teacher = dataclasses.replace(teacher, source=PrefixStripped(teacher.source, f"{expert}.", only=True),
-                                      config=dataclasses.replace(teacher.config, boundary=None))
+        teacher = teacher.expert(expert)
         base_name += f", {expert}-noise expert"
     _same_model(gen, teacher, src, base)
     family, cfg = gen.family, gen.config
