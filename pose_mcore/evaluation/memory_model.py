@@ -132,10 +132,11 @@ def _on_copies(func: Callable[..., object], args: tuple, kwargs: dict) -> object
     for item in flat_out:
         if hasattr(item, "wait"):
             item.wait()
-    originals = {id(c): t for c, t in zip(copies, flat, strict=True) if c is not t}
+    originals = {}
     for copy, original in zip(copies, flat, strict=True):
         if copy is not original:
             original.copy_(copy)
+            originals[id(copy)] = original
     return tree_unflatten([originals.get(id(item), item) for item in flat_out], out_spec)
 
 
