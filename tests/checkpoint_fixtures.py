@@ -138,3 +138,11 @@ def write_all_layouts(root: Path) -> dict[str, tuple[Path, object]]:
         cases[f"hunyuan_{variant}_diffusers"] = (root / f"hunyuan_{variant}_diffusers", model)
         cases[f"hunyuan_{variant}_original"] = (folder, model)
     return cases
+
+
+def checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint file or folder, by name."""
+    from pose_mcore.checkpoint.io import open_source
+
+    source = open_source(path)
+    return {k: source.get(k) for k in source.keys()}

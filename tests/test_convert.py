@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from checkpoint_fixtures import hunyuan_original_state, wan_original_state, write_all_layouts
+from checkpoint_fixtures import checkpoint_tensors, hunyuan_original_state, wan_original_state, write_all_layouts
 from conftest import assert_close_rel, torchrun
 from devices import to_device
 from diffusers.loaders.single_file_utils import (
@@ -21,7 +21,6 @@ from safetensors.torch import load_file, save_file
 from wan_reference import wan_inputs
 
 from pose_mcore.checkpoint.command import main
-from pose_mcore.checkpoint.io import open_source
 from pose_mcore.checkpoint.load import load_model
 
 HUNYUAN_TINY_ROPE = ["--set", "rope_axes_dim=2,2,4"]  # not readable from the official tensors at tiny sizes
@@ -83,11 +82,6 @@ def test_import_then_load_matches_diffusers(tp1, layouts, imported, case):
     assert config["format"] == "pose_mcore" and config["converted_from"] == EXPORT_LAYOUT[case]
 
 
-def _tensors(path) -> dict[str, torch.Tensor]:
-    source = open_source(path)
-    return {k: source.get(k) for k in source.keys()}
-
-
 @pytest.mark.parametrize("case", list(EXPORT_LAYOUT))
 def test_round_trip_is_bit_exact(layouts, imported, tmp_path, case):
     src = layouts[case][0]
@@ -95,7 +89,7 @@ def test_round_trip_is_bit_exact(layouts, imported, tmp_path, case):
     if case.startswith("hunyuan") and case.endswith("original"):
         dst = tmp_path / "mp_rank_00_model_states.pt"
     assert main(["export", "--src", str(imported[case]), "--dst", str(dst), "--layout", EXPORT_LAYOUT[case]]) == 0
-    before, after = _tensors(src), _tensors(dst)
+    before, after = checkpoint_tensors(src), checkpoint_tensors(dst)
     assert set(after) == set(before)
     for key, value in before.items():
         assert after[key].dtype == value.dtype and torch.equal(after[key], value), key
@@ -112,14 +106,14 @@ def test_sharded_import_and_export(layouts, tmp_path):
                  "--shard-size", "100KB"]) == 0
     assert (tmp_path / "wan" / "diffusion_pytorch_model.safetensors.index.json").is_file()
     assert main(["import", "--src", str(tmp_path / "wan"), "--dst", str(tmp_path / "again")]) == 0  # heads from config.json
-    first, again = _tensors(tmp_path / "pose"), _tensors(tmp_path / "again")
+    first, again = checkpoint_tensors(tmp_path / "pose"), checkpoint_tensors(tmp_path / "again")
     assert set(first) == set(again) and all(torch.equal(first[k], again[k]) for k in first)
 
 
 def test_dtype_conversion(layouts, tmp_path):
     assert main(["import", "--src", str(layouts["wan_t2v_diffusers"][0]), "--dst", str(tmp_path / "bf16"),
                  "--dtype", "bf16"]) == 0
-    assert {t.dtype for t in _tensors(tmp_path / "bf16").values()} == {torch.bfloat16}
+    assert {t.dtype for t in checkpoint_tensors(tmp_path / "bf16").values()} == {torch.bfloat16}
 
 
 def test_inspect(layouts, capsys):
@@ -239,7 +233,7 @@ def test_interrupted_write_keeps_previous_destination(layouts, imported, tmp_pat
 
     dst = tmp_path / "pose"
     shutil.copytree(imported["wan_t2v_diffusers"], dst)
-    before = _tensors(dst)
+    before = checkpoint_tensors(dst)
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
@@ -247,7 +241,7 @@ def test_interrupted_write_keeps_previous_destination(layouts, imported, tmp_pat
     monkeypatch.setattr(convert.SafetensorsStreamWriter, "close", boom)
     with pytest.raises(KeyboardInterrupt):
         convert.import_checkpoint(layouts["wan_i2v_diffusers"][0], dst, overwrite=True)
-    after = _tensors(dst)
+    after = checkpoint_tensors(dst)
     assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
@@ -275,7 +269,7 @@ def test_pth_and_ema_sources(layouts, tmp_path):
     torch.save({"module": hunyuan_original_state(hy), "ema": ema}, tmp_path / "hy.pt")
     assert main(["import", "--src", str(tmp_path / "hy.pt"), "--dst", str(tmp_path / "hy_ema"), "--container", "ema",
                  *HUNYUAN_TINY_ROPE]) == 0
-    imported = _tensors(tmp_path / "hy_ema")
+    imported = checkpoint_tensors(tmp_path / "hy_ema")
     assert torch.equal(imported["x_embedder.weight"], ema["img_in.proj.weight"])
     assert main(["import", "--src", str(tmp_path / "hy.pt"), "--dst", str(tmp_path / "no"), "--container", "nope",
                  *HUNYUAN_TINY_ROPE]) == 2

@@ -9,6 +9,7 @@ import dataclasses
 
 import pytest
 import torch
+from checkpoint_fixtures import checkpoint_tensors
 from conftest import DEVICE, assert_close_rel
 from phase_fixtures import PHASE1, batch_for, phase1_setup, phase2_setup
 from wan_reference import diffusers_wan, wan_inputs
@@ -18,7 +19,7 @@ from pose_mcore.config.wan import wan_config
 from pose_mcore.diffusion.samplers import euler_sample, guided
 from pose_mcore.models.experts import Experts, guidance_of
 from pose_mcore.models.registry import family_of_preset
-from pose_mcore.parallel.sharding import load_full_state_dict
+from pose_mcore.parallel.sharding import full_state_dict, load_full_state_dict
 from pose_mcore.pose.phase1 import Phase1
 
 REL = 1e-5
@@ -111,19 +112,13 @@ def test_phase1_scores_are_the_expert_of_each_samples_time(tp1):
     mixed, all_high, all_low = loss(0.875), loss(0.01), loss(0.99)
     assert len({mixed, all_high, all_low}) == 3
     single, single_phase, _ = phase1_setup("tiny-t2v")  # the same architecture as one model
-    load_full_state_dict(single.base, {k[len("high."):]: v for k, v in _state(roles.base).items()
+    load_full_state_dict(single.base, {k[len("high."):]: v for k, v in full_state_dict(roles.base).items()
                                        if k.startswith("high.")})
-    load_full_state_dict(single.generator, _state(roles.generator))
+    load_full_state_dict(single.generator, full_state_dict(roles.generator))
     single_phase.cfg = dataclasses.replace(PHASE1, real_guidance_low=None)
     with torch.no_grad():
         expected = float(single_phase.generator_loss(batch)[0])
     assert all_high == pytest.approx(expected, rel=1e-6)
-
-
-def _state(module):
-    from pose_mcore.parallel.sharding import full_state_dict
-
-    return full_state_dict(module)
 
 
 def test_the_other_experts_lora_gets_no_gradient(tp1):
@@ -193,13 +188,6 @@ def test_a_trained_mixture_is_saved_and_loaded_as_one_checkpoint(tp1, tmp_path):
 
 # --- pose-convert: both layouts of a two-expert model -------------------------------------------------
 
-def _tensors(folder) -> dict[str, torch.Tensor]:
-    from pose_mcore.checkpoint.io import open_source
-
-    source = open_source(folder)
-    return {k: source.get(k) for k in source.keys()}
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """The tiny mixture as a pose_mcore checkpoint, exported to the diffusers pipeline folder (saved by diffusers'
@@ -248,7 +236,7 @@ def test_import_of_both_layouts_round_trips_bit_exact(tp1, exported, tmp_path, c
     out = capsys.readouterr().out
     assert "wan2.2-t2v-a14b" not in out and "tiny-t2v-a14b" in out  # the tiny preset's architecture
     assert ("model_index.json's boundary_ratio" if layout == "diffusers" else "preset tiny-t2v-a14b") in out
-    original, again = _tensors(root / "pose"), _tensors(tmp_path / "pose")
+    original, again = checkpoint_tensors(root / "pose"), checkpoint_tensors(tmp_path / "pose")
     assert original.keys() == again.keys() and all(torch.equal(original[k], again[k]) for k in original)
     assert load_model(tmp_path / "pose").config.boundary == 0.875
     assert main(["inspect", str(root / layout)]) == 0
