@@ -13,8 +13,11 @@ _EXPORTS = {
     "load_model": "pose_mcore.checkpoint.load",
     "HUNYUAN_PRESETS": "pose_mcore.config.hunyuan", "HunyuanConfig": "pose_mcore.config.hunyuan",
     "hunyuan_config": "pose_mcore.config.hunyuan",
+    "HUNYUAN15_PRESETS": "pose_mcore.config.hunyuan15", "HunyuanVideo15Config": "pose_mcore.config.hunyuan15",
+    "hunyuan15_config": "pose_mcore.config.hunyuan15",
     "WAN_PRESETS": "pose_mcore.config.wan", "WanConfig": "pose_mcore.config.wan", "wan_config": "pose_mcore.config.wan",
-    "HunyuanModel": "pose_mcore.models.hunyuan", "WanModel": "pose_mcore.models.wan",
+    "HunyuanModel": "pose_mcore.models.hunyuan",
+    "HunyuanVideo15Model": "pose_mcore.models.hunyuan15", "WanModel": "pose_mcore.models.wan",
     "destroy_parallel": "pose_mcore.parallel.state", "initialize_parallel": "pose_mcore.parallel.state",
 }
 __all__ = sorted(_EXPORTS)

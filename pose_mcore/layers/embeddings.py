@@ -63,7 +63,8 @@ class MLPEmbedding(nn.Module):
 
 
 class ImageEmbedding(nn.Module):
-    """CLIP image tokens -> model width: LayerNorm, GELU MLP, LayerNorm (Wan2.1 I2V)."""
+    """Image tokens -> model width: LayerNorm, GELU MLP, LayerNorm (Wan2.1 I2V's CLIP tokens,
+    HunyuanVideo-1.5's SigLIP tokens)."""
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
@@ -73,6 +74,20 @@ class ImageEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm2(self.ff(self.norm1(x)))
+
+
+class GlyphEmbedding(nn.Module):
+    """ByT5 glyph tokens -> model width: LayerNorm, then three linears with GELU between
+    (HunyuanVideo-1.5's text-rendering stream)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = FP32LayerNorm(in_dim, eps=1e-5)
+        self.ff = MLPEmbedding(in_dim, hidden_dim, hidden_dim, "gelu")
+        self.linear_3 = nn.Linear(hidden_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_3(F.gelu(self.ff(self.norm(x))))
 
 
 def unpatchify(tokens: torch.Tensor, batch: int, grid: tuple[int, int, int], patch: tuple[int, int, int],

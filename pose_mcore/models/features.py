@@ -17,10 +17,11 @@ from pose_mcore.parallel.context import token_shards
 
 
 def feature_blocks(model: nn.Module) -> list[nn.Module]:
-    """The model's blocks in order (Wan: ``blocks``; HunyuanVideo: dual- then single-stream)."""
+    """The model's blocks in order (Wan: ``blocks``; HunyuanVideo: dual- then single-stream; HunyuanVideo-1.5:
+    dual-stream)."""
     if hasattr(model, "blocks"):
         return list(model.blocks)
-    return [*model.double_blocks, *model.single_blocks]
+    return [*model.double_blocks, *getattr(model, "single_blocks", ())]
 
 
 def default_layers(model: nn.Module) -> list[int]:

@@ -144,8 +144,8 @@ class HunyuanDualBlock(MegatronModule):
                 n_first: int, rotary: tuple[torch.Tensor, torch.Tensor], key_length: int,
                 context_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sp = self.config.sequence_parallel
-        mods = _to_tokens(self.modulation(temb), sp)
-        first = _to_tokens(self.modulation(first_temb), sp) if first_temb is not None else None
+        mods = to_tokens(self.modulation(temb), sp)
+        first = to_tokens(self.modulation(first_temb), sp) if first_temb is not None else None
         shift, scale, gate, shift_ff, scale_ff, gate_ff = self.modulation_ctx(temb)
         modulated = by_segment(lambda t, sh, sc: modulate(self.norm, t, sh, sc), n_first, (x,), mods[:2],
                                first and first[:2])
@@ -180,8 +180,8 @@ class HunyuanSingleBlock(MegatronModule):
                 context_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sp = self.config.sequence_parallel
         shift, scale, gate = self.modulation(temb)
-        mods = _to_tokens((shift, scale, gate), sp)
-        first = _to_tokens(self.modulation(first_temb), sp) if first_temb is not None else None
+        mods = to_tokens((shift, scale, gate), sp)
+        first = to_tokens(self.modulation(first_temb), sp) if first_temb is not None else None
         video = by_segment(lambda t, sh, sc: modulate(self.norm, t, sh, sc), n_first, (x,), mods[:2],
                            first and first[:2])
         if sp:  # the fused layers run on the whole (replicated) sequence; their backward sums over ranks
@@ -196,7 +196,7 @@ class HunyuanSingleBlock(MegatronModule):
         return x, gated_residual(context, out_ctx, gate)
 
 
-def _to_tokens(mods: tuple[torch.Tensor, ...], sequence_parallel: bool) -> tuple[torch.Tensor, ...]:
+def to_tokens(mods: tuple[torch.Tensor, ...], sequence_parallel: bool) -> tuple[torch.Tensor, ...]:
     """Modulations about to act on this rank's video shard: their gradient is summed over TP ranks."""
     return tuple(broadcast_to_tokens(m) for m in mods) if sequence_parallel else mods
 
@@ -281,7 +281,7 @@ class HunyuanModel(MegatronModule):
             else:
                 x, context = block(x, context, *args)
 
-        scale, shift = _to_tokens(self.out_modulation(temb), cfg.sequence_parallel)
+        scale, shift = to_tokens(self.out_modulation(temb), cfg.sequence_parallel)
         x = self.proj_out(modulate(self.norm_out, x, shift, scale))
         x = merge_video(x, n_tokens, sp)
         out = unpatchify(x, b, grid, cfg.patch_size, cfg.out_channels, channels_first=True)

@@ -12,9 +12,11 @@ from torch._guards import detect_fake_mode
 
 from pose_mcore.config.base import ConfigError, VideoDiTConfig
 from pose_mcore.config.hunyuan import HUNYUAN_PRESETS, HunyuanConfig, hunyuan_config
+from pose_mcore.config.hunyuan15 import HUNYUAN15_PRESETS, HunyuanVideo15Config, hunyuan15_config
 from pose_mcore.config.wan import WAN_PRESETS, WanConfig, wan_config
 from pose_mcore.models.experts import Experts
 from pose_mcore.models.hunyuan import HunyuanModel
+from pose_mcore.models.hunyuan15 import HunyuanVideo15Model
 from pose_mcore.models.wan import WanModel
 
 
@@ -25,14 +27,32 @@ def _wan_conditions(cfg: WanConfig, batch: int, text_len: int, gen: torch.Genera
     return out
 
 
+def _prefix_mask(batch: int, length: int, gen: torch.Generator, least: int = 1) -> torch.Tensor:
+    lengths = torch.randint(least, length + 1, (batch,), generator=gen)
+    return (torch.arange(length)[None, :] < lengths[:, None]).long()
+
+
 def _hunyuan_conditions(cfg: HunyuanConfig, batch: int, text_len: int, gen: torch.Generator
                         ) -> dict[str, torch.Tensor]:
-    lengths = torch.randint(1, text_len + 1, (batch,), generator=gen)
     out = {"encoder_hidden_states": torch.randn(batch, text_len, cfg.text_dim, generator=gen),
-           "encoder_attention_mask": (torch.arange(text_len)[None, :] < lengths[:, None]).long(),
+           "encoder_attention_mask": _prefix_mask(batch, text_len, gen),
            "pooled_projections": torch.randn(batch, cfg.pooled_dim, generator=gen)}
     if cfg.guidance_embeds:
         out["guidance"] = torch.full((batch,), 6000.0)
+    return out
+
+
+_GLYPH_TOKENS, _SIGLIP_TOKENS = 256, 729  # the pipelines' ByT5 length and SigLIP-384's 27 x 27 tokens
+
+
+def _hunyuan15_conditions(cfg: HunyuanVideo15Config, batch: int, text_len: int, gen: torch.Generator
+                          ) -> dict[str, torch.Tensor]:
+    out = {"encoder_hidden_states": torch.randn(batch, text_len, cfg.text_dim, generator=gen),
+           "encoder_attention_mask": _prefix_mask(batch, text_len, gen),
+           "encoder_hidden_states_2": torch.randn(batch, _GLYPH_TOKENS, cfg.glyph_dim, generator=gen),
+           "encoder_attention_mask_2": _prefix_mask(batch, _GLYPH_TOKENS, gen, least=0)}
+    if cfg.task_type == "i2v":
+        out["image_embeds"] = torch.randn(batch, _SIGLIP_TOKENS, cfg.image_dim, generator=gen)
     return out
 
 
@@ -59,6 +79,8 @@ FAMILIES: dict[str, ModelFamily] = {
     "wan": ModelFamily("wan", WAN_PRESETS, WanConfig, wan_config, WanModel, _wan_conditions),
     "hunyuan": ModelFamily("hunyuan", HUNYUAN_PRESETS, HunyuanConfig, hunyuan_config, HunyuanModel,
                            _hunyuan_conditions),
+    "hunyuan15": ModelFamily("hunyuan15", HUNYUAN15_PRESETS, HunyuanVideo15Config, hunyuan15_config,
+                             HunyuanVideo15Model, _hunyuan15_conditions),
 }
 ALL_PRESETS: dict[str, str] = {preset: fam.name for fam in FAMILIES.values() for preset in fam.presets}
 """Every preset name and the family it belongs to."""

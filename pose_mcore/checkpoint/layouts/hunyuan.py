@@ -33,11 +33,7 @@ def _swap_halves(tensors: list[torch.Tensor], cfg: object) -> list[torch.Tensor]
     return [torch.cat([second, first])]
 
 
-DIFFUSERS: list[Rule] = [
-    rename("x_embedder.proj.{p}", "x_embedder.{p}"),
-    rename("time_text_embed.timestep_embedder.linear_{j}.{p}", "time_embedder.linear_{j}.{p}"),
-    rename("time_text_embed.text_embedder.linear_{j}.{p}", "pooled_embedder.linear_{j}.{p}"),
-    rename("time_text_embed.guidance_embedder.linear_{j}.{p}", "guidance_embedder.linear_{j}.{p}"),
+REFINER_DIFFUSERS: list[Rule] = [
     rename(_CTX + "timestep_embedder.linear_{j}.{p}", "context_refiner.time_embedder.linear_{j}.{p}"),
     rename(_CTX + "text_embedder.linear_{j}.{p}", "context_refiner.pooled_embedder.linear_{j}.{p}"),
     rename("context_embedder.proj_in.{p}", "context_refiner.proj_in.{p}"),
@@ -50,6 +46,10 @@ DIFFUSERS: list[Rule] = [
     rename(_R + "ff.net.0.proj.{p}", _OR + "mlp.linear_1.{p}"),
     rename(_R + "ff.net.2.{p}", _OR + "mlp.linear_2.{p}"),
     rename(_R + "norm_out.linear.{p}", _OR + "gates.{p}"),
+]
+"""The text token refiner (HunyuanVideo and HunyuanVideo-1.5), diffusers -> pose_mcore."""
+
+DUAL_DIFFUSERS: list[Rule] = [
     rename(_D + "norm1.linear.{p}", _OD + "modulation.linear.{p}"),
     rename(_D + "norm1_context.linear.{p}", _OD + "modulation_ctx.linear.{p}"),
     rename(_D + "attn.to_q.{p}", _OD + "attention.linear_q.{p}"),
@@ -68,6 +68,16 @@ DIFFUSERS: list[Rule] = [
     rename(_D + "ff.net.2.{p}", _OD + "mlp.linear_fc2.{p}"),
     rename(_D + "ff_context.net.0.proj.{p}", _OD + "mlp_ctx.linear_fc1.{p}"),
     rename(_D + "ff_context.net.2.{p}", _OD + "mlp_ctx.linear_fc2.{p}"),
+]
+"""The dual-stream blocks (HunyuanVideo and HunyuanVideo-1.5), diffusers -> pose_mcore."""
+
+DIFFUSERS: list[Rule] = [
+    rename("x_embedder.proj.{p}", "x_embedder.{p}"),
+    rename("time_text_embed.timestep_embedder.linear_{j}.{p}", "time_embedder.linear_{j}.{p}"),
+    rename("time_text_embed.text_embedder.linear_{j}.{p}", "pooled_embedder.linear_{j}.{p}"),
+    rename("time_text_embed.guidance_embedder.linear_{j}.{p}", "guidance_embedder.linear_{j}.{p}"),
+    *REFINER_DIFFUSERS,
+    *DUAL_DIFFUSERS,
     rename(_S + "norm.linear.{p}", _OS + "modulation.linear.{p}"),
     rename(_S + "attn.norm_q.{p}", _OS + "attention_mlp.q_norm.{p}"),
     rename(_S + "attn.norm_k.{p}", _OS + "attention_mlp.k_norm.{p}"),
@@ -81,14 +91,7 @@ DIFFUSERS: list[Rule] = [
 
 _OI = "txt_in.individual_token_refiner.blocks.{i}."
 
-ORIGINAL: list[Rule] = [
-    rename("img_in.proj.{p}", "x_embedder.{p}"),
-    rename("time_in.mlp.0.{p}", "time_embedder.linear_1.{p}"),
-    rename("time_in.mlp.2.{p}", "time_embedder.linear_2.{p}"),
-    rename("vector_in.in_layer.{p}", "pooled_embedder.linear_1.{p}"),
-    rename("vector_in.out_layer.{p}", "pooled_embedder.linear_2.{p}"),
-    rename("guidance_in.mlp.0.{p}", "guidance_embedder.linear_1.{p}"),
-    rename("guidance_in.mlp.2.{p}", "guidance_embedder.linear_2.{p}"),
+REFINER_ORIGINAL: list[Rule] = [
     rename("txt_in.t_embedder.mlp.0.{p}", "context_refiner.time_embedder.linear_1.{p}"),
     rename("txt_in.t_embedder.mlp.2.{p}", "context_refiner.time_embedder.linear_2.{p}"),
     rename("txt_in.c_embedder.linear_{j}.{p}", "context_refiner.pooled_embedder.linear_{j}.{p}"),
@@ -100,13 +103,15 @@ ORIGINAL: list[Rule] = [
     rename(_OI + "mlp.fc1.{p}", _OR + "mlp.linear_1.{p}"),
     rename(_OI + "mlp.fc2.{p}", _OR + "mlp.linear_2.{p}"),
     rename(_OI + "adaLN_modulation.1.{p}", _OR + "gates.{p}"),
+]
+"""The text token refiner (HunyuanVideo and HunyuanVideo-1.5), official -> pose_mcore."""
+
+DUAL_ORIGINAL_SHARED: list[Rule] = [
     rename(_OD + "img_mod.linear.{p}", _OD + "modulation.linear.{p}"),
     rename(_OD + "txt_mod.linear.{p}", _OD + "modulation_ctx.linear.{p}"),
-    split_equal(_OD + "img_attn_qkv.{p}", [_OD + f"attention.linear_{x}.{{p}}" for x in "qkv"]),
     rename(_OD + "img_attn_q_norm.{p}", _OD + "attention.q_norm.{p}"),
     rename(_OD + "img_attn_k_norm.{p}", _OD + "attention.k_norm.{p}"),
     rename(_OD + "img_attn_proj.{p}", _OD + "attention.linear_proj.{p}"),
-    split_equal(_OD + "txt_attn_qkv.{p}", [_OD + f"attention.linear_{x}_ctx.{{p}}" for x in "qkv"]),
     rename(_OD + "txt_attn_q_norm.{p}", _OD + "attention.q_norm_ctx.{p}"),
     rename(_OD + "txt_attn_k_norm.{p}", _OD + "attention.k_norm_ctx.{p}"),
     rename(_OD + "txt_attn_proj.{p}", _OD + "attention.linear_proj_ctx.{p}"),
@@ -114,13 +119,34 @@ ORIGINAL: list[Rule] = [
     rename(_OD + "img_mlp.fc2.{p}", _OD + "mlp.linear_fc2.{p}"),
     rename(_OD + "txt_mlp.fc1.{p}", _OD + "mlp_ctx.linear_fc1.{p}"),
     rename(_OD + "txt_mlp.fc2.{p}", _OD + "mlp_ctx.linear_fc2.{p}"),
+]
+"""The dual-stream blocks' official names but their q, k, v projections (fused in HunyuanVideo, apart in
+HunyuanVideo-1.5)."""
+
+FINAL_ORIGINAL: list[Rule] = [
+    Rule(("final_layer.adaLN_modulation.1.{p}",), ("out_modulation.linear.{p}",), _swap_halves, _swap_halves),
+    rename("final_layer.linear.{p}", "proj_out.{p}"),
+]
+"""The official head, whose AdaLN holds (shift, scale) where diffusers and pose_mcore hold (scale, shift)."""
+
+ORIGINAL: list[Rule] = [
+    rename("img_in.proj.{p}", "x_embedder.{p}"),
+    rename("time_in.mlp.0.{p}", "time_embedder.linear_1.{p}"),
+    rename("time_in.mlp.2.{p}", "time_embedder.linear_2.{p}"),
+    rename("vector_in.in_layer.{p}", "pooled_embedder.linear_1.{p}"),
+    rename("vector_in.out_layer.{p}", "pooled_embedder.linear_2.{p}"),
+    rename("guidance_in.mlp.0.{p}", "guidance_embedder.linear_1.{p}"),
+    rename("guidance_in.mlp.2.{p}", "guidance_embedder.linear_2.{p}"),
+    *REFINER_ORIGINAL,
+    *DUAL_ORIGINAL_SHARED,
+    split_equal(_OD + "img_attn_qkv.{p}", [_OD + f"attention.linear_{x}.{{p}}" for x in "qkv"]),
+    split_equal(_OD + "txt_attn_qkv.{p}", [_OD + f"attention.linear_{x}_ctx.{{p}}" for x in "qkv"]),
     rename(_OS + "modulation.linear.{p}", _OS + "modulation.linear.{p}"),
     rename(_OS + "linear1.{p}", _OS + "attention_mlp.linear_fc1.{p}"),
     rename(_OS + "linear2.{p}", _OS + "attention_mlp.linear_fc2.{p}"),
     rename(_OS + "q_norm.{p}", _OS + "attention_mlp.q_norm.{p}"),
     rename(_OS + "k_norm.{p}", _OS + "attention_mlp.k_norm.{p}"),
-    Rule(("final_layer.adaLN_modulation.1.{p}",), ("out_modulation.linear.{p}",), _swap_halves, _swap_halves),
-    rename("final_layer.linear.{p}", "proj_out.{p}"),
+    *FINAL_ORIGINAL,
 ]
 """The official HunyuanVideo checkpoints -> pose_mcore."""
 
