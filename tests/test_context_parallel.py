@@ -1,4 +1,4 @@
-"""Context parallelism (Ulysses) equals CP=1 for Wan and HunyuanVideo: CP=2, CP=4 and CP=2 x TP=2 (sequence
+"""Context parallelism (Ulysses) equals CP=1 for Wan, HunyuanVideo and HunyuanVideo-1.5: CP=2, CP=4 and CP=2 x TP=2 (sequence
 parallelism) against CP=1 TP=1 on 4 gloo ranks: outputs, input gradients and every parameter
 gradient (summed over the CP ranks as DDP does), with odd token counts (padding on some CP ranks), masked
 text, per-token timesteps, both Hunyuan I2V modes (the token-replaced first frame on one CP rank only) and
@@ -11,7 +11,8 @@ import torch
 from conftest import assert_layout_matches, torchrun
 
 CASES = ["wan_t2v_odd_tokens", "wan_i2v", "wan_t2v_per_token_t_recompute", "hunyuan_t2v_odd_tokens",
-         "hunyuan_i2v_concat", "hunyuan_i2v_replace_recompute", "hunyuan_i2v_replace_first_frame_split"]
+         "hunyuan_i2v_concat", "hunyuan_i2v_replace_recompute", "hunyuan_i2v_replace_first_frame_split",
+         "hunyuan15_t2v_odd_tokens", "hunyuan15_i2v_recompute", "hunyuan15_meanflow"]
 
 
 @pytest.fixture(scope="module")

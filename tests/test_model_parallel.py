@@ -1,4 +1,5 @@
-"""TP=2 with sequence parallelism off and on equals TP=1 for Wan and HunyuanVideo: outputs, input
+"""TP=2 with sequence parallelism off and on equals TP=1 for Wan, HunyuanVideo and HunyuanVideo-1.5 (T2V, I2V,
+mean-flow; masked LLM and glyph text): outputs, input
 gradients and every parameter gradient (gathered to whole tensors), with odd token counts, masked
 text, per-token timesteps, both Hunyuan I2V modes (token replacement across shards too) and
 activation checkpointing, and with a LoRA on every parallel linear (HunyuanVideo's fused single-stream
@@ -13,7 +14,8 @@ from conftest import assert_layout_matches, torchrun_results
 
 CASES = ["wan_t2v_odd_tokens", "wan_i2v", "wan_t2v_per_token_t_recompute", "hunyuan_t2v_odd_tokens",
          "hunyuan_i2v_concat", "hunyuan_i2v_replace_recompute", "hunyuan_i2v_replace_first_frame_split",
-         "wan_t2v_lora", "hunyuan_t2v_lora"]
+         "hunyuan15_t2v_odd_tokens", "hunyuan15_i2v_recompute", "hunyuan15_meanflow", "wan_t2v_lora",
+         "hunyuan_t2v_lora", "hunyuan15_i2v_lora"]
 
 
 @pytest.fixture(scope="module")

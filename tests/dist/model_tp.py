@@ -13,14 +13,18 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hunyuan15_reference import VARIANTS as VARIANTS15  # noqa: E402
+from hunyuan15_reference import hunyuan15_inputs  # noqa: E402
 from hunyuan_reference import VARIANTS, hunyuan_inputs  # noqa: E402
 from devices import seeded_randn, to_device  # noqa: E402
 from wan_reference import wan_inputs  # noqa: E402
 
 from pose_mcore.config.base import RECOMPUTE_EVERY_BLOCK  # noqa: E402
 from pose_mcore.config.hunyuan import hunyuan_config  # noqa: E402
+from pose_mcore.config.hunyuan15 import hunyuan15_config  # noqa: E402
 from pose_mcore.config.wan import wan_config  # noqa: E402
 from pose_mcore.models.hunyuan import HunyuanModel  # noqa: E402
+from pose_mcore.models.hunyuan15 import HunyuanVideo15Model  # noqa: E402
 from pose_mcore.models.wan import WanModel  # noqa: E402
 from pose_mcore.parallel.sequence import finalize_tensor_parallel_grads  # noqa: E402
 from pose_mcore.pose.lora import add_lora  # noqa: E402
@@ -37,6 +41,12 @@ def hunyuan_case(variant, shape, text_lengths):
     preset = VARIANTS[variant][1]
     return (lambda **kw: HunyuanModel(hunyuan_config(preset, **kw)).to(run_device()),
             lambda: to_device(hunyuan_inputs(variant, *shape, text_lengths, seed=3)))
+
+
+def hunyuan15_case(variant, shape, text_lengths, glyph_lengths):
+    preset = VARIANTS15[variant][1]
+    return (lambda **kw: HunyuanVideo15Model(hunyuan15_config(preset, **kw)).to(run_device()),
+            lambda: to_device(hunyuan15_inputs(variant, *shape, text_lengths, glyph_lengths, seed=3)))
 
 
 def with_lora(case):
@@ -65,8 +75,12 @@ CASES = {
     "hunyuan_i2v_concat": (hunyuan_case("i2v_concat", (2, 2, 4, 6), [4, 6]), False),
     "hunyuan_i2v_replace_recompute": (hunyuan_case("i2v_replace", (2, 3, 2, 6), [3, 4]), True),
     "hunyuan_i2v_replace_first_frame_split": (hunyuan_case("i2v_replace", (1, 1, 2, 10), [4]), False),  # 5 tokens
+    "hunyuan15_t2v_odd_tokens": (hunyuan15_case("t2v", (2, 3, 1, 3), [5, 2], [3, 0]), False),  # 9 tokens
+    "hunyuan15_i2v_recompute": (hunyuan15_case("i2v", (2, 2, 2, 3), [4, 6], [1, 2]), True),
+    "hunyuan15_meanflow": (hunyuan15_case("meanflow", (1, 3, 2, 2), [3], [2]), False),
     "wan_t2v_lora": (with_lora(wan_case("tiny-t2v", False, (1, 2, 4, 6))), False),
     "hunyuan_t2v_lora": (with_lora(hunyuan_case("t2v", (1, 3, 2, 6), [4])), False),  # fused single-stream linears
+    "hunyuan15_i2v_lora": (with_lora(hunyuan15_case("i2v", (1, 3, 2, 3), [4], [2])), False),
 }
 
 
@@ -81,7 +95,7 @@ def _share(t: torch.Tensor) -> torch.Tensor:
 
 
 def run(model, inputs: dict[str, torch.Tensor], weight: torch.Tensor) -> dict[str, torch.Tensor]:
-    inputs = {k: v.clone().requires_grad_(v.is_floating_point() and k not in ("timestep", "guidance"))
+    inputs = {k: v.clone().requires_grad_(v.is_floating_point() and k not in ("timestep", "timestep_r", "guidance"))
               for k, v in inputs.items()}
     out = model(**inputs).sample
     (out * weight).sum().backward()
