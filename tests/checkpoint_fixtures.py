@@ -7,10 +7,12 @@ pose_mcore's own rules, and checked against diffusers' converters where those wo
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import torch
+from hunyuan15_reference import diffusers_hunyuan15
 from hunyuan_reference import diffusers_hunyuan
 from safetensors.torch import save_file
 from wan_reference import diffusers_wan
@@ -119,6 +121,43 @@ def hunyuan_original_state(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
+_HUNYUAN15_TO_ORIGINAL = [  # diffusers -> official for what HunyuanVideo-1.5 adds (diffusers' conversion script)
+    (r"^time_embed\.timestep_embedder\.linear_1\.", "time_in.mlp.0."),
+    (r"^time_embed\.timestep_embedder\.linear_2\.", "time_in.mlp.2."),
+    (r"^time_embed\.timestep_embedder_r\.linear_1\.", "time_r_in.mlp.0."),
+    (r"^time_embed\.timestep_embedder_r\.linear_2\.", "time_r_in.mlp.2."),
+    (r"^context_embedder_2\.norm\.", "byt5_in.layernorm."),
+    (r"^context_embedder_2\.linear_(\d)\.", r"byt5_in.fc\1."),
+    (r"^image_embedder\.norm_in\.", "vision_in.proj.0."),
+    (r"^image_embedder\.linear_1\.", "vision_in.proj.1."),
+    (r"^image_embedder\.linear_2\.", "vision_in.proj.3."),
+    (r"^image_embedder\.norm_out\.", "vision_in.proj.4."),
+    (r"^cond_type_embed\.", "cond_type_embedding."),
+    (r"^transformer_blocks\.(\d+)\.attn\.to_([qkv])\.", r"double_blocks.\1.img_attn_\2."),
+    (r"^transformer_blocks\.(\d+)\.attn\.add_([qkv])_proj\.", r"double_blocks.\1.txt_attn_\2."),
+]
+
+
+def hunyuan15_original_state(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tencent's names for a diffusers HunyuanVideo-1.5 state dict: its own keys by the table above (q, k, v of the
+    dual-stream blocks apart), the rest (refiner, block norms and MLPs, head) as HunyuanVideo's."""
+    out, rest = {}, {}
+    for key, value in d.items():
+        for pattern, repl in _HUNYUAN15_TO_ORIGINAL:
+            if re.match(pattern, key):
+                out[re.sub(pattern, repl, key)] = value.clone()
+                break
+        else:
+            rest[key] = value
+    return {**out, **hunyuan_original_state(rest)}
+
+
+HUNYUAN15_OFFICIAL_CONFIG = {"_class_name": "HunyuanVideo_1_5_DiffusionTransformer", "heads_num": 4,
+                             "rope_dim_list": [2, 2, 4], "rope_theta": 256, "ideal_task": "i2v",
+                             "ideal_resolution": "720p", "use_meanflow": True}
+"""The fields pose-convert reads from an official config.json (the tiny mean-flow model's)."""
+
+
 def write_all_layouts(root: Path) -> dict[str, tuple[Path, object]]:
     """{case: (path, diffusers reference model)} for every source layout the converter reads."""
     cases = {}
@@ -137,6 +176,17 @@ def write_all_layouts(root: Path) -> dict[str, tuple[Path, object]]:
         torch.save({"module": hunyuan_original_state(model.state_dict())}, folder / "mp_rank_00_model_states.pt")
         cases[f"hunyuan_{variant}_diffusers"] = (root / f"hunyuan_{variant}_diffusers", model)
         cases[f"hunyuan_{variant}_original"] = (folder, model)
+    for variant in ("t2v", "i2v", "meanflow"):
+        model = diffusers_hunyuan15(variant, seed=1)
+        model.save_pretrained(root / f"hunyuan15_{variant}_diffusers")
+        # the official variant folders: transformer/480p_t2v/, or one that says what it is in config.json
+        folder = root / f"hunyuan15_{variant}_original" / ("custom" if variant == "meanflow" else f"480p_{variant}")
+        folder.mkdir(parents=True)
+        save_file(hunyuan15_original_state(model.state_dict()), folder / "diffusion_pytorch_model.safetensors")
+        if variant == "meanflow":
+            (folder / "config.json").write_text(json.dumps(HUNYUAN15_OFFICIAL_CONFIG))
+        cases[f"hunyuan15_{variant}_diffusers"] = (root / f"hunyuan15_{variant}_diffusers", model)
+        cases[f"hunyuan15_{variant}_original"] = (folder, model)
     return cases
 
 

@@ -16,6 +16,7 @@ from diffusers.loaders.single_file_utils import (
     convert_hunyuan_video_transformer_to_diffusers,
     convert_wan_transformer_to_diffusers,
 )
+from hunyuan15_reference import hunyuan15_inputs
 from hunyuan_reference import hunyuan_inputs
 from safetensors.torch import load_file, save_file
 from wan_reference import wan_inputs
@@ -27,17 +28,24 @@ HUNYUAN_TINY_ROPE = ["--set", "rope_axes_dim=2,2,4"]  # not readable from the of
 EXPORT_LAYOUT = {"wan_t2v_diffusers": "wan-diffusers", "wan_i2v_diffusers": "wan-diffusers",
                  "wan_t2v_original": "wan", "wan_i2v_original": "wan",
                  "hunyuan_t2v_diffusers": "hunyuan-diffusers", "hunyuan_i2v_concat_diffusers": "hunyuan-diffusers",
-                 "hunyuan_t2v_original": "hunyuan", "hunyuan_i2v_concat_original": "hunyuan"}
+                 "hunyuan_t2v_original": "hunyuan", "hunyuan_i2v_concat_original": "hunyuan",
+                 **{f"hunyuan15_{v}_{kind}": "hunyuan15" + suffix for v in ("t2v", "i2v", "meanflow")
+                    for kind, suffix in (("diffusers", "-diffusers"), ("original", ""))}}
 
 
 def _inputs(case: str) -> dict[str, torch.Tensor]:
+    if case.startswith("hunyuan15"):
+        return hunyuan15_inputs(case.split("_")[1], 2, 3, 4, 6, [5, 2], [3, 0], seed=4)
     if case.startswith("wan"):
         return wan_inputs("i2v" in case, 2, 3, 4, 6, seed=4)
     return hunyuan_inputs("i2v_concat" if "i2v" in case else "t2v", 2, 3, 4, 6, [5, 2], seed=4)
 
 
 def _import_args(case: str) -> list[str]:
-    return HUNYUAN_TINY_ROPE if case.startswith("hunyuan") and case.endswith("original") else []
+    """The tiny models' rotary axes, which the official tensors do not show (the mean-flow folder's config.json
+    states them)."""
+    return HUNYUAN_TINY_ROPE if case.startswith("hunyuan") and case.endswith("original") and "meanflow" not in case \
+        else []
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +94,7 @@ def test_import_then_load_matches_diffusers(tp1, layouts, imported, case):
 def test_round_trip_is_bit_exact(layouts, imported, tmp_path, case):
     src = layouts[case][0]
     dst = tmp_path / (src.name if src.is_file() else case)
-    if case.startswith("hunyuan") and case.endswith("original"):
+    if case.startswith("hunyuan_") and case.endswith("original"):
         dst = tmp_path / "mp_rank_00_model_states.pt"
     assert main(["export", "--src", str(imported[case]), "--dst", str(dst), "--layout", EXPORT_LAYOUT[case]]) == 0
     before, after = checkpoint_tensors(src), checkpoint_tensors(dst)
@@ -128,7 +136,8 @@ def test_inspect(layouts, capsys):
 
 @pytest.mark.slow
 def test_tp2_loads_its_slices(layouts, imported, tmp_path):
-    cases = {c: (str(imported[c]), _inputs(c)) for c in ("wan_i2v_diffusers", "hunyuan_t2v_original")}
+    cases = {c: (str(imported[c]), _inputs(c)) for c in ("wan_i2v_diffusers", "hunyuan_t2v_original",
+                                                          "hunyuan15_i2v_original")}
     torch.save(cases, tmp_path / "cases.pt")
     torchrun("load_tp.py", "--cases", str(tmp_path / "cases.pt"), "--out", str(tmp_path / "out.pt"))
     results = torch.load(tmp_path / "out.pt")
@@ -286,3 +295,31 @@ def test_slice_reads_match_narrow(tmp_path, dim):
     ranges = [(1, 3), (4, full.shape[dim])]
     expected = torch.cat([full.narrow(dim, a, b - a) for a, b in ranges], dim=dim)
     assert torch.equal(source.get_ranges("t", dim, ranges), expected)
+
+
+def test_hunyuan15_official_fields(layouts, imported, tmp_path, capsys):
+    """What the official HunyuanVideo-1.5 tensors do not show comes from the variant folder's name (480p_t2v) or
+    its config.json (task, resolution, heads, rotary axes); an exported official folder re-imports with nothing
+    given; without either, inspect says what it assumed."""
+    def arch(folder):
+        return json.loads((folder / "config.json").read_text())["architecture"]
+
+    assert (arch(imported["hunyuan15_t2v_original"])["task_type"], arch(imported["hunyuan15_t2v_original"])
+            ["target_size"]) == ("t2v", 640)
+    meanflow = arch(imported["hunyuan15_meanflow_original"])
+    assert (meanflow["task_type"], meanflow["target_size"], meanflow["use_meanflow"]) == ("i2v", 960, True)
+    assert main(["export", "--src", str(imported["hunyuan15_meanflow_original"]), "--dst", str(tmp_path / "official"),
+                 "--layout", "hunyuan15"]) == 0
+    assert main(["import", "--src", str(tmp_path / "official"), "--dst", str(tmp_path / "again")]) == 0
+    assert arch(tmp_path / "again") == meanflow
+    capsys.readouterr()
+    assert main(["inspect", str(layouts["hunyuan15_t2v_original"][0]), "--json", *HUNYUAN_TINY_ROPE]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["family"], info["variant"], info["layout"]) == ("hunyuan15", "tiny-hunyuan1.5-t2v", "hunyuan15")
+    assert info["notes"] == []
+    renamed = tmp_path / "weights"
+    shutil.copytree(layouts["hunyuan15_t2v_original"][0], renamed)
+    assert main(["inspect", str(renamed), "--json", *HUNYUAN_TINY_ROPE]) == 0
+    assert any("assuming i2v at 480p" in n for n in json.loads(capsys.readouterr().out)["notes"])
+    _fails(["import", "--src", str(renamed), "--dst", str(tmp_path / "out")], capsys, "rotary axes must be given",
+           tmp_path / "out")

@@ -50,6 +50,15 @@ def from_diffusers_config(family: str, j: dict[str, Any]) -> VideoDiTConfig:
                     out_channels=j.get("out_channels") or j["in_channels"], text_dim=j["text_dim"],
                     freq_dim=j["freq_dim"], image_dim=j.get("image_dim"),
                     cross_attn_norm=j.get("cross_attn_norm", True))
+    elif family == "hunyuan15":
+        p = j["patch_size"]
+        arch = dict(num_layers=j["num_layers"], num_refiner_layers=j["num_refiner_layers"],
+                    hidden_size=heads * head_dim, num_attention_heads=heads,
+                    ffn_hidden_size=int(heads * head_dim * j["mlp_ratio"]), patch_size=(j["patch_size_t"], p, p),
+                    in_channels=j["in_channels"], out_channels=j.get("out_channels") or j["in_channels"],
+                    text_dim=j["text_embed_dim"], glyph_dim=j["text_embed_2_dim"], image_dim=j["image_embed_dim"],
+                    rope_theta=j["rope_theta"], rope_axes_dim=tuple(j["rope_axes_dim"]),
+                    use_meanflow=j.get("use_meanflow", False), task_type=j["task_type"], target_size=j["target_size"])
     else:
         p = j["patch_size"]
         arch = dict(num_layers=j["num_layers"], num_single_layers=j["num_single_layers"],
@@ -76,6 +85,18 @@ def to_diffusers_config(cfg: VideoDiTConfig) -> dict[str, Any]:
                 "rope_max_seq_len": 1024, "pos_embed_seq_len": None}
     if cfg.patch_size[1] != cfg.patch_size[2]:
         raise CheckpointError(f"diffusers' HunyuanVideo needs a square spatial patch; patch_size={cfg.patch_size}")
+    if type(cfg).__name__ == "HunyuanVideo15Config":
+        if cfg.glyph_hidden_dim != 2048:
+            raise CheckpointError(f"diffusers' HunyuanVideo-1.5 has a 2048-wide glyph projection; glyph_hidden_dim="
+                                  f"{cfg.glyph_hidden_dim}")
+        return {"_class_name": "HunyuanVideo15Transformer3DModel", "_diffusers_version": DIFFUSERS_VERSION,
+                "in_channels": cfg.in_channels, "out_channels": cfg.out_channels, "num_attention_heads": heads,
+                "attention_head_dim": head_dim, "num_layers": cfg.num_layers,
+                "num_refiner_layers": cfg.num_refiner_layers, "mlp_ratio": cfg.ffn_hidden_size / cfg.hidden_size,
+                "patch_size": cfg.patch_size[1], "patch_size_t": cfg.patch_size[0], "qk_norm": "rms_norm",
+                "text_embed_dim": cfg.text_dim, "text_embed_2_dim": cfg.glyph_dim, "image_embed_dim": cfg.image_dim,
+                "rope_theta": cfg.rope_theta, "rope_axes_dim": list(cfg.rope_axes_dim),
+                "target_size": cfg.target_size, "task_type": cfg.task_type, "use_meanflow": cfg.use_meanflow}
     return {"_class_name": "HunyuanVideoTransformer3DModel", "_diffusers_version": DIFFUSERS_VERSION,
             "in_channels": cfg.in_channels, "out_channels": cfg.out_channels, "num_attention_heads": heads,
             "attention_head_dim": head_dim, "num_layers": cfg.num_layers, "num_single_layers": cfg.num_single_layers,
@@ -100,6 +121,38 @@ def to_official_wan_config(cfg: VideoDiTConfig) -> dict[str, Any]:
             "out_dim": cfg.out_channels, "num_heads": cfg.num_attention_heads, "num_layers": cfg.num_layers,
             "window_size": [-1, -1], "qk_norm": True, "cross_attn_norm": cfg.cross_attn_norm,
             "eps": cfg.layernorm_epsilon}
+
+
+# --- the official HunyuanVideo-1.5 config.json ---------------------------------------------------------
+
+OFFICIAL_HUNYUAN15_CLASS = "HunyuanVideo_1_5_DiffusionTransformer"
+_RESOLUTIONS = {"480p": 640, "720p": 960}
+"""The official ``ideal_resolution`` and the diffusers ``target_size`` it stands for."""
+
+
+def from_official_hunyuan15_config(j: dict[str, Any]) -> dict[str, Any]:
+    """Architecture fields an official HunyuanVideo-1.5 config.json states (the rest come from tensor shapes)."""
+    out: dict[str, Any] = {"num_attention_heads": j["heads_num"], "rope_axes_dim": tuple(j["rope_dim_list"]),
+                           "rope_theta": float(j.get("rope_theta", 256))}
+    if j.get("ideal_task") in ("t2v", "i2v"):
+        out["task_type"] = j["ideal_task"]
+    if j.get("ideal_resolution") in _RESOLUTIONS:
+        out["target_size"] = _RESOLUTIONS[j["ideal_resolution"]]
+    return out
+
+
+def to_official_hunyuan15_config(cfg: VideoDiTConfig) -> dict[str, Any]:
+    resolution = {v: k for k, v in _RESOLUTIONS.items()}.get(cfg.target_size)
+    return {"_class_name": OFFICIAL_HUNYUAN15_CLASS, "patch_size": list(cfg.patch_size),
+            "in_channels": cfg.out_channels, "concat_condition": True, "out_channels": cfg.out_channels,
+            "hidden_size": cfg.hidden_size, "heads_num": cfg.num_attention_heads,
+            "mlp_width_ratio": cfg.ffn_hidden_size / cfg.hidden_size, "mlp_act_type": "gelu_tanh",
+            "mm_double_blocks_depth": cfg.num_layers, "mm_single_blocks_depth": 0,
+            "rope_dim_list": list(cfg.rope_axes_dim), "qkv_bias": True, "qk_norm": True, "qk_norm_type": "rms",
+            "guidance_embed": False, "use_meanflow": cfg.use_meanflow, "text_projection": "single_refiner",
+            "use_attention_mask": True, "text_states_dim": cfg.text_dim, "rope_theta": cfg.rope_theta,
+            "glyph_byT5_v2": True, "vision_projection": "linear", "vision_states_dim": cfg.image_dim,
+            "use_cond_type_embedding": True, "ideal_resolution": resolution, "ideal_task": cfg.task_type}
 
 
 # --- shapes of the official layouts -----------------------------------------------------------------
@@ -131,6 +184,8 @@ def official_arch_from_shapes(family: str, source: TensorSource) -> tuple[dict[s
                     image_dim=source.shape("img_emb.proj.0.weight")[0] if "img_emb.proj.0.weight" in keys else None,
                     cross_attn_norm="blocks.0.norm3.weight" in keys)
         return arch, notes
+    if family == "hunyuan15":
+        return _official_hunyuan15_arch(source)
     pe = _shape(source, "img_in.proj.weight")
     patch = tuple(pe[2:])
     head_dim = _shape(source, "double_blocks.0.img_attn_q_norm.weight")[0]
@@ -152,6 +207,35 @@ def official_arch_from_shapes(family: str, source: TensorSource) -> tuple[dict[s
         notes.append("T2V and token-replace I2V checkpoints have the same tensors; assuming T2V "
                       "(--set image_condition_type=token_replace for the I2V model)")
     return arch, notes
+
+
+def _official_hunyuan15_arch(source: TensorSource) -> tuple[dict[str, Any], list[str]]:
+    keys = source.keys()
+    pe = _shape(source, "img_in.proj.weight")
+    patch = tuple(pe[2:])
+    head_dim = _shape(source, "double_blocks.0.img_attn_q_norm.weight")[0]
+    glyph = _shape(source, "byt5_in.fc1.weight")
+    arch = dict(hidden_size=pe[0], in_channels=pe[1], patch_size=patch, num_attention_heads=pe[0] // head_dim,
+                num_layers=_count(keys, "double_blocks."),
+                num_refiner_layers=_count(keys, "txt_in.individual_token_refiner.blocks."),
+                ffn_hidden_size=_shape(source, "double_blocks.0.img_mlp.fc1.weight")[0],
+                text_dim=_shape(source, "txt_in.input_embedder.weight")[1], glyph_dim=glyph[1],
+                glyph_hidden_dim=glyph[0], image_dim=_shape(source, "vision_in.proj.1.weight")[1],
+                use_meanflow="time_r_in.mlp.0.weight" in keys,
+                out_channels=_shape(source, "final_layer.linear.weight")[0] // math.prod(patch))
+    notes = []
+    if head_dim == 128:
+        arch["rope_axes_dim"] = (16, 56, 56)
+    else:
+        notes.append(f"head dim {head_dim} is not the official 128: the rotary axes must be given "
+                     "(--set rope_axes_dim=T,H,W)")
+    return arch, notes
+
+
+def hunyuan15_task_from_folder(name: str) -> dict[str, Any]:
+    """Task and resolution from an official variant folder's name (``transformer/480p_t2v``, ``720p_i2v_distilled``)."""
+    m = re.match(r"(480p|720p)_(t2v|i2v)(_|$)", name)
+    return {"target_size": _RESOLUTIONS[m[1]], "task_type": m[2]} if m else {}
 
 
 def infer_wan_heads(arch: dict[str, Any]) -> tuple[int, str]:

@@ -1,5 +1,5 @@
-"""Import, export and inspect checkpoints: Wan and HunyuanVideo, official and diffusers layouts,
-to and from pose_mcore's own (TP-independent names, sharded safetensors, config.json).
+"""Import, export and inspect checkpoints: Wan, HunyuanVideo and HunyuanVideo-1.5, official and diffusers
+layouts, to and from pose_mcore's own (TP-independent names, sharded safetensors, config.json).
 
 Conversion streams: tensors are read one group at a time (a rename, or the parts of a fused
 tensor), written straight into the output shard, and released. Output shapes are worked out on
@@ -32,6 +32,7 @@ from pose_mcore.checkpoint.io import (
     safetensors_metadata,
 )
 from pose_mcore.checkpoint.layouts import hunyuan as hunyuan_layout
+from pose_mcore.checkpoint.layouts import hunyuan15 as hunyuan15_layout
 from pose_mcore.checkpoint.layouts import wan as wan_layout
 from pose_mcore.checkpoint.layouts.rules import Rule, invert, plan
 from pose_mcore.config.base import VideoDiTConfig
@@ -59,8 +60,13 @@ LAYOUTS: dict[str, Layout] = {
     "wan-diffusers": Layout("wan-diffusers", "wan", wan_layout.DIFFUSERS),
     "hunyuan": Layout("hunyuan", "hunyuan", hunyuan_layout.ORIGINAL),
     "hunyuan-diffusers": Layout("hunyuan-diffusers", "hunyuan", hunyuan_layout.DIFFUSERS),
+    "hunyuan15": Layout("hunyuan15", "hunyuan15", hunyuan15_layout.ORIGINAL),
+    "hunyuan15-diffusers": Layout("hunyuan15-diffusers", "hunyuan15", hunyuan15_layout.DIFFUSERS),
 }
-_ORIGINAL_MARKERS = {"wan": "blocks.0.self_attn.q.weight", "hunyuan": "double_blocks.0.img_attn_qkv.weight"}
+_ORIGINAL_MARKERS = {"wan": "blocks.0.self_attn.q.weight", "hunyuan": "double_blocks.0.img_attn_qkv.weight",
+                     "hunyuan15": "double_blocks.0.img_attn_q.weight"}
+_DIFFUSERS_CLASSES = {"WanTransformer3DModel": "wan", "HunyuanVideoTransformer3DModel": "hunyuan",
+                      "HunyuanVideo15Transformer3DModel": "hunyuan15"}
 _COMFY_PREFIX = "model.diffusion_model."
 
 
@@ -194,8 +200,8 @@ def detect(src: Path, family: str | None = None, overrides: dict[str, Any] | Non
     if j.get("format") == FORMAT:
         layout, fam = "pose", j["family"]
         cfg = configs.make_config(fam, {**j["architecture"], **overrides})
-    elif j.get("_class_name") in ("WanTransformer3DModel", "HunyuanVideoTransformer3DModel"):
-        fam = "wan" if j["_class_name"].startswith("Wan") else "hunyuan"
+    elif j.get("_class_name") in _DIFFUSERS_CLASSES:
+        fam = _DIFFUSERS_CLASSES[j["_class_name"]]
         layout = f"{fam}-diffusers"
         cfg = configs.from_diffusers_config(fam, j)
         if overrides:
@@ -223,9 +229,11 @@ def detect(src: Path, family: str | None = None, overrides: dict[str, Any] | Non
         elif fam == "wan" and "num_attention_heads" not in overrides:
             arch["num_attention_heads"], note = configs.infer_wan_heads(arch)
             notes.append(note)
+        elif fam == "hunyuan15":
+            notes += _hunyuan15_official_fields(src, j, arch)
         arch.update(overrides)
         notes = [n for n in notes if not any(f"--set {k}=" in n for k in overrides)]
-        if fam == "hunyuan" and "rope_axes_dim" not in arch:
+        if fam in ("hunyuan", "hunyuan15") and "rope_axes_dim" not in arch:
             raise CheckpointError(f"{src}: " + shape_notes[0])
         cfg = configs.make_config(fam, arch)
     if family is not None and family != fam:
@@ -233,8 +241,22 @@ def detect(src: Path, family: str | None = None, overrides: dict[str, Any] | Non
     return Detected(layout, fam, source, cfg, notes)
 
 
-def expected_shapes(cfg: VideoDiTConfig) -> dict[str, tuple[int, ...]]:
-    """pose_mcore's parameter names and whole-tensor shapes for ``cfg`` (the model built on the meta device)."""
+def _hunyuan15_official_fields(src: Path, j: dict[str, Any], arch: dict[str, Any]) -> list[str]:
+    """Fill ``arch`` with what an official HunyuanVideo-1.5 folder states beside its shapes: its config.json, else
+    the variant folder's name (``480p_t2v``); notes on what had to be assumed."""
+    if j.get("_class_name") == configs.OFFICIAL_HUNYUAN15_CLASS:
+        arch.update(configs.from_official_hunyuan15_config(j))
+    found = configs.hunyuan15_task_from_folder(src.name if src.is_dir() else src.parent.name)
+    arch.update({k: v for k, v in found.items() if k not in arch})
+    if "task_type" in arch and "target_size" in arch:
+        return []
+    return ["the task and resolution are neither in a config.json nor in the folder's name (480p_t2v): assuming "
+            "i2v at 480p (--set task_type=t2v, --set target_size=960 for 720p)"]
+
+
+def meta_model(cfg: VideoDiTConfig) -> torch.nn.Module:
+    """The whole (TP=1) model of ``cfg``'s architecture on the meta device: names, shapes and module types, no
+    memory."""
     from megatron.core import parallel_state
 
     from pose_mcore.parallel.state import initialize_parallel
@@ -243,8 +265,12 @@ def expected_shapes(cfg: VideoDiTConfig) -> dict[str, tuple[int, ...]]:
         initialize_parallel(1)
     single = configs.make_config(family_of_config(cfg).name, cfg.architecture(), perform_initialization=False)
     with torch.device("meta"):
-        model = family_of_config(cfg).build(single)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+        return family_of_config(cfg).build(single)
+
+
+def expected_shapes(cfg: VideoDiTConfig) -> dict[str, tuple[int, ...]]:
+    """pose_mcore's parameter names and whole-tensor shapes for ``cfg``."""
+    return {k: tuple(v.shape) for k, v in meta_model(cfg).state_dict().items() if not k.endswith("_extra_state")}
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -366,8 +392,8 @@ def import_checkpoint(src: Path, dst: Path, family: str | None = None, dtype: st
                       overrides: dict[str, Any] | None = None, overwrite: bool = False,
                       shard_bytes: int = DEFAULT_SHARD_BYTES, container: str | None = None,
                       tp: int | None = None) -> Detected:
-    """Convert a Wan or HunyuanVideo checkpoint (any supported layout) into pose_mcore's layout at ``dst``
-    (checking first, if ``tp`` is given, that the model splits over that many tensor-parallel ranks)."""
+    """Convert a Wan, HunyuanVideo or HunyuanVideo-1.5 checkpoint (any supported layout) into pose_mcore's layout
+    at ``dst`` (checking first, if ``tp`` is given, that the model splits over that many tensor-parallel ranks)."""
     dst = Path(dst)
     if dst.exists() and not overwrite:
         raise CheckpointError(f"{dst}: destination exists (pass --overwrite to replace it)")
@@ -431,8 +457,8 @@ def export_checkpoint(src: Path, dst: Path, layout: str, dtype: str = "keep", ov
     if layout not in LAYOUTS:
         raise CheckpointError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
     if dtype == "fp8" and (layout.endswith("-diffusers") or dst.suffix != ".safetensors"):
-        raise CheckpointError(f"{dst}: --dtype fp8 writes one official-layout .safetensors file (--layout wan or "
-                              "hunyuan, a destination ending in .safetensors), as ComfyUI loads it")
+        raise CheckpointError(f"{dst}: --dtype fp8 writes one official-layout .safetensors file (--layout wan, "
+                              "hunyuan or hunyuan15, a destination ending in .safetensors), as ComfyUI loads it")
     found = detect(src)
     if found.layout != "pose":
         raise CheckpointError(f"{src}: export reads a pose_mcore checkpoint; this is a {found.layout} one "
@@ -462,6 +488,9 @@ def export_checkpoint(src: Path, dst: Path, layout: str, dtype: str = "keep", ov
             torch.save({"module": state}, tmp)
         elif layout == "wan":
             _write_folder(groups, found.source, cfg, dtype, tmp, configs.to_official_wan_config(cfg), shard_bytes)
+        elif layout == "hunyuan15":
+            _write_folder(groups, found.source, cfg, dtype, tmp, configs.to_official_hunyuan15_config(cfg),
+                          shard_bytes)
         else:
             raise CheckpointError(f"{dst}: the hunyuan layout is written to a .pt (as the official "
                                   "mp_rank_00_model_states.pt) or a .safetensors file")

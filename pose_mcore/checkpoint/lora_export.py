@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from pose_mcore.checkpoint.convert import LAYOUTS, Detected, _Group, _groups, detect, expected_shapes
+from pose_mcore.checkpoint.convert import LAYOUTS, Detected, _Group, _groups, detect, expected_shapes, meta_model
 from pose_mcore.checkpoint.io import (
     CheckpointError,
     MemorySource,
@@ -126,7 +126,7 @@ def _layer_type(name: str) -> str:
 
 def _plan_entries(name: str, shape: tuple[int, ...], family: str, style: str, rank: int | None,
                   linears: set[str]) -> _Entry:
-    if name.endswith(".weight") and len(shape) == 2:
+    if name.endswith(".weight") and name.removesuffix(".weight") in linears:
         if style == "official" and family == "hunyuan" and _HUNYUAN_AS_DIFF.match(name):
             return _Entry(name, "diff", shape)
         full = min(shape)
@@ -207,8 +207,9 @@ def _plan(source: TensorSource, cfg: VideoDiTConfig, key_style: str, rank: int |
     family = family_of_config(cfg).name
     layout = LAYOUTS[family if key_style == "official" else f"{family}-diffusers"]
     groups = _groups(invert(layout.rules), source, cfg, None)
+    tables = {f"{name}.weight" for name, m in meta_model(cfg).named_modules() if isinstance(m, torch.nn.Embedding)}
     linears = {n.removesuffix(".weight") for g in groups for n, _, shape in g.metas
-               if n.endswith(".weight") and len(shape) == 2}
+               if n.endswith(".weight") and len(shape) == 2 and not set(g.src) & tables}
     return [(g, [_plan_entries(n, shape, family, key_style, rank, linears) for n, _, shape in g.metas],
              [dtype or d for _, d, _ in g.metas]) for g in groups]
 
