@@ -16,7 +16,7 @@ from pose_mcore.models.registry import family_of_preset
 from pose_mcore.parallel.replicas import replica_mismatches
 from pose_mcore.parallel.sharding import full_state_dict, gather_full, load_full_state_dict
 from pose_mcore.parallel.state import run_device
-from pose_mcore.pose.conditioning import Conditioner
+from pose_mcore.pose.conditioning import Conditioner, image_token_dim
 from pose_mcore.pose.phase1 import Phase1
 from pose_mcore.pose.phase2 import Phase2
 from pose_mcore.pose.roles import Roles
@@ -50,7 +50,7 @@ def phase2_setup(roles, cfg, backbone: str = "ema", head: str = "semantic", engi
     pcfg = Phase2Config(**{**PHASE2.__dict__, "backbone": backbone, "head": head, **overrides})
     torch.manual_seed(1)
     return Phase2(roles, Conditioner(cfg, stand_ins=True), pcfg, seed=4, device=run_device(), text_dim=cfg.text_dim,
-                  image_dim=getattr(cfg, "image_dim", None), engine=engine)
+                  image_dim=image_token_dim(cfg), engine=engine)
 
 
 def global_batch(cfg, micro: int, accumulation: int, dp_rank: int = 0, dp_size: int = 1):
@@ -78,10 +78,14 @@ LAYOUT_CASES = {
     "hunyuan-frozen-semantic": ("tiny-hunyuan-t2v", "phase2", {"backbone": "frozen"}),
     "hunyuan-full-semantic": ("tiny-hunyuan-t2v", "phase2", {"backbone": "full"}),
     "hunyuan-ema-conv": ("tiny-hunyuan-t2v", "phase2", {"head": "conv"}),
+    "hunyuan15-teacher": ("tiny-hunyuan1.5-t2v", "teacher", {}),
+    "hunyuan15-i2v-phase1": ("tiny-hunyuan1.5-i2v", "phase1", {}),
+    "hunyuan15-i2v-ema-semantic": ("tiny-hunyuan1.5-i2v", "phase2", {}),
 }
 """name -> (preset, phase, Phase I or Phase II settings): one step of every phase, each backbone mode and each head, of
-both families (and Wan I2V: image conditions, the consistency loss; Wan2.2-A14B's two experts: a batch whose
-samples take both experts, sparse gradients), in the layout tests."""
+every family (and Wan I2V: image conditions, the consistency loss; Wan2.2-A14B's two experts: a batch whose
+samples take both experts, sparse gradients; HunyuanVideo-1.5: T2V's zero condition channels, I2V's SigLIP tokens
+and condition latent), in the layout tests."""
 
 TEACHER = TeacherConfig(optim=OptimConfig(lr=1e-3))
 

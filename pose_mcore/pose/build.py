@@ -11,7 +11,7 @@ from pose_mcore.config.train import PHASES, TrainConfig
 from pose_mcore.engine.ddp import release
 from pose_mcore.engine.optimizer import Engine
 from pose_mcore.parallel.state import seed_everything
-from pose_mcore.pose.conditioning import Conditioner
+from pose_mcore.pose.conditioning import Conditioner, image_token_dim
 from pose_mcore.pose.phase import Phase
 from pose_mcore.pose.phase1 import Phase1
 from pose_mcore.pose.phase2 import Phase2
@@ -62,4 +62,4 @@ def _build(name: str, config: TrainConfig, teacher: torch.nn.Module, conditioner
         init(previous)
     model = conditioner.config
     return previous, Phase2(previous, conditioner, config.phase2, seed, device, model.text_dim,
-                            getattr(model, "image_dim", None), engine)
+                            image_token_dim(model), engine)

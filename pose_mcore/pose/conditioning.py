@@ -3,11 +3,13 @@ conditioning keyword arguments, conditional and unconditional (for classifier-fr
 
 A prepared dataset (``pose-prepare``) holds every field the model was trained on, computed by the model
 folder's own encoders (:mod:`pose_mcore.encoders`): ``text`` (and HunyuanVideo's ``text_mask``,
-``pooled``), Wan2.1 I2V's CLIP ``image_states``, the I2V ``condition`` channels ``[mask | condition
-latent]``; the unconditional input is the dataset's encoded negative prompt. Only the procedural toy
-dataset, which has no encoders, gets stand-ins (``stand_ins=True``): image tokens from a fixed random
-projection of the first frame's patches, a condition latent of the first frame followed by zeros, an
-all-ones text mask, the mean text token as pooled vector and zeros as the negative prompt.
+``pooled``; HunyuanVideo-1.5's ``text_mask``, ``glyph``, ``glyph_mask``), the I2V image tokens ``image_states``
+(Wan2.1's CLIP, HunyuanVideo-1.5's SigLIP), the I2V ``condition`` channels (Wan ``[mask | condition latent]``,
+HunyuanVideo ``[condition latent | mask]``; HunyuanVideo-1.5 T2V feeds them as zeros, as its pipeline does); the
+unconditional input is the dataset's encoded negative prompt. Only the procedural toy dataset, which has no
+encoders, gets stand-ins (``stand_ins=True``): image tokens from a fixed random projection of the first frame's
+patches, a condition latent of the first frame followed by zeros, an all-ones text mask, the mean text token as
+pooled vector, no glyph text and zeros as the negative prompt.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 
 from pose_mcore.config.base import VideoDiTConfig
 from pose_mcore.config.hunyuan import HunyuanConfig
+from pose_mcore.config.hunyuan15 import HunyuanVideo15Config
 from pose_mcore.config.wan import WanConfig
 from pose_mcore.diffusion.flow import model_timestep
 
@@ -29,13 +32,26 @@ def required_fields(config: VideoDiTConfig) -> tuple[str, ...]:
     fields = ["latents", "text"]
     if isinstance(config, HunyuanConfig):
         fields += ["text_mask", "pooled"]
-    if isinstance(config, WanConfig) and config.image_dim is not None:
+    if isinstance(config, HunyuanVideo15Config):
+        fields += ["text_mask", "glyph", "glyph_mask"]
+    if (isinstance(config, WanConfig) and config.image_dim is not None) or _hunyuan15_i2v(config):
         fields.append("image_states")
-    if config.in_channels > config.out_channels:
+    if config.in_channels > config.out_channels and (_hunyuan15_i2v(config) or
+                                                     not isinstance(config, HunyuanVideo15Config)):
         fields.append("condition")
     if getattr(config, "image_condition_type", None) == "token_replace":
         fields.append("first_frame")
     return tuple(fields)
+
+
+def _hunyuan15_i2v(config: VideoDiTConfig) -> bool:
+    return isinstance(config, HunyuanVideo15Config) and config.task_type == "i2v"
+
+
+def image_token_dim(config: VideoDiTConfig) -> int | None:
+    """The width of the image tokens a model of ``config`` reads (Wan2.1 I2V's CLIP, HunyuanVideo-1.5 I2V's
+    SigLIP), or None."""
+    return config.image_dim if "image_states" in required_fields(config) else None
 
 
 def needs_image(config: VideoDiTConfig) -> bool:
@@ -45,6 +61,8 @@ def needs_image(config: VideoDiTConfig) -> bool:
 
 def negative_fields(config: VideoDiTConfig) -> tuple[str, ...]:
     """The fields of the encoded negative prompt a model of ``config`` needs."""
+    if isinstance(config, HunyuanVideo15Config):
+        return "text", "text_mask", "glyph", "glyph_mask"
     return ("text", "text_mask", "pooled") if isinstance(config, HunyuanConfig) else ("text",)
 
 
@@ -62,8 +80,11 @@ def missing_negative(config: VideoDiTConfig, negative: Collection[str] | None) -
     return [f"negative prompt field {f!r} is missing" for f in negative_fields(config) if f not in negative]
 
 
-MASKED_TEXT = ("text", "text_mask")
+MASKED_TEXT = ("text", "text_mask", "glyph", "glyph_mask")
 """The per-token fields of masked text, whose length may differ between the prompt and the negative."""
+_MASKED_KWARGS = (("encoder_hidden_states", "encoder_attention_mask"),
+                  ("encoder_hidden_states_2", "encoder_attention_mask_2"))
+"""The model's masked text inputs: (tokens, mask)."""
 
 HUNYUAN_I2V_START_NOISE = 0.999
 """The noise share of HunyuanVideo-I2V's starting latent (the rest is the first frame's latent)."""
@@ -104,13 +125,13 @@ class Conditions:
         dropout). Masked text of different lengths is first padded to the longer with masked zeros, which
         changes nothing: a masked token is seen by no other."""
         cond, uncond = dict(self.cond), dict(self.uncond)
-        text, mask = "encoder_hidden_states", "encoder_attention_mask"
-        if mask in cond and cond[text].shape[1] != uncond[text].shape[1]:
-            length = max(cond[text].shape[1], uncond[text].shape[1])
-            for kwargs in (cond, uncond):
-                for name in (text, mask):
-                    v = kwargs[name]
-                    kwargs[name] = F.pad(v, (0, 0) * (v.dim() - 2) + (0, length - v.shape[1]))
+        for text, mask in _MASKED_KWARGS:
+            if mask in cond and cond[text].shape[1] != uncond[text].shape[1]:
+                length = max(cond[text].shape[1], uncond[text].shape[1])
+                for kwargs in (cond, uncond):
+                    for name in (text, mask):
+                        v = kwargs[name]
+                        kwargs[name] = F.pad(v, (0, 0) * (v.dim() - 2) + (0, length - v.shape[1]))
         return {k: torch.where(drop.view(-1, *[1] * (v.dim() - 1)), uncond[k], v) for k, v in cond.items()}
 
     def inputs(self, x_t: torch.Tensor) -> torch.Tensor:
@@ -153,7 +174,7 @@ class Conditioner:
             raise ValueError(f"in_channels={config.in_channels} cannot hold the noisy latent and the condition "
                              f"latent ({config.out_channels} channels each)")
         self._image_proj = None
-        if stand_ins and isinstance(config, WanConfig) and config.image_dim is not None:
+        if stand_ins and "image_states" in required_fields(config):
             ph, pw = config.patch_size[1:]
             gen = torch.Generator().manual_seed(image_tokens_seed)
             self._image_proj = torch.randn(config.out_channels * ph * pw, config.image_dim, generator=gen)
@@ -172,7 +193,7 @@ class Conditioner:
         if self.negative is None:  # stand-in: no negative prompt
             return torch.zeros_like(like)
         neg = self.negative[name].to(like.device, like.dtype)
-        own_length = name in MASKED_TEXT and "text_mask" in self.negative
+        own_length = name in MASKED_TEXT and ("text_mask" in self.negative or "glyph_mask" in self.negative)
         if neg.shape[own_length:] != like.shape[1 + own_length:]:
             raise ValueError(f"negative prompt {name} has shape {tuple(neg.shape)}; the batch's is "
                              f"{tuple(like.shape[1:])}")
@@ -187,7 +208,8 @@ class Conditioner:
         n_mask = self.extra_channels - cfg.out_channels
         mask = torch.zeros(latents.shape[0], n_mask, *latents.shape[2:], dtype=latents.dtype, device=latents.device)
         mask[:, :, :1] = 1
-        return torch.cat([first, mask] if isinstance(cfg, HunyuanConfig) else [mask, first], dim=1)
+        return torch.cat([first, mask] if isinstance(cfg, HunyuanConfig | HunyuanVideo15Config) else [mask, first],
+                         dim=1)
 
     def _stand_in_image(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ph, pw = self.config.patch_size[1:]
@@ -195,11 +217,34 @@ class Conditioner:
         patches = patches.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)
         return patches @ self._image_proj.to(patches)
 
+    def _hunyuan15(self, batch: dict[str, torch.Tensor], text: torch.Tensor
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """HunyuanVideo-1.5's LLM and glyph text with their masks, conditional and negative (stand-ins: every LLM
+        token valid, one masked glyph token)."""
+        fields = {name: self._field(batch, name) for name in ("text_mask", "glyph", "glyph_mask")}
+        if fields["text_mask"] is None:
+            fields["text_mask"] = torch.ones(text.shape[:2], dtype=torch.long, device=text.device)
+        if fields["glyph"] is None:
+            fields["glyph"] = text.new_zeros(text.shape[0], 1, self.config.glyph_dim)
+            fields["glyph_mask"] = torch.zeros(text.shape[0], 1, dtype=torch.long, device=text.device)
+        fields["text"] = text
+        names = {"text": "encoder_hidden_states", "text_mask": "encoder_attention_mask",
+                 "glyph": "encoder_hidden_states_2", "glyph_mask": "encoder_attention_mask_2"}
+        cond = {names[k]: v for k, v in fields.items()}
+        if self.negative is None:  # stand-in: the same masks, zero tokens
+            uncond = {names[k]: v if k.endswith("mask") else torch.zeros_like(v) for k, v in fields.items()}
+        else:
+            uncond = {names[k]: self._uncond(k, v) for k, v in fields.items()}
+        return cond, uncond
+
     def __call__(self, batch: dict[str, torch.Tensor]) -> Conditions:
         cfg = self.config
         text = batch["text"]
         channels = image = first_frame = frame_tokens = start_image = None
-        if self.extra_channels:
+        if self.extra_channels and "condition" not in required_fields(cfg):  # HunyuanVideo-1.5 T2V: zeros
+            latents = batch["latents"]
+            channels = latents.new_zeros(latents.shape[0], self.extra_channels, *latents.shape[2:])
+        elif self.extra_channels:
             channels = self._field(batch, "condition")
             if channels is None:
                 channels = self._stand_in_condition(batch)
@@ -232,6 +277,12 @@ class Conditioner:
                 first_frame = start_image = batch["first_frame"]
             elif channels is not None:  # latent concat: [first-frame latent, zeros | mask]
                 start_image = channels[:, : cfg.out_channels, :1]
+        elif isinstance(cfg, HunyuanVideo15Config):
+            cond, uncond = self._hunyuan15(batch, text)
+            if _hunyuan15_i2v(cfg):
+                image = self._field(batch, "image_states")
+                image = self._stand_in_image(batch) if image is None else image
+                cond["image_embeds"] = uncond["image_embeds"] = image
         else:
             raise TypeError(f"no conditioning for {type(cfg).__name__}")
         return Conditions(cond, uncond, channels, text, image, first_frame, frame_tokens, start_image)
