@@ -1,6 +1,7 @@
 """Tiny random-weight diffusers model folders (no transformer), built locally: the real component classes
-(AutoencoderKLWan / AutoencoderKLHunyuanVideo, UMT5, CLIP vision and text, Llama) with small configs and a
-word-level tokenizer made here. Nothing is downloaded.
+(AutoencoderKLWan / AutoencoderKLHunyuanVideo / AutoencoderKLHunyuanVideo15, UMT5, CLIP vision and text, Llama,
+Qwen2.5-VL's text model, ByT5, SigLIP) with small configs and word-level tokenizers made here (ByT5's needs no
+vocabulary). Nothing is downloaded.
 
 ``model_folder(kind, path)`` writes the folder ``pose-prepare`` / ``pose-sample`` read; ``pipeline(kind,
 transformer)`` is the same pipeline in memory, with a transformer for the parity tests (the tiny diffusers
@@ -17,10 +18,11 @@ import torch
 WORDS = ("a the red green blue square disk cross moving left right up down fast slow video of on in with and "
          "low quality blurry static bright cat dog runs jumps").split()
 KINDS = ("wan-t2v", "wan-i2v", "wan-ti2v", "wan-a14b-t2v", "wan-a14b-i2v", "hunyuan-t2v", "hunyuan-i2v",
-         "hunyuan-i2v-replace")
+         "hunyuan-i2v-replace", "hunyuan15-t2v", "hunyuan15-i2v")
 TINY_PRESET = {"wan-t2v": "tiny-t2v", "wan-i2v": "tiny-i2v", "wan-ti2v": "tiny-ti2v-i2v", "wan-a14b-t2v": "tiny-t2v",
                "wan-a14b-i2v": "tiny-i2v-a14b", "hunyuan-t2v": "tiny-hunyuan-t2v", "hunyuan-i2v": "tiny-hunyuan-i2v",
-               "hunyuan-i2v-replace": "tiny-hunyuan-i2v-token-replace"}
+               "hunyuan-i2v-replace": "tiny-hunyuan-i2v-token-replace", "hunyuan15-t2v": "tiny-hunyuan1.5-t2v",
+               "hunyuan15-i2v": "tiny-hunyuan1.5-i2v"}
 """The tiny pose_mcore preset whose DiT (one expert of a Wan2.2-A14B folder: the generator) fits each folder's
 encoders."""
 BOUNDARY = {"wan-a14b-t2v": 0.875, "wan-a14b-i2v": 0.9}
@@ -122,6 +124,45 @@ def _hunyuan_i2v_parts() -> dict:
     return parts
 
 
+QWEN_CHAT = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {% if m['role'] == 'system' %}" + "video " * 38
+             + "{% endif %}{{ m['content'] }} <|im_end|> {% endfor %}"
+             "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+"""Qwen2.5-VL's chat template in the tiny tokenizer's words (the pipelines build the prompt with it). Its system
+turn is filled to the 108 tokens the pipelines crop (their ``prompt_template_encode_start_idx``), as Qwen's own
+tokens of the system message number, so the user's words come first after the crop."""
+QWEN_TOKENS = ("<|im_start|>", "<|im_end|>", "system", "user", "assistant")
+
+
+def _hunyuan15_parts(i2v: bool) -> dict:
+    """HunyuanVideo-1.5: its 16x VAE, Qwen2.5-VL's text model, ByT5 for glyph text, the guider; I2V adds SigLIP.
+    Dims fit the tiny-hunyuan1.5 presets (LLM 16, glyph 12, image 10 wide; 4 latent channels)."""
+    from diffusers import AutoencoderKLHunyuanVideo15, ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(12)
+    vae = AutoencoderKLHunyuanVideo15(latent_channels=4, block_out_channels=(8, 8, 8, 8, 8), layers_per_block=1,
+                                      scaling_factor=0.9)
+    tokenizer = _tokenizer({"pad_token": "<pad>", "unk_token": "<unk>"}, 2048, QWEN_TOKENS)
+    tokenizer.chat_template = QWEN_CHAT
+    qwen = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=2048, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}))
+    byt5 = T5EncoderModel(T5Config(vocab_size=384, d_model=12, d_kv=4, d_ff=16, num_layers=1, num_heads=3))
+    parts = {"vae": vae, "text_encoder": qwen, "tokenizer": tokenizer, "text_encoder_2": byt5,
+             "tokenizer_2": ByT5Tokenizer(), "scheduler": FlowMatchEulerDiscreteScheduler(shift=5.0),
+             "guider": ClassifierFreeGuidance(guidance_scale=1.0)}
+    if i2v:
+        from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+        torch.manual_seed(13)
+        parts["image_encoder"] = SiglipVisionModel(SiglipVisionConfig(
+            hidden_size=10, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+            patch_size=8))
+        parts["feature_extractor"] = SiglipImageProcessor(size={"height": 32, "width": 32})
+    return parts
+
+
 HUNYUAN_TEMPLATE = {"template": "describe the video : {}", "crop_start": 4}
 """A prompt template for the tiny tokenizer (the real one's crop_start=95 counts Llama-3 tokens)."""
 HUNYUAN_I2V_TEMPLATE = {
@@ -136,7 +177,14 @@ def pipeline(kind: str, transformer=None, image_to_video: bool = True, transform
     ``WanPipeline`` folder with ``expand_timesteps`` (as published); ``image_to_video`` loads it as the
     image-to-video pipeline. Wan2.2-A14B: ``transformer_2`` the low-noise expert (None: the pipeline runs
     ``transformer`` at every step, as it does a one-step generator)."""
-    from diffusers import HunyuanVideoImageToVideoPipeline, HunyuanVideoPipeline, WanImageToVideoPipeline, WanPipeline
+    from diffusers import (
+        HunyuanVideo15ImageToVideoPipeline,
+        HunyuanVideo15Pipeline,
+        HunyuanVideoImageToVideoPipeline,
+        HunyuanVideoPipeline,
+        WanImageToVideoPipeline,
+        WanPipeline,
+    )
 
     a14b = {"transformer_2": transformer_2, "boundary_ratio": BOUNDARY.get(kind)} if kind in BOUNDARY else {}
     cls, parts = {"wan-t2v": (WanPipeline, lambda: _wan_parts(False)),
@@ -148,7 +196,9 @@ def pipeline(kind: str, transformer=None, image_to_video: bool = True, transform
                                    lambda: dict(_wan_parts(False), image_encoder=None, image_processor=None, **a14b)),
                   "hunyuan-t2v": (HunyuanVideoPipeline, _hunyuan_parts),
                   "hunyuan-i2v": (HunyuanVideoImageToVideoPipeline, _hunyuan_i2v_parts),
-                  "hunyuan-i2v-replace": (HunyuanVideoImageToVideoPipeline, _hunyuan_i2v_parts)}[kind]
+                  "hunyuan-i2v-replace": (HunyuanVideoImageToVideoPipeline, _hunyuan_i2v_parts),
+                  "hunyuan15-t2v": (HunyuanVideo15Pipeline, lambda: _hunyuan15_parts(False)),
+                  "hunyuan15-i2v": (HunyuanVideo15ImageToVideoPipeline, lambda: _hunyuan15_parts(True))}[kind]
     parts = {k: v.eval() if isinstance(v, torch.nn.Module) else v for k, v in parts().items()}  # as loaded
     return cls(transformer=transformer, **parts)
 

@@ -6,7 +6,7 @@ import torch
 
 TINY = dict(in_channels=9, out_channels=4, num_attention_heads=4, attention_head_dim=8, num_layers=2,
             num_refiner_layers=1, mlp_ratio=2.0, patch_size=1, patch_size_t=1, qk_norm="rms_norm", text_embed_dim=16,
-            text_embed_2_dim=12, image_embed_dim=10, rope_theta=256.0, rope_axes_dim=(2, 2, 4), target_size=640)
+            text_embed_2_dim=12, image_embed_dim=10, rope_theta=256.0, rope_axes_dim=(2, 2, 4), target_size=32)
 VARIANTS = {  # name -> (diffusers overrides, pose_mcore preset)
     "t2v": (dict(task_type="t2v"), "tiny-hunyuan1.5-t2v"),
     "i2v": (dict(task_type="i2v"), "tiny-hunyuan1.5-i2v"),

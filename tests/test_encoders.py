@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import assert_close_rel
 from encoder_fixtures import HUNYUAN_I2V_TEMPLATE, HUNYUAN_TEMPLATE, KINDS, TINY_PRESET, pipeline
+from hunyuan15_reference import diffusers_hunyuan15
 from hunyuan_reference import diffusers_hunyuan
 from PIL import Image
 from wan_reference import diffusers_wan
@@ -18,13 +19,14 @@ from pose_mcore.encoders import EncoderError, ModelEncoders
 PROMPT, NEGATIVE = "a red square moving left", "blurry static low quality"
 FRAMES, HEIGHT, WIDTH = 5, 32, 48
 TEXT_LEN = {"wan-t2v": 12, "wan-i2v": 512, "wan-ti2v": 12, "wan-a14b-t2v": 12, "wan-a14b-i2v": 12, "hunyuan-t2v": 10,
-            "hunyuan-i2v": 10, "hunyuan-i2v-replace": 10}
+            "hunyuan-i2v": 10, "hunyuan-i2v-replace": 10, "hunyuan15-t2v": 24, "hunyuan15-i2v": 24}
 """Text tokens: diffusers' Wan I2V attention takes the last 512 context tokens as text."""
 
 
 def size(kind: str) -> tuple[int, int]:
-    """Pixels of the test videos: Wan2.2's VAE downsamples 16x (latents 4 x 6 either way)."""
-    return (2 * HEIGHT, 2 * WIDTH) if kind == "wan-ti2v" else (HEIGHT, WIDTH)
+    """Pixels of the test videos: Wan2.2's VAE downsamples 16x (latents 4 x 6 either way); HunyuanVideo-1.5 I2V's
+    pipeline takes the size of the tiny model's 32-pixel bucket of the image's aspect: square."""
+    return {"wan-ti2v": (2 * HEIGHT, 2 * WIDTH), "hunyuan15-i2v": (HEIGHT, HEIGHT)}.get(kind, (HEIGHT, WIDTH))
 
 
 TEMPLATES = {"hunyuan-t2v": HUNYUAN_TEMPLATE, "hunyuan-i2v": HUNYUAN_I2V_TEMPLATE,
@@ -36,13 +38,17 @@ def encoders(folder, kind: str) -> ModelEncoders:
 
 
 def transformer(kind: str):
+    if kind.startswith("hunyuan15"):
+        return diffusers_hunyuan15(kind.removeprefix("hunyuan15-"), seed=5)
     if kind.startswith("hunyuan"):
         return diffusers_hunyuan({"hunyuan-t2v": "t2v", "hunyuan-i2v": "i2v_concat",
                                   "hunyuan-i2v-replace": "i2v_replace"}[kind], seed=5)
     return diffusers_wan(kind in ("wan-i2v", "wan-a14b-i2v"), seed=5, clip=kind == "wan-i2v")
 
 
-TEXT_TO_VIDEO = ("wan-t2v", "wan-a14b-t2v", "hunyuan-t2v")
+TEXT_TO_VIDEO = ("wan-t2v", "wan-a14b-t2v", "hunyuan-t2v", "hunyuan15-t2v")
+GLYPH_PROMPT = 'a red square moving left "POSE"'
+"""HunyuanVideo-1.5's prompt: its quoted text goes to the glyph encoder (ByT5)."""
 
 
 def first_frame(seed: int = 0, kind: str = "wan-i2v", pixels: tuple[int, int] | None = None) -> Image.Image:
@@ -66,7 +72,15 @@ def run_pipeline(kind: str, model, guidance: float, seed: int = 0, output_type: 
     pipe.transformer.register_forward_pre_hook(lambda m, a, kw: calls.append(dict(kw)), with_kwargs=True)
     kwargs = dict(prompt=PROMPT, height=size(kind)[0], width=size(kind)[1], num_frames=FRAMES, num_inference_steps=1,
                   max_sequence_length=TEXT_LEN[kind], output_type=output_type, generator=torch.Generator().manual_seed(seed))
-    if kind.startswith("hunyuan"):
+    if kind.startswith("hunyuan15"):  # the guider holds the scale; the length is the pipeline's attribute
+        from diffusers import ClassifierFreeGuidance
+
+        pipe.register_modules(guider=ClassifierFreeGuidance(guidance_scale=guidance))
+        pipe.tokenizer_max_length = kwargs.pop("max_sequence_length")
+        kwargs.update(prompt=GLYPH_PROMPT, negative_prompt=NEGATIVE)
+        if kind == "hunyuan15-i2v":  # the pipeline picks the size from the image's aspect
+            del kwargs["height"], kwargs["width"]
+    elif kind.startswith("hunyuan"):
         kwargs.update(prompt_template=TEMPLATES[kind], guidance_scale=1.0)
         if guidance > 1:
             kwargs.update(negative_prompt=NEGATIVE, true_cfg_scale=guidance)
@@ -79,7 +93,7 @@ def run_pipeline(kind: str, model, guidance: float, seed: int = 0, output_type: 
     return calls, out
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [k for k in KINDS if not k.startswith("hunyuan15")])
 def test_prepared_fields_equal_the_pipelines_inputs(model_folders, kind):
     enc = encoders(model_folders[kind], kind)
     calls, _ = run_pipeline(kind, transformer(kind), guidance=2.0)
@@ -154,6 +168,55 @@ def test_prepared_fields_equal_the_pipelines_inputs(model_folders, kind):
                                  "hunyuan-t2v": {"latents", "text", "text_mask", "pooled"},
                                  "hunyuan-i2v": {"latents", "text", "text_mask", "pooled", "condition"},
                                  "hunyuan-i2v-replace": {"latents", "text", "text_mask", "pooled", "first_frame"}}[kind]
+
+
+@pytest.mark.parametrize("kind", ("hunyuan15-t2v", "hunyuan15-i2v"))
+def test_hunyuan15_fields_equal_the_pipelines_inputs(model_folders, kind):
+    """HunyuanVideo-1.5: the LLM text and glyph text with their masks (the prompt's quoted word in the glyph
+    stream, none in the negative's), I2V's SigLIP tokens and condition channels, T2V's zero channels and image
+    tokens; the conditioner gives the transformer's every keyword input, conditional and unconditional."""
+    from pose_mcore.models.registry import family_of_preset
+    from pose_mcore.pose.conditioning import Conditioner
+
+    enc = encoders(model_folders[kind], kind)
+    calls, _ = run_pipeline(kind, transformer(kind), guidance=2.0)
+    assert len(calls) == 2  # conditional, then unconditional (the negative prompt)
+    cond, uncond = calls
+    fields = enc.encode_prompts([GLYPH_PROMPT])
+    negative = {k: v[None] for k, v in enc.encode_negative(NEGATIVE, *size(kind)).items()}
+    names = {"text": "encoder_hidden_states", "text_mask": "encoder_attention_mask", "glyph": "encoder_hidden_states_2",
+             "glyph_mask": "encoder_attention_mask_2"}
+    for field, key in names.items():
+        assert torch.equal(fields[field], cond[key]) and torch.equal(negative[field], uncond[key]), field
+    assert 0 < fields["text_mask"].sum() < TEXT_LEN[kind] and 0 < fields["glyph_mask"].sum() < 256
+    assert negative["glyph_mask"].sum() == 0  # no quoted text: no glyph tokens
+    latents = cond["hidden_states"][:, : enc.latent_channels]
+    batch = {"latents": latents, **fields}
+    if kind == "hunyuan15-i2v":
+        first = enc.encode_first_frame(first_frame(kind=kind), FRAMES, *size(kind))
+        assert torch.equal(first["image_states"], cond["image_embeds"])
+        assert torch.equal(first["condition"], cond["hidden_states"][:, enc.latent_channels:])
+        assert first["condition"][:, -1, 0].eq(1).all() and first["condition"][:, :, 1:].eq(0).all()
+        batch.update(first)
+    else:
+        assert not cond["hidden_states"][:, enc.latent_channels:].any() and not cond["image_embeds"].any()
+    conds = Conditioner(family_of_preset(TINY_PRESET[kind]).make_config(TINY_PRESET[kind]),
+                        {k: v[0] for k, v in negative.items()})(batch)
+    assert torch.equal(conds.inputs(latents), cond["hidden_states"])
+    for name, want in (("cond", cond), ("uncond", uncond)):
+        got = getattr(conds, name)
+        given = {k for k, v in want.items() if v is not None} - {"hidden_states", "timestep", "attention_kwargs",
+                                                                  "return_dict"}
+        assert set(got) | {"image_embeds"} == given | {"image_embeds"}  # T2V's zero image tokens: none
+        for key, value in got.items():
+            assert torch.equal(value.to(want[key].dtype), want[key]), (name, key)
+    assert set(enc.fields()) == {"latents", *names} | ({"image_states", "condition"} if kind.endswith("i2v") else set())
+    frames = [first_frame(s, kind) for s in range(FRAMES)]  # the clip's latent: the VAE's mode times its scale
+    pixels = torch.from_numpy(np.stack([np.asarray(f) for f in frames])).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        want = enc.pipe.vae.encode(pixels).latent_dist.mean[0] * enc.pipe.vae.config.scaling_factor
+    assert_close_rel(enc.encode_video(frames), want, 1e-5)
+    assert want.shape == (4, 2, size(kind)[0] // 16, size(kind)[1] // 16)
 
 
 @pytest.mark.parametrize("kind", ("wan-t2v", "hunyuan-t2v"))

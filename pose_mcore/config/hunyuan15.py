@@ -61,7 +61,7 @@ _8B = dict(num_layers=54, num_refiner_layers=2, hidden_size=2048, num_attention_
            rope_axes_dim=(16, 56, 56))
 _TINY = dict(num_layers=2, num_refiner_layers=1, hidden_size=32, num_attention_heads=4, ffn_hidden_size=64,
              patch_size=(1, 1, 1), in_channels=9, out_channels=4, text_dim=16, glyph_dim=12, image_dim=10,
-             rope_axes_dim=(2, 2, 4))
+             rope_axes_dim=(2, 2, 4), target_size=32)
 
 HUNYUAN15_PRESETS: dict[str, dict[str, Any]] = {
     "hunyuan1.5-t2v-480p": dict(_8B, task_type="t2v", target_size=640),
@@ -73,7 +73,7 @@ HUNYUAN15_PRESETS: dict[str, dict[str, Any]] = {
     "tiny-hunyuan1.5-meanflow": dict(_TINY, task_type="i2v", use_meanflow=True),
 }
 """HunyuanVideo-1.5 8.3B T2V and I2V at 480p and 720p (dims from diffusers' conversion configs; the
-step-distilled checkpoints share them), and tiny models."""
+step-distilled checkpoints share them), and tiny models (whose pipelines pick 32-pixel-area sizes)."""
 
 
 def hunyuan15_config(preset: str, **overrides: Any) -> HunyuanVideo15Config:

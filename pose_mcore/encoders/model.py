@@ -13,12 +13,18 @@ Fields, per sample (the dataset's manifest keys; :data:`FIELDS`):
   (Wan: ``(z - mean) / std`` per channel; HunyuanVideo: ``z * scaling_factor``); the mode of the
   posterior (deterministic);
 - ``text`` ``[L, D]``: the prompt embedding (Wan: umT5, zero-padded to ``max_sequence_length``;
-  HunyuanVideo: the LLM's hidden states under the prompt template);
-- ``text_mask`` ``[L]`` (HunyuanVideo): the prompt's attention mask; ``pooled`` ``[P]``: the CLIP text
-  pooler output;
-- ``image_states`` ``[N, E]`` (Wan2.1 I2V): CLIP ViT penultimate hidden states of the first frame;
+  HunyuanVideo: the LLM's hidden states under the prompt template; HunyuanVideo-1.5: Qwen2.5-VL's under its
+  chat template and system message);
+- ``text_mask`` ``[L]`` (HunyuanVideo, -1.5): the prompt's attention mask; ``pooled`` ``[P]`` (HunyuanVideo): the
+  CLIP text pooler output;
+- ``glyph`` ``[G, E]``, ``glyph_mask`` ``[G]`` (HunyuanVideo-1.5): ByT5's encoding of the prompt's quoted text
+  (zeros and an all-zero mask for a prompt without any), for text rendered in the video;
+- ``image_states`` ``[N, E]`` (Wan2.1 I2V: CLIP ViT penultimate hidden states of the first frame;
+  HunyuanVideo-1.5 I2V: SigLIP's last hidden states);
 - ``condition`` ``[c, f, h, w]`` (Wan I2V with extra input channels): ``prepare_latents``' frame mask and
-  the normalised VAE encoding of ``[first frame, zero frames]``;
+  the normalised VAE encoding of ``[first frame, zero frames]``; HunyuanVideo-1.5 I2V: the first frame's
+  normalised latent then zeros, and the frame mask (``prepare_cond_latents_and_mask``); its T2V feeds zeros,
+  which the conditioner makes (no field);
 - ``first_frame`` ``[C, 1, h, w]`` (Wan2.2 TI2V, ``expand_timesteps``; HunyuanVideo-I2V token replace): the
   normalised VAE encoding of the first frame alone.
 
@@ -40,9 +46,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-FIELDS = ("latents", "text", "text_mask", "pooled", "image_states", "condition", "first_frame")
+FIELDS = ("latents", "text", "text_mask", "pooled", "glyph", "glyph_mask", "image_states", "condition", "first_frame")
 """Every per-sample field a prepared dataset may hold."""
-TEXT_FIELDS = ("text", "text_mask", "pooled")
+TEXT_FIELDS = ("text", "text_mask", "pooled", "glyph", "glyph_mask")
 """The fields of an encoded prompt (the negative prompt's too)."""
 
 
@@ -55,7 +61,7 @@ class Family:
     """What a diffusers pipeline class needs from its folder."""
 
     name: str
-    """pose_mcore model family: 'wan' or 'hunyuan'."""
+    """pose_mcore model family: 'wan', 'hunyuan' or 'hunyuan15'."""
     components: tuple[str, ...]
     """Folders the encoders need (besides those the pipeline marks as present)."""
     optional: tuple[str, ...] = ()
@@ -66,6 +72,8 @@ DIT_COMPONENTS = ("transformer", "transformer_2")
 """Components never loaded: the DiT comes from pose_mcore."""
 
 
+_HUNYUAN15 = ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
+
 PIPELINES: dict[str, Family] = {
     "WanPipeline": Family("wan", ("vae", "text_encoder", "tokenizer", "scheduler")),
     "WanImageToVideoPipeline": Family("wan", ("vae", "text_encoder", "tokenizer", "scheduler"),
@@ -74,6 +82,8 @@ PIPELINES: dict[str, Family] = {
                                                "scheduler")),
     "HunyuanVideoImageToVideoPipeline": Family("hunyuan", ("vae", "text_encoder", "tokenizer", "text_encoder_2",
                                                            "tokenizer_2", "scheduler", "image_processor")),
+    "HunyuanVideo15Pipeline": Family("hunyuan15", _HUNYUAN15),
+    "HunyuanVideo15ImageToVideoPipeline": Family("hunyuan15", (*_HUNYUAN15, "image_encoder", "feature_extractor")),
 }
 """The diffusers pipelines whose folders pose_mcore reads."""
 
@@ -160,14 +170,18 @@ class ModelEncoders:
         self.family = self.kind.name
         self.has_image_encoder = getattr(self.pipe, "image_encoder", None) is not None
         self.expand_timesteps = bool(getattr(self.pipe.config, "expand_timesteps", False))
-        self.image_to_video = class_name in ("WanImageToVideoPipeline", "HunyuanVideoImageToVideoPipeline")
+        self.image_to_video = class_name in ("WanImageToVideoPipeline", "HunyuanVideoImageToVideoPipeline",
+                                             "HunyuanVideo15ImageToVideoPipeline")
         self.image_condition_type = None
         """HunyuanVideo-I2V: 'latent_concat' or 'token_replace', from the folder's transformer config."""
         if class_name == "HunyuanVideoImageToVideoPipeline":
             dit = self.folder / "transformer" / "config.json"
             self.image_condition_type = (json.loads(dit.read_text()).get("image_condition_type") if dit.is_file()
                                          else None) or "latent_concat"
-        self.max_sequence_length = max_sequence_length or (512 if self.family == "wan" else 256)
+        if self.family == "hunyuan15" and max_sequence_length:  # its pipeline reads the length from here
+            self.pipe.tokenizer_max_length = max_sequence_length
+        self.max_sequence_length = max_sequence_length or {"wan": 512, "hunyuan": 256}.get(
+            self.family, getattr(self.pipe, "tokenizer_max_length", None))
         self.prompt_template = prompt_template
         vae = self.pipe.vae
         self.latent_channels = vae.config.z_dim if self.family == "wan" else vae.config.latent_channels
@@ -186,6 +200,8 @@ class ModelEncoders:
         out = ["latents", "text"]
         if self.family == "hunyuan":
             out += ["text_mask", "pooled"]
+        if self.family == "hunyuan15":
+            out += ["text_mask", "glyph", "glyph_mask"]
         if self.has_image_encoder:
             out.append("image_states")
         if self.image_to_video:
@@ -198,9 +214,10 @@ class ModelEncoders:
         if frames < 1 or (frames - 1) % self.temporal:
             raise EncoderError(f"--frames {frames}: this VAE takes {self.temporal}k+1 frames (e.g. "
                                f"{self.temporal * max(1, (frames - 1) // self.temporal) + 1})")
+        patch = 1 if self.family == "hunyuan15" else 2  # the DiT's spatial patch
         for name, v in (("height", height), ("width", width)):
-            if v < 1 or v % (2 * self.spatial):
-                raise EncoderError(f"--{name} {v}: must be a positive multiple of {2 * self.spatial} "
+            if v < 1 or v % (patch * self.spatial):
+                raise EncoderError(f"--{name} {v}: must be a positive multiple of {patch * self.spatial} "
                                    "(VAE downsampling x DiT patch)")
 
     @property
@@ -216,6 +233,10 @@ class ModelEncoders:
             text, _ = self.pipe.encode_prompt(prompts, do_classifier_free_guidance=False,
                                               max_sequence_length=self.max_sequence_length, device=self.device)
             return {"text": text}
+        if self.family == "hunyuan15":
+            text, mask, glyph, glyph_mask = self.pipe.encode_prompt(prompt=prompts, device=self.device,
+                                                                    batch_size=len(prompts))
+            return {"text": text, "text_mask": mask, "glyph": glyph, "glyph_mask": glyph_mask}
         if not self.reads_image_with_prompt:
             return self._hunyuan_prompts(prompts)
         if image is None:
@@ -259,14 +280,14 @@ class ModelEncoders:
 
     def normalise(self, z: torch.Tensor) -> torch.Tensor:
         """VAE latents -> the DiT's latent space, as the pipeline computes it."""
-        if self.family == "hunyuan":
+        if self.family != "wan":
             return z * self.pipe.vae.config.scaling_factor
         mean, inv_std = self._wan_stats(z)
         return (z - mean) * inv_std
 
     def denormalise(self, latents: torch.Tensor) -> torch.Tensor:
         """The DiT's latent space -> VAE latents (the pipeline's decode path)."""
-        if self.family == "hunyuan":
+        if self.family != "wan":
             return latents / self.pipe.vae.config.scaling_factor
         mean, inv_std = self._wan_stats(latents)
         return latents / inv_std + mean
@@ -278,6 +299,8 @@ class ModelEncoders:
         condition latent) or ``first_frame`` (Wan2.2 TI2V), from the pipeline's ``encode_image`` and
         ``prepare_latents``; ``[1, ...]``."""
         out = {}
+        if self.family == "hunyuan15":
+            return self._hunyuan15_first_frame(image, frames, height, width)
         if self.has_image_encoder:
             out["image_states"] = self.pipe.encode_image(image, self.device)
         if self.image_condition_type is not None:  # HunyuanVideo-I2V, as its __call__ builds the condition
@@ -302,6 +325,17 @@ class ModelEncoders:
             else:
                 out["condition"] = prepared[1]
         return out
+
+    def _hunyuan15_first_frame(self, image: Image.Image, frames: int, height: int, width: int
+                               ) -> dict[str, torch.Tensor]:
+        """HunyuanVideo-1.5 I2V as its ``__call__``: the image cropped to the video's size, SigLIP's tokens of it, and
+        ``[first-frame latent then zeros | frame mask]``."""
+        image = self.pipe.video_processor.resize(image, height=height, width=width, resize_mode="crop")
+        states = self.pipe.encode_image(image=image, batch_size=1, device=self.device, dtype=torch.float32)
+        latent, mask = self.pipe.prepare_cond_latents_and_mask(
+            latents=self._placeholder(frames, height, width), image=image, batch_size=1, height=height, width=width,
+            dtype=torch.float32, device=self.device)
+        return {"image_states": states, "condition": torch.cat([latent, mask], dim=1)}
 
     def _placeholder(self, frames: int, height: int, width: int) -> torch.Tensor:
         """A latent passed to ``prepare_latents`` so that it draws no noise (only the condition is wanted)."""
