@@ -23,7 +23,8 @@ from pose_mcore.data.video import read_clip, write_mp4
 from pose_mcore.encoders import ModelEncoders
 
 SIZE = ["--height", "32", "--width", "48", "--frames", "5", "--fps", "4"]
-CAPTIONS = ["a red square moving left", "a blue disk moving up", "a green cross moving right", "a cat runs"]
+CAPTIONS = ["a red square moving left", 'a blue disk moving up "HI"', "a green cross moving right", "a cat runs"]
+"""The second has quoted text: HunyuanVideo-1.5's glyph encoder reads it."""
 
 
 def _clip(seed: int, frames: int = 12) -> np.ndarray:
@@ -52,7 +53,7 @@ def inputs(tmp_path_factory):
 def _prepare(models, kind, inputs, out, *extra) -> int:
     args = ["--input", str(inputs), "--model", str(models[kind]), "--out", str(out), *SIZE, "--per-shard", "2",
             "--max-sequence-length", "12", "--negative-prompt", "blurry static", *extra]
-    if kind.startswith("hunyuan"):
+    if kind.startswith("hunyuan-"):
         args += ["--prompt-template", str(models[f"template:{kind.removesuffix('-replace')}"])]
     if kind == "wan-ti2v":  # Wan2.2's VAE downsamples 16x
         args += ["--height", "64", "--width", "96"]
@@ -67,7 +68,8 @@ def models(model_folders):
 @pytest.fixture(scope="module")
 def prepared(models, inputs, tmp_path_factory):
     out = {}
-    for kind in ("wan-i2v", "wan-ti2v", "hunyuan-t2v", "hunyuan-i2v", "hunyuan-i2v-replace"):
+    for kind in ("wan-i2v", "wan-ti2v", "hunyuan-t2v", "hunyuan-i2v", "hunyuan-i2v-replace", "hunyuan15-t2v",
+                 "hunyuan15-i2v"):
         out[kind] = tmp_path_factory.mktemp("data") / kind
         with contextlib.redirect_stderr(io.StringIO()) as err:
             assert _prepare(models, kind, inputs, out[kind]) == 0
@@ -78,7 +80,9 @@ def prepared(models, inputs, tmp_path_factory):
 def test_fields_equal_the_encoders_on_the_same_clip(models, inputs, prepared):
     for kind, fields in (("wan-i2v", {"latents", "text", "image_states", "condition"}),
                          ("hunyuan-t2v", {"latents", "text", "text_mask", "pooled"}),
-                         ("hunyuan-i2v", {"latents", "text", "text_mask", "pooled", "condition"})):
+                         ("hunyuan-i2v", {"latents", "text", "text_mask", "pooled", "condition"}),
+                         ("hunyuan15-i2v", {"latents", "text", "text_mask", "glyph", "glyph_mask", "image_states",
+                                            "condition"})):
         data = LatentDataset(prepared[kind] / "manifest.jsonl")
         assert len(data) == 4 and set(data.fields) == fields
         enc = ModelEncoders(models[kind], max_sequence_length=12,
@@ -97,7 +101,8 @@ def test_fields_equal_the_encoders_on_the_same_clip(models, inputs, prepared):
         else:  # masked text is stored as encoded
             assert stored == want["text"].shape[0] and "text_length" not in data.samples[2]
         negative = enc.encode_negative("blurry static", 32, 48)
-        assert set(data.negative) == ({"text"} if kind.startswith("wan") else {"text", "text_mask", "pooled"})
+        assert set(data.negative) == {"wan-i2v": {"text"}, "hunyuan15-i2v": {"text", "text_mask", "glyph", "glyph_mask"}
+                                      }.get(kind, {"text", "text_mask", "pooled"})
         for field, value in data.negative.items():
             assert torch.equal(value, negative[field]), (kind, field)
 
@@ -207,6 +212,14 @@ def test_training_steps_use_the_real_fields(tp1, prepared):
                   {"first_frame": lambda v: v + 0.5, "text": lambda v: v + 0.5, "negative.text": lambda v: v + 0.5})
     _loss_changes(TINY_PRESET["hunyuan-t2v"], LatentDataset(prepared["hunyuan-t2v"] / "manifest.jsonl"), {
         "pooled": lambda v: v + 0.5, "text_mask": drop_last, "negative.pooled": lambda v: v + 0.5})
+    def tilt(v):  # a change across channels: the glyph and image projections start with a LayerNorm
+        return v + torch.linspace(-1, 1, v.shape[-1], device=v.device)
+
+    glyph = {"glyph": tilt, "glyph_mask": lambda m: torch.ones_like(m), "text_mask": drop_last,
+             "text": lambda v: v + 0.5, "negative.text": lambda v: v + 0.5, "negative.glyph_mask": torch.ones_like}
+    _loss_changes(TINY_PRESET["hunyuan15-t2v"], LatentDataset(prepared["hunyuan15-t2v"] / "manifest.jsonl"), glyph)
+    _loss_changes(TINY_PRESET["hunyuan15-i2v"], LatentDataset(prepared["hunyuan15-i2v"] / "manifest.jsonl"), {
+        "image_states": tilt, "condition": lambda v: v * 1.5, **glyph})
 
 
 def _train(kind: str, manifest, out, preset: str | None = None, model_dir=None):

@@ -300,7 +300,7 @@ class ModelEncoders:
         ``prepare_latents``; ``[1, ...]``."""
         out = {}
         if self.family == "hunyuan15":
-            return self._hunyuan15_first_frame(image, frames, height, width)
+            return self._hunyuan15_first_frame(image, frames, height, width) if self.image_to_video else out
         if self.has_image_encoder:
             out["image_states"] = self.pipe.encode_image(image, self.device)
         if self.image_condition_type is not None:  # HunyuanVideo-I2V, as its __call__ builds the condition
