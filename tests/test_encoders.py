@@ -268,17 +268,18 @@ def test_folder_errors(model_folders, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ("wan-i2v", "wan-ti2v", "wan-a14b-t2v", "wan-a14b-i2v", "hunyuan-t2v", "hunyuan-i2v",
-                                  "hunyuan-i2v-replace"))
+                                  "hunyuan-i2v-replace", "hunyuan15-t2v", "hunyuan15-i2v"))
 def test_one_step_sample_equals_the_pipeline(tp1, model_folders, kind, tmp_path):
     """Latents and decoded video, the first frame a photo of another size and aspect than the video (the
     pipeline resizes it for the VAE, its image encoder sees the original). HunyuanVideo-I2V (latent concat): the
     pipeline starts from 0.999 noise + 0.001 image latent and returns the latents and video without the
     conditioning image's frames. ``--image-fit crop`` equals the pipeline given the cropped image. Wan2.2-A14B:
     the generator (one model) from the two-expert folder's encoders, against the folder's pipeline with
-    ``transformer=generator, transformer_2=None`` (one step at t = 1000, above either boundary)."""
+    ``transformer=generator, transformer_2=None`` (one step at t = 1000, above either boundary). HunyuanVideo-1.5:
+    the prompt with quoted (glyph) text, the guider at scale 1; I2V: the size its pipeline picks for the photo."""
     from pose_mcore.checkpoint.convert import import_checkpoint
     from pose_mcore.checkpoint.load import load_model
-    from pose_mcore.inference.sample import Request, SampleError, conditioning, generate, video
+    from pose_mcore.inference.sample import Request, SampleError, conditioning, generate, video, video_size
 
     model = transformer(kind)
     model.save_pretrained(tmp_path / "diffusers")
@@ -292,7 +293,10 @@ def test_one_step_sample_equals_the_pipeline(tp1, model_folders, kind, tmp_path)
     generator = load_model(tmp_path / "generator")
     image = tmp_path / "first.png"
     photo.save(image)
-    request = Request(PROMPT, image if kind not in TEXT_TO_VIDEO else None, 11, tmp_path / "o.mp4")
+    prompt = GLYPH_PROMPT if kind.startswith("hunyuan15") else PROMPT
+    request = Request(prompt, image if kind not in TEXT_TO_VIDEO else None, 11, tmp_path / "o.mp4")
+    assert video_size(enc, generator.config, request, 480, 832) == (size(kind) if kind == "hunyuan15-i2v" else
+                                                                     (480, 832))
     if kind not in TEXT_TO_VIDEO:
         from pose_mcore.data.video import fit
         cropped = conditioning(enc, generator.config, request, "", FRAMES, *size(kind), image_fit="crop")

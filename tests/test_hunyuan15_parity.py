@@ -130,3 +130,10 @@ def test_layouts_round_trip_and_official_names(tp1):
     assert len(official) == len(state) - 4  # the one refiner block's q, k, v weights and biases fused
     with pytest.raises(KeyError, match="double_blocks.0.mystery.weight"):
         apply_rules(ORIGINAL, {**official, "double_blocks.0.mystery.weight": torch.zeros(1)})
+
+
+def test_pose_refuses_the_mean_flow_variant():
+    from pose_mcore.pose.conditioning import Conditioner
+
+    with pytest.raises(ValueError, match="use_meanflow=True"):
+        Conditioner(hunyuan15_config("tiny-hunyuan1.5-meanflow"), stand_ins=True)

@@ -15,10 +15,14 @@ named ``00000.mp4`` ... in the ``--out`` folder; the seed of line ``i`` is ``see
 One step is ``x0 = noise - G(noise, t=1)``, the noise drawn as the diffusers pipelines draw it
 (``torch.Generator().manual_seed(seed)``, CPU, fp32): the output equals the diffusers pipeline's
 (``WanPipeline`` / ``WanImageToVideoPipeline`` / ``HunyuanVideoPipeline`` /
-``HunyuanVideoImageToVideoPipeline``) with the exported generator as its transformer,
-``num_inference_steps=1``, ``guidance_scale=1.0`` and a ``FlowMatchEulerDiscreteScheduler`` (the Wan
-folders ship UniPC, whose one step differs), the same seed and ``max_sequence_length``. As there, a first
-frame of any size is resized to the video's (``--image-fit crop`` covers and centre-crops it instead),
+``HunyuanVideoImageToVideoPipeline`` / ``HunyuanVideo15Pipeline`` / ``HunyuanVideo15ImageToVideoPipeline``) with
+the exported generator as its transformer, ``num_inference_steps=1``, ``guidance_scale=1.0`` (HunyuanVideo-1.5:
+its ``guider`` a ``ClassifierFreeGuidance(guidance_scale=1.0)``) and a ``FlowMatchEulerDiscreteScheduler`` (the Wan
+folders ship UniPC, whose one step differs), the same seed and ``max_sequence_length`` (HunyuanVideo-1.5: the
+pipeline's ``tokenizer_max_length``). As there, a first frame of any size is resized to the video's
+(``--image-fit crop`` covers and centre-crops it instead; HunyuanVideo-1.5 I2V takes no size: the video has the
+size its pipeline picks, the bucket of the image's aspect at the model's target size, and the image is cropped
+to it),
 HunyuanVideo-I2V starts from ``0.999 * noise + 0.001 * image latent``, and with latent concatenation its
 video leaves out its first 4 frames (the conditioning image and the three after it: ``--frames 33``
 gives 29); ``--save-latents`` keeps every latent frame. More steps use the training sampler
@@ -48,6 +52,7 @@ from pose_mcore.checkpoint.io import CheckpointError, atomic_destination  # noqa
 from pose_mcore.checkpoint.load import load_model  # noqa: E402
 from pose_mcore.config.base import VideoDiTConfig  # noqa: E402
 from pose_mcore.config.hunyuan import HunyuanConfig  # noqa: E402
+from pose_mcore.config.hunyuan15 import HunyuanVideo15Config  # noqa: E402
 from pose_mcore.data.video import VideoError, fit, read_image, write_mp4  # noqa: E402
 from pose_mcore.diffusion.samplers import student_sample  # noqa: E402
 from pose_mcore.encoders.model import EncoderError, ModelEncoders  # noqa: E402
@@ -113,6 +118,17 @@ def parse_shard(text: str) -> tuple[int, int]:
     if count < 1 or not 0 <= index < count:
         raise SampleError(f"--shard {text}: need 0 <= K < N")
     return index, count
+
+
+def video_size(encoders: ModelEncoders, config: VideoDiTConfig, request: Request, height: int, width: int
+               ) -> tuple[int, int]:
+    """The video's ``(height, width)``: ``--height x --width``, except for HunyuanVideo-1.5 I2V, whose pipeline takes
+    no size: the bucket of the first frame's aspect at the model's ``target_size``, as its ``__call__`` picks it."""
+    if not (isinstance(config, HunyuanVideo15Config) and needs_image(config) and request.image is not None):
+        return height, width
+    image = read_image(request.image)
+    return encoders.pipe.video_processor.calculate_default_height_width(image.height, image.width,
+                                                                         config.target_size)
 
 
 def conditioning(encoders: ModelEncoders, config: VideoDiTConfig, request: Request, negative_prompt: str,
@@ -268,9 +284,10 @@ def run(args: argparse.Namespace) -> int:
     on_rank0(partial(check_pair, encoders, model.config, args), share=False)
 
     def request_inputs(request: Request) -> tuple[dict[str, torch.Tensor], tuple[int, ...]]:
-        batch = conditioning(encoders, model.config, request, args.negative_prompt, args.frames, args.height,
-                             args.width, args.image_fit)
-        return batch, encoders.latent_shape(1, args.frames, args.height, args.width)
+        height, width = video_size(encoders, model.config, request, args.height, args.width)
+        batch = conditioning(encoders, model.config, request, args.negative_prompt, args.frames, height, width,
+                             args.image_fit)
+        return batch, encoders.latent_shape(1, args.frames, height, width)
 
     for request in todo:
         shared = on_rank0(partial(request_inputs, request))

@@ -166,6 +166,9 @@ class Conditioner:
     def __init__(self, config: VideoDiTConfig, negative: dict[str, torch.Tensor] | None = None,
                  stand_ins: bool = False, image_tokens_seed: int = 7) -> None:
         self.config, self.negative, self.stand_ins = config, negative, stand_ins
+        if getattr(config, "use_meanflow", False):
+            raise ValueError(f"{type(config).__name__}: use_meanflow=True (a mean-flow model, HunyuanVideo-1.5's "
+                             "super-resolution) takes a second timestep that POSE's phases and samplers do not give")
         problems = [] if stand_ins else missing_negative(config, None if negative is None else negative.keys())
         if problems:
             raise ValueError("; ".join(problems))
