@@ -62,16 +62,16 @@ PHOTO = (45, 38)
 
 
 def run_pipeline(kind: str, model, guidance: float, seed: int = 0, output_type: str = "latent",
-                 image: Image.Image | None = None) -> tuple[list[dict], torch.Tensor]:
-    """The transformer's keyword inputs of every call of a one-step pipeline run, and its output (latents, or
-    float frames ``[B, F, H, W, 3]`` for ``output_type="np"``); ``image``: the first frame (default
-    :func:`first_frame`)."""
+                 image: Image.Image | None = None, steps: int = 1) -> tuple[list[dict], torch.Tensor]:
+    """The transformer's keyword inputs of every call of a pipeline run of ``steps`` steps (one by default), and its
+    output (latents, or float frames ``[B, F, H, W, 3]`` for ``output_type="np"``); ``image``: the first frame
+    (default :func:`first_frame`)."""
     pipe = pipeline(kind, model)
     pipe.set_progress_bar_config(disable=True)
     calls = []
     pipe.transformer.register_forward_pre_hook(lambda m, a, kw: calls.append(dict(kw)), with_kwargs=True)
-    kwargs = dict(prompt=PROMPT, height=size(kind)[0], width=size(kind)[1], num_frames=FRAMES, num_inference_steps=1,
-                  max_sequence_length=TEXT_LEN[kind], output_type=output_type, generator=torch.Generator().manual_seed(seed))
+    kwargs = dict(prompt=PROMPT, height=size(kind)[0], width=size(kind)[1], num_frames=FRAMES,
+                  num_inference_steps=steps, max_sequence_length=TEXT_LEN[kind], output_type=output_type, generator=torch.Generator().manual_seed(seed))
     if kind.startswith("hunyuan15"):  # the guider holds the scale; the length is the pipeline's attribute
         from diffusers import ClassifierFreeGuidance
 
