@@ -35,7 +35,7 @@ def results(tmp_path_factory):
 
 def test_traces_equal_the_measured_steps(results):
     measured = {k: r for k, r in results.items() if "real" in r}
-    assert len(measured) == 10
+    assert len(measured) == 12
     for case, r in measured.items():
         real, traced = r["real"], r["traced"]
         assert real["states"] == traced["states"], case
@@ -125,6 +125,7 @@ def test_model_flops_match_the_hand_count(results):
     (["--config", "wan2.1-i2v-14b", "--world", "-16"], "--world -16: must be a number of ranks >= 1"),
     (["--config", "wan2.1-i2v-14b", "--video", "80x480x832"], "4k+1"),
     (["--config", "wan2.1-i2v-14b", "--video", "81x-8x832"], "positive multiples of 8"),
+    (["--config", "hunyuan1.5-t2v-480p", "--video", "121x480x840"], "positive multiples of 16 (this model's VAE)"),
     (["--config", "tiny-cpu", "micro_batch_size=-2"], "micro_batch_size=-2: must be >= 1"),
     (["--config", "tiny-cpu", "micro_batch_size=0"], "micro_batch_size=0: must be >= 1"),
     (["--config", "tiny-cpu", "tensor_parallel=0"], "tensor_parallel=0: must be >= 1"),

@@ -46,7 +46,8 @@ def test_wheel_holds_configs_kernels_and_entry_points(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         entry_points = next(z.read(n).decode() for n in names if n.endswith("entry_points.txt"))
-    for config in ("tiny-cpu", "tiny-cpu-tp2", "wan2.1-i2v-14b", "hunyuan-i2v-13b", "wan2.2-t2v-a14b", "wan2.2-i2v-a14b"):
+    for config in ("tiny-cpu", "tiny-cpu-tp2", "wan2.1-i2v-14b", "hunyuan-i2v-13b", "wan2.2-t2v-a14b", "wan2.2-i2v-a14b",
+                   "hunyuan1.5-t2v-480p", "hunyuan1.5-i2v-720p"):
         assert f"pose_mcore/configs/{config}.yaml" in names
     assert {"pose_kernels/st_r1.py", "pose_kernels/logit_query_attention.py", "pose_mcore/cli.py"} <= names
     for entry in ("pose-train = pose_mcore.cli:main", "pose-convert = pose_mcore.cli:convert",
@@ -91,7 +92,8 @@ def test_installed_wheel_runs_pose_train_with_its_shipped_config(wheel, tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = subprocess.run([*run, "--config", "no-such-config"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
-    shipped = "hunyuan-i2v-13b, tiny-cpu, tiny-cpu-tp2, wan2.1-i2v-14b, wan2.2-i2v-a14b, wan2.2-t2v-a14b"
+    shipped = ("hunyuan-i2v-13b, hunyuan1.5-i2v-720p, hunyuan1.5-t2v-480p, tiny-cpu, tiny-cpu-tp2, wan2.1-i2v-14b, "
+               "wan2.2-i2v-a14b, wan2.2-t2v-a14b")
     assert proc.returncode == 2 and f"shipped: {shipped}" in proc.stderr
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "pose_mcore.cli", "phases=[teacher]", "teacher.steps=2", "tensor_parallel=1",

@@ -170,7 +170,7 @@ def test_launcher_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["tiny-cpu", "tiny-cpu-tp2", "wan2.1-i2v-14b", "hunyuan-i2v-13b", "wan2.2-t2v-a14b",
-                                  "wan2.2-i2v-a14b"])
+                                  "wan2.2-i2v-a14b", "hunyuan1.5-t2v-480p", "hunyuan1.5-i2v-720p"])
 def test_shipped_configs_are_valid(name):
     """Every shipped config passes the whole validation for the ranks it is made for (the tiny ones: the launcher's
     2; the 14B ones: one node of 8 GPUs)."""

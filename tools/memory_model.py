@@ -15,6 +15,7 @@ buffers, the CUDA context): "fits" keeps 10 % + 2 GiB of the card for those.
 
     python tools/memory_model.py --config wan2.1-i2v-14b --video 81x480x832
     python tools/memory_model.py --config hunyuan-i2v-13b --video 129x720x1280 phase2.backbone=full
+    python tools/memory_model.py --config hunyuan1.5-i2v-720p --video 121x720x1280
 """
 
 from __future__ import annotations
@@ -31,24 +32,32 @@ quiet_third_party_warnings()  # before megatron-core is imported: it warns at im
 
 from pose_mcore.checkpoint.io import atomic_destination  # noqa: E402
 from pose_mcore.cli import resolve_config  # noqa: E402
-from pose_mcore.config.base import ConfigError  # noqa: E402
+from pose_mcore.config.base import ConfigError, VideoDiTConfig  # noqa: E402
+from pose_mcore.config.hunyuan15 import HunyuanVideo15Config  # noqa: E402
 from pose_mcore.config.train import PHASES, TrainConfigError, load_train_config  # noqa: E402
 from pose_mcore.evaluation.memory_model import fake_world, phase_step_memory  # noqa: E402
 from pose_mcore.training.validate import validate_train_config  # noqa: E402
 
-VAE_STRIDE = (4, 8, 8)  # Wan's and HunyuanVideo's causal 3-D VAEs: frames 4x (plus the first), pixels 8x
 CARDS_GB = (80, 96)
 
 
-def latent_shape(video: str) -> tuple[int, int, int]:
-    """``FxHxW`` pixels (F = 4k + 1) -> latent frames, height, width."""
+def vae_spatial(model: VideoDiTConfig) -> int:
+    """The pixels per latent of the model's VAE: 16 for HunyuanVideo-1.5's and Wan2.2's 48-channel one, else 8
+    (Wan2.1's, HunyuanVideo's)."""
+    return 16 if isinstance(model, HunyuanVideo15Config) or model.out_channels == 48 else 8
+
+
+def latent_shape(video: str, spatial: int = 8) -> tuple[int, int, int]:
+    """``FxHxW`` pixels (F = 4k + 1) -> latent frames, height, width (the causal 3-D VAEs: frames 4x plus the first,
+    pixels ``spatial`` x)."""
     try:
         f, h, w = (int(x) for x in video.lower().split("x"))
     except ValueError as e:
         raise ValueError(f"--video {video!r}: expected FRAMESxHEIGHTxWIDTH, e.g. 81x480x832") from e
-    if min(f, h, w) < 1 or (f - 1) % VAE_STRIDE[0] or h % VAE_STRIDE[1] or w % VAE_STRIDE[2]:
-        raise ValueError(f"--video {video}: frames must be 4k+1 and height, width positive multiples of 8")
-    return (f - 1) // VAE_STRIDE[0] + 1, h // VAE_STRIDE[1], w // VAE_STRIDE[2]
+    if min(f, h, w) < 1 or (f - 1) % 4 or h % spatial or w % spatial:
+        raise ValueError(f"--video {video}: frames must be 4k+1 and height, width positive multiples of {spatial} "
+                         "(this model's VAE)")
+    return (f - 1) // 4 + 1, h // spatial, w // spatial
 
 
 TIGHT_GIB = 5
@@ -80,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)
     try:
-        frames, height, width = latent_shape(args.video)
+        latent_shape(args.video)  # the form, before the config is read
         config = load_train_config(resolve_config(args.config), args.overrides)
         tp, cp = config.tensor_parallel, config.context_parallel
         world = args.world
@@ -90,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--world {world}: must be a number of ranks >= 1")
         # the trainer's validation, less what only the files could say: the trace reads no checkpoint or data
         model_cfg = validate_train_config(config, world, files=False, device_type="cuda")
+        frames, height, width = latent_shape(args.video, vae_spatial(model_cfg))
     except (ValueError, KeyError, TrainConfigError, ConfigError) as e:
         print(f"memory_model.py: error: {str(e).replace(chr(10), '; ')}", file=sys.stderr)
         return 2

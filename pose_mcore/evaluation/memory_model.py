@@ -40,6 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from pose_mcore.config.base import RECOMPUTE_EVERY_BLOCK, VideoDiTConfig
+from pose_mcore.config.hunyuan15 import HunyuanVideo15Config
 from pose_mcore.config.train import TrainConfig
 from pose_mcore.models.registry import family_of_config
 from pose_mcore.parallel.cpu_compat import apply_cpu_compat, cpu_autocast_backward
@@ -181,14 +182,34 @@ def fake_world(tensor_parallel_size: int, world_size: int | None = None, context
         dist.destroy_process_group()
 
 
-def model_inputs(cfg: VideoDiTConfig, batch: int, frames: int, height: int, width: int, text_len: int = 512,
+GLYPH_TOKENS, SIGLIP_TOKENS = 256, 729
+"""HunyuanVideo-1.5's pipelines: ByT5 tokens of the glyph text, SigLIP-384's 27 x 27 image tokens."""
+
+
+def text_tokens(cfg: VideoDiTConfig, text_len: int | None) -> int:
+    """``text_len``, or the pipelines' LLM text length: 1000 for HunyuanVideo-1.5 (its ``tokenizer_max_length``),
+    else 512 (Wan's; HunyuanVideo's 256 counted as 512)."""
+    return text_len or (1000 if isinstance(cfg, HunyuanVideo15Config) else 512)
+
+
+def model_inputs(cfg: VideoDiTConfig, batch: int, frames: int, height: int, width: int, text_len: int | None = None,
                  dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Random inputs of a model's forward for a latent video of ``frames x height x width`` (the
-    shapes real pipelines use: 512 text tokens, CLIP's 257 image tokens for Wan I2V)."""
+    shapes real pipelines use: :func:`text_tokens`, CLIP's 257 image tokens for Wan I2V, HunyuanVideo-1.5's 256
+    glyph and, for I2V, 729 SigLIP tokens)."""
     name = family_of_config(cfg).name
+    text_len = text_tokens(cfg, text_len)
     latents = torch.randn(batch, cfg.in_channels, frames, height, width, dtype=dtype)
     text = torch.randn(batch, text_len, cfg.text_dim, dtype=dtype)
     t = torch.full((batch,), 500.0)
+    if name == "hunyuan15":
+        out = {"hidden_states": latents, "timestep": t, "encoder_hidden_states": text,
+               "encoder_attention_mask": torch.ones(batch, text_len, dtype=torch.long),
+               "encoder_hidden_states_2": torch.randn(batch, GLYPH_TOKENS, cfg.glyph_dim, dtype=dtype),
+               "encoder_attention_mask_2": torch.ones(batch, GLYPH_TOKENS, dtype=torch.long)}
+        if cfg.task_type == "i2v":
+            out["image_embeds"] = torch.randn(batch, SIGLIP_TOKENS, cfg.image_dim, dtype=dtype)
+        return out
     if name == "wan":
         out = {"hidden_states": latents, "timestep": t, "encoder_hidden_states": text}
         if cfg.image_dim is not None:
@@ -379,19 +400,26 @@ def _over_depth(cfg: VideoDiTConfig, at: Callable[[dict[str, int]], StepMemory],
 
 
 def train_batch(cfg: VideoDiTConfig, batch: int, frames: int, height: int, width: int,
-                text_len: int = 512, image_tokens: int = 257) -> dict[str, torch.Tensor]:
+                text_len: int | None = None) -> dict[str, torch.Tensor]:
     """A data batch as a prepared dataset gives it: every field the model is conditioned on
-    (:func:`required_fields`), CLIP image states of ``image_tokens`` tokens (ViT-H/14 at 224 px: 257)."""
+    (:func:`required_fields`), :func:`text_tokens` text tokens, image states of CLIP ViT-H/14 at 224 px (257
+    tokens) or of SigLIP (HunyuanVideo-1.5: 729), glyph text of 256 tokens."""
     from pose_mcore.pose.conditioning import required_fields
 
+    text_len = text_tokens(cfg, text_len)
     latents = torch.randn(batch, cfg.out_channels, frames, height, width)
     out = {"latents": latents, "text": torch.randn(batch, text_len, cfg.text_dim),
            "first_frame": latents[:, :, :1].clone()}
     fields = required_fields(cfg)
     if "text_mask" in fields:
         out["text_mask"] = torch.ones(batch, text_len, dtype=torch.long)
+    if "pooled" in fields:
         out["pooled"] = torch.randn(batch, cfg.pooled_dim)
+    if "glyph" in fields:
+        out["glyph"] = torch.randn(batch, GLYPH_TOKENS, cfg.glyph_dim)
+        out["glyph_mask"] = torch.ones(batch, GLYPH_TOKENS, dtype=torch.long)
     if "image_states" in fields:
+        image_tokens = SIGLIP_TOKENS if isinstance(cfg, HunyuanVideo15Config) else 257
         out["image_states"] = torch.randn(batch, image_tokens, cfg.image_dim)
     if "condition" in fields:
         out["condition"] = torch.randn(batch, cfg.in_channels - cfg.out_channels, frames, height, width)
@@ -411,7 +439,8 @@ def phase_states(roles: Roles, phase: Phase) -> dict[str, object]:
     return named
 
 
-def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int, width: int, text_len: int = 512,
+def phase_step_memory(config: TrainConfig, phase: str, frames: int, height: int, width: int,
+                      text_len: int | None = None,
                       device_type: str = "cuda", fake: bool = True, extrapolate: bool = False) -> StepMemory:
     """Rank 0's peak bytes during one optimiser step of ``phase`` (teacher, phase1, phase2) of the run
     ``config`` describes: the trainer's own roles, optimisers and phase code (:func:`build_phase`; the
@@ -496,7 +525,7 @@ def count_cpu_attention() -> None:
             flop_counter.register_flop_formula(op)(formula)
 
 
-def model_flops(cfg: VideoDiTConfig, batch: int, frames: int, height: int, width: int, text_len: int = 512
+def model_flops(cfg: VideoDiTConfig, batch: int, frames: int, height: int, width: int, text_len: int | None = None
                 ) -> dict[str, int]:
     """Model FLOPs of one forward and of one forward + backward of the model of ``cfg`` on rank 0 of its
     layout (matmuls and attention, counted by torch's FLOP counter on fake tensors; recomputation is not

@@ -39,6 +39,9 @@ PHASE_CASES = {  # name -> (preset, phase, overrides)
     # one sample per micro-batch (the shipped configs) does
     "wan_a14b/phase1": ("tiny-i2v-a14b", "phase1", ["micro_batch_size=1"]),
     "wan_a14b/phase2-ema": ("tiny-i2v-a14b", "phase2", ["micro_batch_size=1"]),
+    # HunyuanVideo-1.5 I2V: LLM, glyph (256) and SigLIP (729) context tokens, the condition channels
+    "hunyuan15_i2v/phase1": ("tiny-hunyuan1.5-i2v", "phase1", []),
+    "hunyuan15_i2v/phase2-ema": ("tiny-hunyuan1.5-i2v", "phase2", []),
 }
 
 
