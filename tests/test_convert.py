@@ -312,8 +312,17 @@ def test_hunyuan15_official_fields(layouts, imported, tmp_path, capsys):
                  "--layout", "hunyuan15"]) == 0
     assert main(["import", "--src", str(tmp_path / "official"), "--dst", str(tmp_path / "again")]) == 0
     assert arch(tmp_path / "again") == meanflow
+    single = tmp_path / "hy15-bf16.safetensors"  # one official-layout file in bf16, its architecture in the header
+    assert main(["export", "--src", str(imported["hunyuan15_meanflow_original"]), "--dst", str(single), "--layout",
+                 "hunyuan15", "--dtype", "bf16"]) == 0
+    assert main(["import", "--src", str(single), "--dst", str(tmp_path / "from-single")]) == 0
+    assert arch(tmp_path / "from-single") == meanflow
+    want, got = checkpoint_tensors(imported["hunyuan15_meanflow_original"]), checkpoint_tensors(tmp_path / "from-single")
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k].to(torch.bfloat16)) for k in want)
     capsys.readouterr()
-    assert main(["inspect", str(layouts["hunyuan15_t2v_original"][0]), "--json", *HUNYUAN_TINY_ROPE]) == 0
+    # the tiny model sits in a folder named for 480p (target size 640): with its own size it is the tiny preset
+    assert main(["inspect", str(layouts["hunyuan15_t2v_original"][0]), "--json", *HUNYUAN_TINY_ROPE, "--set",
+                 "target_size=32"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert (info["family"], info["variant"], info["layout"]) == ("hunyuan15", "tiny-hunyuan1.5-t2v", "hunyuan15")
     assert info["notes"] == []
