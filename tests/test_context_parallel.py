@@ -12,7 +12,8 @@ from conftest import assert_layout_matches, torchrun
 
 CASES = ["wan_t2v_odd_tokens", "wan_i2v", "wan_t2v_per_token_t_recompute", "hunyuan_t2v_odd_tokens",
          "hunyuan_i2v_concat", "hunyuan_i2v_replace_recompute", "hunyuan_i2v_replace_first_frame_split",
-         "hunyuan15_t2v_odd_tokens", "hunyuan15_i2v_recompute", "hunyuan15_meanflow"]
+         "hunyuan15_t2v_odd_tokens", "hunyuan15_i2v_recompute", "hunyuan15_meanflow",
+         "hunyuan15_i2v_selective_recompute"]
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,17 @@ TRANSFORMER_IMPLS = ("auto", "local", "transformer_engine")
 RECOMPUTE_EVERY_BLOCK: dict[str, Any] = dict(recompute_granularity="full", recompute_method="uniform",
                                              recompute_num_layers=1)
 """Overrides that turn on activation checkpointing of every block."""
+SELECTIVE_MODULES = ("core_attn", "mlp")
+"""What ``recompute_granularity="selective"`` can recompute here (megatron-core's names): the attention kernel,
+the feed-forward blocks."""
+
+
+def selective_recompute(config: TransformerConfig, module: str) -> bool:
+    """Whether ``module`` (one of :data:`SELECTIVE_MODULES`) is checkpointed on its own: megatron-core's
+    ``recompute_granularity="selective"`` with ``module`` in ``recompute_modules`` (default ``["core_attn"]``),
+    while gradients are being recorded."""
+    modules = config.recompute_modules if config.recompute_modules is not None else ["core_attn"]
+    return config.recompute_granularity == "selective" and module in modules and torch.is_grad_enabled()
 
 
 class ConfigError(ValueError):
@@ -91,6 +102,10 @@ class VideoDiTConfig(TransformerConfig):
             self.fail(f"attn_impl={self.attn_impl!r} must be one of {ATTN_IMPLS}")
         if self.transformer_impl not in TRANSFORMER_IMPLS:
             self.fail(f"transformer_impl={self.transformer_impl!r} must be one of {TRANSFORMER_IMPLS}")
+        unknown = sorted(set(self.recompute_modules or []) - set(SELECTIVE_MODULES))
+        if self.recompute_granularity == "selective" and unknown:
+            self.fail(f"recompute_modules={list(self.recompute_modules)}: {unknown} cannot be recomputed on their own "
+                      f"here (selective recompute knows {list(SELECTIVE_MODULES)}; 'full' recomputes whole blocks)")
 
     def check_tensor_parallel_group(self) -> None:
         """The initialised tensor- and context-parallel groups must have ``tensor_model_parallel_size`` and

@@ -18,7 +18,9 @@ from megatron.core import parallel_state
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
+from torch.utils.checkpoint import checkpoint
 
+from pose_mcore.config.base import selective_recompute
 from pose_mcore.layers.rotary import apply_rotary
 from pose_mcore.parallel.context import gather_heads, heads_to_seq, local_heads, seq_to_heads
 from pose_mcore.parallel.sequence import without_sequence_parallel
@@ -41,12 +43,15 @@ def resolve_attn_impl(requested: str, q: torch.Tensor) -> str:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "auto",
-              mask: torch.Tensor | None = None) -> torch.Tensor:
+              mask: torch.Tensor | None = None, recompute: bool = False) -> torch.Tensor:
     """Softmax attention of ``q [b, h, sq, d]`` over ``k, v [b, h, sk, d]`` with scale ``d ** -0.5``.
 
     ``mask`` (bool, broadcastable to ``[b, h, sq, sk]``, True = attend) is applied with SDPA; the
-    flash-attn path is taken only without a mask.
+    flash-attn path is taken only without a mask. ``recompute``: checkpoint the kernel (selective recompute of
+    ``"core_attn"``): backward runs it again instead of keeping what it saves.
     """
+    if recompute:
+        return checkpoint(attention, q, k, v, impl, mask, use_reentrant=False)
     if mask is not None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if resolve_attn_impl(impl, q) == "flash":
@@ -74,7 +79,8 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 def video_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_length: int, impl: str,
                     text: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                    text_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    text_mask: torch.Tensor | None = None, recompute: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention of this rank's video tokens ``q, k, v [s, b, n, d]`` (rotary applied; this rank's heads)
     over every video token (keys past ``key_length`` in the whole padded sequence are padding) and, for a
     joint attention, the replicated text ``text = (q, k, v) [l, b, n, d]`` with its key mask ``[b, l]``.
@@ -92,7 +98,7 @@ def video_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengt
         q, k, v = torch.cat([q, qt]), torch.cat([k, kt]), torch.cat([v, vt])
         mask = _key_mask(key_length, text_mask)
     out = attention(split_heads(q.flatten(-2), head_dim), split_heads(k.flatten(-2), head_dim),
-                    split_heads(v.flatten(-2), head_dim), impl, mask)
+                    split_heads(v.flatten(-2), head_dim), impl, mask, recompute)
     video = heads_to_seq(merge_heads(out[:, :, :n_video]).unflatten(-1, (-1, head_dim))).flatten(-2)
     if text is None:
         return video, None
@@ -157,7 +163,8 @@ class SelfAttention(_HeadParallelAttention):
         q = apply_rotary(self._queries(x).unflatten(-1, (-1, self.head_dim)), cos, sin)
         k, v = self._keys_values(x)
         k = apply_rotary(k.unflatten(-1, (-1, self.head_dim)), cos, sin)
-        out, _ = video_attention(q, k, v.unflatten(-1, (-1, self.head_dim)), key_length, self.attn_impl)
+        out, _ = video_attention(q, k, v.unflatten(-1, (-1, self.head_dim)), key_length, self.attn_impl,
+                                 recompute=selective_recompute(self.config, "core_attn"))
         return self.linear_proj(out)[0]
 
 
@@ -182,14 +189,16 @@ class CrossAttention(_HeadParallelAttention):
         """``x [s_local, b, h]`` attends to ``context [l, b, h]`` (and ``image_context [m, b, h]``)."""
         q = split_heads(self._queries(x), self.head_dim)
         k, v = self._keys_values(context)
-        out = attention(q, split_heads(k, self.head_dim), split_heads(v, self.head_dim), self.attn_impl)
+        recompute = selective_recompute(self.config, "core_attn")
+        out = attention(q, split_heads(k, self.head_dim), split_heads(v, self.head_dim), self.attn_impl,
+                        recompute=recompute)
         if self.image_context:
             if image_context is None:
                 raise ValueError("this model has an image branch: encoder_hidden_states_image is required")
             k_img = self.k_img_norm(self.linear_k_img(image_context)[0])
             v_img = self.linear_v_img(image_context)[0]
             out = out + attention(q, split_heads(k_img, self.head_dim), split_heads(v_img, self.head_dim),
-                                  self.attn_impl)
+                                  self.attn_impl, recompute=recompute)
         return self._out(out)
 
 
@@ -252,7 +261,8 @@ class JointAttention(MegatronModule):
         qv, kv, vv = self._qkv(x, "")
         cos, sin = (r[:, None, None, :] for r in rotary)
         qv, kv = apply_rotary(qv, cos, sin), apply_rotary(kv, cos, sin)
-        video, text = video_attention(qv, kv, vv, key_length, self.attn_impl, self._qkv(context, "_ctx"), context_mask)
+        video, text = video_attention(qv, kv, vv, key_length, self.attn_impl, self._qkv(context, "_ctx"),
+                                      context_mask, selective_recompute(self.config, "core_attn"))
         return self.linear_proj(video)[0], self.linear_proj_ctx(text)[0]
 
 
@@ -308,5 +318,6 @@ class FusedAttentionMLP(MegatronModule):
         cos, sin = (r[:, None, None, :] for r in rotary)
         video, text = video_attention(apply_rotary(q[:n_video], cos, sin), apply_rotary(k[:n_video], cos, sin),
                                       v[:n_video], key_length, self.attn_impl,
-                                      (q[n_video:], k[n_video:], v[n_video:]), context_mask)
+                                      (q[n_video:], k[n_video:], v[n_video:]), context_mask,
+                                      selective_recompute(self.config, "core_attn"))
         return self.linear_fc2(torch.cat([torch.cat([video, text]), F.gelu(mlp, approximate="tanh")], dim=-1))[0]

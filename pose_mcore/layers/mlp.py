@@ -1,4 +1,5 @@
-"""The feed-forward block: column-parallel expansion, tanh-GELU, row-parallel projection."""
+"""The feed-forward block: column-parallel expansion, tanh-GELU, row-parallel projection (checkpointed on its own
+under selective recompute of ``"mlp"``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import torch.nn.functional as F
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
+from torch.utils.checkpoint import checkpoint
+
+from pose_mcore.config.base import selective_recompute
 
 
 @dataclass
@@ -30,4 +34,9 @@ class MLP(MegatronModule):
                                        input_is_parallel=True, skip_bias_add=False, is_expert=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if selective_recompute(self.config, "mlp"):  # keeps the input only; the 4x-wide hidden is recomputed
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_fc2(F.gelu(self.linear_fc1(x)[0], approximate="tanh"))[0]

@@ -17,7 +17,8 @@ from model_tp import compare  # noqa: E402
 CASES = {name: TP_CASES[name] for name in (
     "wan_t2v_odd_tokens", "wan_i2v", "wan_t2v_per_token_t_recompute", "hunyuan_t2v_odd_tokens",
     "hunyuan_i2v_concat", "hunyuan_i2v_replace_recompute", "hunyuan_i2v_replace_first_frame_split",
-    "hunyuan15_t2v_odd_tokens", "hunyuan15_i2v_recompute", "hunyuan15_meanflow")}
+    "hunyuan15_t2v_odd_tokens", "hunyuan15_i2v_recompute", "hunyuan15_meanflow",
+    "hunyuan15_i2v_selective_recompute")}
 LAYOUTS = {"cp2": (1, 2, False), "cp4": (1, 4, False), "cp2_tp2_sp": (2, 2, True)}
 """name -> (tp, cp, sequence parallel)."""
 

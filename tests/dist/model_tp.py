@@ -66,7 +66,9 @@ def with_lora(case):
     return build_lora, make_inputs
 
 
-# name -> ((model factory, inputs), activation checkpointing)
+SELECTIVE = dict(recompute_granularity="selective", recompute_modules=["core_attn", "mlp"])
+
+# name -> ((model factory, inputs), activation checkpointing: True every block, "selective" attention and MLPs)
 CASES = {
     "wan_t2v_odd_tokens": (wan_case("tiny-t2v", False, (2, 3, 2, 6)), False),  # 9 tokens
     "wan_i2v": (wan_case("tiny-i2v", True, (2, 2, 4, 6)), False),
@@ -78,6 +80,7 @@ CASES = {
     "hunyuan15_t2v_odd_tokens": (hunyuan15_case("t2v", (2, 3, 1, 3), [5, 2], [3, 0]), False),  # 9 tokens
     "hunyuan15_i2v_recompute": (hunyuan15_case("i2v", (2, 2, 2, 3), [4, 6], [1, 2]), True),
     "hunyuan15_meanflow": (hunyuan15_case("meanflow", (1, 3, 2, 2), [3], [2]), False),
+    "hunyuan15_i2v_selective_recompute": (hunyuan15_case("i2v", (2, 3, 1, 3), [4, 2], [2, 0]), "selective"),
     "wan_t2v_lora": (with_lora(wan_case("tiny-t2v", False, (1, 2, 4, 6))), False),
     "hunyuan_t2v_lora": (with_lora(hunyuan_case("t2v", (1, 3, 2, 6), [4])), False),  # fused single-stream linears
     "hunyuan15_i2v_lora": (with_lora(hunyuan15_case("i2v", (1, 3, 2, 3), [4], [2])), False),
@@ -114,7 +117,7 @@ def compare(cases: dict, layouts: dict[str, tuple[int, int, bool]], out: Path) -
     rank 0 saves ``{case: {"ref": ..., layout: ...}}``."""
     results = {}
     for name, ((build, make_inputs), recompute) in cases.items():
-        extra = RECOMPUTE_EVERY_BLOCK if recompute else {}
+        extra = SELECTIVE if recompute == "selective" else RECOMPUTE_EVERY_BLOCK if recompute else {}
         initialize_parallel(1, seed=11)
         inputs = make_inputs()
         reference = build()
