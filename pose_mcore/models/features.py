@@ -34,6 +34,25 @@ def spread_layers(n: int) -> list[int]:
     return sorted({max(0, round(n * f) - 1) for f in (0.25, 0.5, 0.75, 1.0)})
 
 
+def _text_only(block: nn.Module) -> list[nn.Parameter]:
+    """The parameters of a block that make only its text stream (HunyuanVideo's dual-stream block), if any."""
+    return [p for name in getattr(block, "text_only", ()) for p in block.get_submodule(name).parameters()]
+
+
+def _unread(model: nn.Module) -> list[nn.Parameter]:
+    """What the model's config never feeds (``unread_parameters``: HunyuanVideo-1.5 T2V's image projection)."""
+    return getattr(model, "unread_parameters", list)()
+
+
+def unused_by_output(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters that cannot change the model's output: the text-only parts of its last block when that is a
+    dual-stream block (HunyuanVideo-1.5; the text stream after it is dropped), and what its config never feeds.
+    They never get a gradient, so a trained role leaves them out (megatron's DDP asserts, from the second step,
+    that every parameter of a bucket got one)."""
+    blocks = feature_blocks(model) if hasattr(model, "blocks") or hasattr(model, "double_blocks") else []
+    return (_text_only(blocks[-1]) if blocks else []) + _unread(model)
+
+
 def unused_by_features(model: nn.Module, layers: Sequence[int]) -> list[nn.Parameter]:
     """Parameters that cannot change the outputs of blocks ``layers``: the blocks after the last of them, the
     output layers, and in the last of them the parts that make only its text stream (HunyuanVideo's
@@ -41,7 +60,7 @@ def unused_by_features(model: nn.Module, layers: Sequence[int]) -> list[nn.Param
     features gives them no gradient."""
     last, *after = feature_blocks(model)[max(layers):]
     out = [p for block in after for p in block.parameters()]
-    out += [p for name in getattr(last, "text_only", ()) for p in last.get_submodule(name).parameters()]
+    out += _text_only(last) + _unread(model)
     for name in model.output_layers:
         part = getattr(model, name)
         out += [part] if isinstance(part, nn.Parameter) else list(part.parameters())

@@ -77,6 +77,10 @@ class HunyuanVideo15Model(MegatronModule):
         self.proj_out = nn.Linear(d, config.out_channels * math.prod(config.patch_size))
         mark_sequence_parallel(self.proj_out, config.sequence_parallel)
 
+    def unread_parameters(self) -> list[nn.Parameter]:
+        """What a T2V model never reads: its image projection (its pipeline's image tokens are zeros, left out)."""
+        return list(self.image_embedder.parameters()) if self.config.task_type == "t2v" else []
+
     def _embed_time(self, timestep: torch.Tensor, timestep_r: torch.Tensor | None, dtype: torch.dtype
                     ) -> torch.Tensor:
         temb = self.time_embedder(timestep_sinusoid(timestep, _FREQ_DIM).to(dtype))

@@ -26,6 +26,7 @@ from megatron.core import tensor_parallel
 from torch import nn
 
 from pose_mcore.models.experts import EXPERTS, Experts
+from pose_mcore.models.features import unused_by_output
 from pose_mcore.models.registry import cast_weights, clone_model
 from pose_mcore.pose.lora import add_lora, lora_enabled
 
@@ -52,12 +53,14 @@ def lora_carried(module: nn.Module) -> Iterator[nn.Parameter]:
 
 def train_generator(generator: nn.Module, which: str) -> None:
     """Mark what of the generator trains: ``all`` of it, or only its ``linears`` (:func:`lora_carried`), so that
-    an exported LoRA reproduces it exactly in diffusers."""
+    an exported LoRA reproduces it exactly in diffusers; never what cannot change its output
+    (:func:`unused_by_output`)."""
     if which not in GENERATOR_PARAMS:
         raise ValueError(f"generator_params {which!r} must be one of {GENERATOR_PARAMS}")
     carried = {id(p) for p in lora_carried(generator)}
+    dead = {id(p) for p in unused_by_output(generator)}
     for p in generator.parameters():
-        p.requires_grad_(which == "all" or id(p) in carried)
+        p.requires_grad_((which == "all" or id(p) in carried) and id(p) not in dead)
 
 
 class Roles(nn.Module):
@@ -79,11 +82,13 @@ class Roles(nn.Module):
         self.dtype = dtype
         start = getattr(teacher, generator_init) if isinstance(teacher, Experts) and with_base else teacher
         self.generator = cast_weights(clone_model(start), dtype)
-        for p in self.generator.parameters():
-            p.requires_grad_(True)
+        train_generator(self.generator, "all")
         self.base = cast_weights(frozen(clone_model(teacher)), dtype) if with_base else None
         if with_fake and with_base:
             add_lora(self.base, lora_rank, lora_alpha)
+            for expert in (self.base.high, self.base.low) if isinstance(self.base, Experts) else (self.base,):
+                for p in unused_by_output(expert):  # their adapters could not change the fake score
+                    p.requires_grad_(False)
         self.ema = frozen(clone_model(self.generator)).eval() if with_ema else None  # fp32: clone_model's
         self.head: nn.Module | None = None
         self.disc_backbone: nn.Module | None = None
