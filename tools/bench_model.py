@@ -2,11 +2,11 @@
 """The DiT training step, pose_mcore against diffusers: same weights, same inputs, one process, TP=1.
 
 For each size and family it measures the forward (no autograd) and the forward + backward of
-diffusers' ``WanTransformer3DModel`` / ``HunyuanVideoTransformer3DModel`` and of pose_mcore's
-``WanModel`` / ``HunyuanModel`` with the weights copied across, and prints them side by side with the
-ratios (pose_mcore / diffusers: below 1 is faster or smaller). On CUDA both run as they train: fp32
-weights under bf16 autocast; on the CPU in fp32. The "saved" memory (the activations a step keeps for
-backward, counted exactly with saved-tensor hooks) is the device-independent measure; on CUDA the
+diffusers' ``WanTransformer3DModel`` / ``HunyuanVideoTransformer3DModel`` / ``HunyuanVideo15Transformer3DModel``
+and of pose_mcore's ``WanModel`` / ``HunyuanModel`` / ``HunyuanVideo15Model`` with the weights copied across,
+and prints them side by side with the ratios (pose_mcore / diffusers: below 1 is faster or smaller). On CUDA both
+run as they train: fp32 weights under bf16 autocast; on the CPU in fp32. The "saved" memory (the activations a
+step keeps for backward, counted exactly with saved-tensor hooks) is the device-independent measure; on CUDA the
 allocator's peak is printed too. The two models' runs are
 interleaved, so that drift of a busy machine falls on both alike. Model TFLOP/s on CUDA counts the
 matmuls and attention of the step.
@@ -34,11 +34,17 @@ quiet_third_party_warnings()  # before megatron-core is imported: it warns at im
 
 from pose_mcore.checkpoint.configs import to_diffusers_config  # noqa: E402
 from pose_mcore.checkpoint.layouts.hunyuan import hunyuan_to_diffusers  # noqa: E402
+from pose_mcore.checkpoint.layouts.hunyuan15 import hunyuan15_to_diffusers  # noqa: E402
 from pose_mcore.checkpoint.layouts.wan import wan_to_diffusers  # noqa: E402
 from pose_mcore.evaluation.timing import PeakMemory, saved_activation_bytes, timed_side_by_side  # noqa: E402
 from pose_mcore.models.registry import family_of_preset  # noqa: E402
 from pose_mcore.parallel.sharding import full_state_dict  # noqa: E402
 from pose_mcore.parallel.state import initialize_parallel, run_device  # noqa: E402
+
+TO_DIFFUSERS: dict[str, Callable[[dict, Any], dict]] = {
+    "wan": lambda state, cfg: wan_to_diffusers(state), "hunyuan": hunyuan_to_diffusers,
+    "hunyuan15": lambda state, cfg: hunyuan15_to_diffusers(state)}
+"""Each family's pose_mcore state dict under diffusers' names."""
 
 
 @dataclass(frozen=True)
@@ -57,9 +63,12 @@ def _cpu_sizes() -> list[Size]:
     wan = dict(num_layers=4, hidden_size=512, num_attention_heads=4, ffn_hidden_size=2048)
     hunyuan = dict(num_layers=2, num_single_layers=4, num_refiner_layers=1, hidden_size=512, num_attention_heads=4,
                    ffn_hidden_size=2048, rope_axes_dim=(16, 56, 56))
+    hunyuan15 = dict(num_layers=4, num_refiner_layers=1, hidden_size=512, num_attention_heads=4,
+                     ffn_hidden_size=2048, rope_axes_dim=(16, 56, 56))
     return [Size("wan d512 L4, 2304 tok", "wan2.1-t2v-1.3b", wan, (4, 48, 48, 1), 512),
             Size("wan d512 L4, 576 tok", "wan2.1-t2v-1.3b", wan, (4, 24, 24, 1), 512),
-            Size("hunyuan d512 2+4, 2304 tok", "hunyuan-t2v-13b", hunyuan, (4, 48, 48, 1), 256)]
+            Size("hunyuan d512 2+4, 2304 tok", "hunyuan-t2v-13b", hunyuan, (4, 48, 48, 1), 256),
+            Size("hunyuan1.5 d512 L4, 2304 tok", "hunyuan1.5-i2v-480p", hunyuan15, (4, 24, 24, 1), 256)]
 
 
 def _gpu_sizes() -> list[Size]:
@@ -67,12 +76,15 @@ def _gpu_sizes() -> list[Size]:
     hunyuan = dict(num_layers=2, num_single_layers=4)
     return [Size("wan2.1-1.3b x10 blocks, 480p x 81f", "wan2.1-t2v-1.3b", wan, (21, 60, 104, 1), 512),
             Size("wan2.1-14b x2 blocks, 480p x 81f", "wan2.1-t2v-14b", dict(num_layers=2), (21, 60, 104, 1), 512),
-            Size("hunyuan 2+4 blocks, 480p x 81f", "hunyuan-t2v-13b", hunyuan, (21, 60, 104, 1), 256)]
+            Size("hunyuan 2+4 blocks, 480p x 81f", "hunyuan-t2v-13b", hunyuan, (21, 60, 104, 1), 256),
+            Size("hunyuan1.5 x4 blocks, 480p x 121f", "hunyuan1.5-i2v-480p", dict(num_layers=4), (31, 30, 53, 1),
+                 1000)]
 
 
 def _quick_sizes() -> list[Size]:
     return [Size("wan tiny", "tiny-t2v", {}, (3, 8, 8, 2), 7),
-            Size("hunyuan tiny", "tiny-hunyuan-t2v", {}, (3, 8, 8, 2), 7)]
+            Size("hunyuan tiny", "tiny-hunyuan-t2v", {}, (3, 8, 8, 2), 7),
+            Size("hunyuan1.5 tiny", "tiny-hunyuan1.5-i2v", {}, (3, 4, 4, 2), 7)]
 
 
 def build_pair(size: Size, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, dict, dict]:
@@ -86,7 +98,7 @@ def build_pair(size: Size, device: torch.device) -> tuple[torch.nn.Module, torch
     dcfg = to_diffusers_config(cfg)
     reference = getattr(diffusers, dcfg.pop("_class_name")).from_config(dcfg).to(device)
     state = full_state_dict(ours)
-    mapped = wan_to_diffusers(state) if family.name == "wan" else hunyuan_to_diffusers(state, cfg)
+    mapped = TO_DIFFUSERS[family.name](state, cfg)
     reference.load_state_dict(mapped)
     f, h, w, b = size.latents
     gen = torch.Generator().manual_seed(1)
@@ -156,7 +168,7 @@ def measure(models: dict[str, tuple[torch.nn.Module, dict]], cuda: bool, reps: i
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check that the script runs")
-    parser.add_argument("--family", choices=["wan", "hunyuan", "all"], default="all")
+    parser.add_argument("--family", choices=[*TO_DIFFUSERS, "all"], default="all")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement")
     args = parser.parse_args()
 
