@@ -235,7 +235,7 @@ def _train(kind: str, manifest, out, preset: str | None = None, model_dir=None):
     return Trainer(load_train_config(None, overrides)).run()
 
 
-@pytest.mark.parametrize("kind", ("wan-i2v", "hunyuan-t2v", "hunyuan-i2v-replace"))
+@pytest.mark.parametrize("kind", ("wan-i2v", "hunyuan-t2v", "hunyuan-i2v-replace", "hunyuan15-i2v"))
 def test_a_run_trains_on_a_prepared_dataset(tp1, models, prepared, kind, tmp_path):
     from pose_mcore.config.train import TrainConfigError
 
