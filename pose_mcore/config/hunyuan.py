@@ -11,29 +11,19 @@ IMAGE_CONDITION_TYPES = (None, "latent_concat", "token_replace")
 
 
 @dataclass
-class HunyuanConfig(VideoDiTConfig):
-    """Architecture of a HunyuanVideo DiT. ``num_layers`` counts the dual-stream blocks;
-    ``ffn_hidden_size`` is ``mlp_ratio * hidden_size`` (also the single-stream MLP width)."""
+class HunyuanFamilyConfig(VideoDiTConfig):
+    """What HunyuanVideo and HunyuanVideo-1.5 share: the text token refiner over LLM tokens, dual-stream blocks,
+    rotary channels given per (frame, height, width) axis."""
 
     ARCH_FIELDS: ClassVar[tuple[str, ...]] = VideoDiTConfig.ARCH_FIELDS + (
-        "num_single_layers", "num_refiner_layers", "text_dim", "pooled_dim", "guidance_embeds", "rope_axes_dim",
-        "image_condition_type")
+        "num_refiner_layers", "text_dim", "rope_axes_dim")
 
-    num_single_layers: int = 40
-    """Single-stream blocks after the dual-stream ones."""
     num_refiner_layers: int = 2
     """Blocks of the text token refiner."""
     text_dim: int = 4096
     """Width of the LLM text-encoder tokens."""
-    pooled_dim: int = 768
-    """Width of the pooled CLIP text vector."""
-    guidance_embeds: bool = True
-    """Embed the (distilled) guidance scale, as HunyuanVideo T2V does."""
     rope_axes_dim: tuple[int, int, int] = (16, 56, 56)
     """Rotary channels per (frame, height, width) axis."""
-    image_condition_type: str | None = None
-    """Image-to-video: None (T2V), 'latent_concat' (condition latent as extra channels) or 'token_replace'
-    (the clean first-frame latent replaces the first frame's tokens, with its own modulation)."""
     rope_theta: float = 256.0
 
     def __post_init__(self) -> None:
@@ -43,9 +33,35 @@ class HunyuanConfig(VideoDiTConfig):
     def check(self) -> None:
         super().check()
         self.check_rope_axes(self.rope_axes_dim)
-        for name in ("num_single_layers", "num_refiner_layers", "text_dim", "pooled_dim"):
-            if getattr(self, name) < 0 or (name != "num_single_layers" and getattr(self, name) < 1):
+        for name in ("num_refiner_layers", "text_dim"):
+            if getattr(self, name) < 1:
                 self.fail(f"{name}={getattr(self, name)} must be a positive integer")
+
+
+@dataclass
+class HunyuanConfig(HunyuanFamilyConfig):
+    """Architecture of a HunyuanVideo DiT. ``num_layers`` counts the dual-stream blocks;
+    ``ffn_hidden_size`` is ``mlp_ratio * hidden_size`` (also the single-stream MLP width)."""
+
+    ARCH_FIELDS: ClassVar[tuple[str, ...]] = HunyuanFamilyConfig.ARCH_FIELDS + (
+        "num_single_layers", "pooled_dim", "guidance_embeds", "image_condition_type")
+
+    num_single_layers: int = 40
+    """Single-stream blocks after the dual-stream ones."""
+    pooled_dim: int = 768
+    """Width of the pooled CLIP text vector."""
+    guidance_embeds: bool = True
+    """Embed the (distilled) guidance scale, as HunyuanVideo T2V does."""
+    image_condition_type: str | None = None
+    """Image-to-video: None (T2V), 'latent_concat' (condition latent as extra channels) or 'token_replace'
+    (the clean first-frame latent replaces the first frame's tokens, with its own modulation)."""
+
+    def check(self) -> None:
+        super().check()
+        if self.num_single_layers < 0:
+            self.fail(f"num_single_layers={self.num_single_layers} must be a non-negative integer")
+        if self.pooled_dim < 1:
+            self.fail(f"pooled_dim={self.pooled_dim} must be a positive integer")
         if self.image_condition_type not in IMAGE_CONDITION_TYPES:
             self.fail(f"image_condition_type={self.image_condition_type!r} must be one of {IMAGE_CONDITION_TYPES}")
         if self.image_condition_type == "token_replace" and self.patch_size[0] != 1:

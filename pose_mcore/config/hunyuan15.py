@@ -5,22 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pose_mcore.config.base import VideoDiTConfig, config_from_preset
+from pose_mcore.config.base import config_from_preset
+from pose_mcore.config.hunyuan import HunyuanFamilyConfig
 
 TASK_TYPES = ("t2v", "i2v")
 
 
 @dataclass
-class HunyuanVideo15Config(VideoDiTConfig):
+class HunyuanVideo15Config(HunyuanFamilyConfig):
     """Architecture of a HunyuanVideo-1.5 DiT: ``num_layers`` dual-stream blocks over the video tokens and
     three context streams (LLM text through a token refiner, ByT5 glyph text, SigLIP image tokens)."""
 
-    ARCH_FIELDS: ClassVar[tuple[str, ...]] = VideoDiTConfig.ARCH_FIELDS + (
-        "num_refiner_layers", "text_dim", "glyph_dim", "glyph_hidden_dim", "image_dim", "rope_axes_dim",
-        "use_meanflow", "task_type", "target_size")
+    ARCH_FIELDS: ClassVar[tuple[str, ...]] = HunyuanFamilyConfig.ARCH_FIELDS + (
+        "glyph_dim", "glyph_hidden_dim", "image_dim", "use_meanflow", "task_type", "target_size")
 
-    num_refiner_layers: int = 2
-    """Blocks of the text token refiner."""
     text_dim: int = 3584
     """Width of the LLM (Qwen2.5-VL) text tokens."""
     glyph_dim: int = 1472
@@ -29,24 +27,16 @@ class HunyuanVideo15Config(VideoDiTConfig):
     """Hidden width of the glyph projection (2048 in every released model and in diffusers)."""
     image_dim: int = 1152
     """Width of the SigLIP image tokens (image-to-video)."""
-    rope_axes_dim: tuple[int, int, int] = (16, 56, 56)
-    """Rotary channels per (frame, height, width) axis."""
     use_meanflow: bool = False
     """Embed a second timestep ``timestep_r`` (the mean-flow models: the interval's other end)."""
     task_type: str = "i2v"
     """What the checkpoint was trained for ('t2v' or 'i2v'); the same network either way."""
     target_size: int = 640
     """The pipelines' default resolution in pixels (640 for the 480p models, 960 for 720p)."""
-    rope_theta: float = 256.0
-
-    def __post_init__(self) -> None:
-        self.rope_axes_dim = tuple(int(a) for a in self.rope_axes_dim)
-        super().__post_init__()
 
     def check(self) -> None:
         super().check()
-        self.check_rope_axes(self.rope_axes_dim)
-        for name in ("num_refiner_layers", "text_dim", "glyph_dim", "glyph_hidden_dim", "image_dim", "target_size"):
+        for name in ("glyph_dim", "glyph_hidden_dim", "image_dim", "target_size"):
             if getattr(self, name) < 1:
                 self.fail(f"{name}={getattr(self, name)} must be a positive integer")
         if self.task_type not in TASK_TYPES:
