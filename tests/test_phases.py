@@ -117,13 +117,14 @@ def test_full_backbone_with_activation_checkpointing(tp1):
             assert torch.equal(p, backbone[n]), n
 
 
-@pytest.mark.parametrize(("preset", "layers"), [("tiny-t2v", [0]), ("tiny-hunyuan-t2v", [0, 1]),
-                                               ("tiny-hunyuan-t2v", [0, 2]), ("tiny-hunyuan-t2v", None)])
-def test_every_trained_backbone_parameter_gets_a_gradient(tp1, preset, layers):
+@pytest.mark.parametrize(("preset", "layers", "text_only_frozen"), [
+    ("tiny-t2v", [0], False), ("tiny-hunyuan-t2v", [0, 1], True), ("tiny-hunyuan-t2v", [0, 2], False),
+    ("tiny-hunyuan-t2v", None, False), ("tiny-hunyuan1.5-t2v", None, True), ("tiny-hunyuan1.5-i2v", [0], True)])
+def test_every_trained_backbone_parameter_gets_a_gradient(tp1, preset, layers, text_only_frozen):
     """megatron-core's overlapped gradient reduction (DP or CP > 1) starts a bucket once every parameter in it
     has a gradient, and asserts so after the first step: a trained discriminator backbone must train only
     what its features depend on. HunyuanVideo with the last feature layer a dual-stream block (layers [0, 1]
-    of 2 + 2 blocks) leaves that block's text-only parts without one."""
+    of 2 + 2 blocks; every HunyuanVideo-1.5 block is one) leaves that block's text-only parts without one."""
     roles, _, cfg = phase1_setup(preset)
     phase = phase2_setup(roles, cfg, backbone="full", feature_layers=layers)
     trained = [(n, p) for n, p in roles.disc_backbone.named_parameters() if p.requires_grad]
@@ -131,7 +132,7 @@ def test_every_trained_backbone_parameter_gets_a_gradient(tp1, preset, layers):
     grads = torch.autograd.grad(loss, [p for _, p in trained], allow_unused=True)
     assert [n for (n, _), g in zip(trained, grads, strict=True) if g is None] == []
     frozen = {n for n, p in roles.disc_backbone.named_parameters() if not p.requires_grad}
-    assert any(".mlp_ctx." in n for n in frozen) == (layers == [0, 1]), sorted(frozen)
+    assert any(".mlp_ctx." in n for n in frozen) == text_only_frozen, sorted(frozen)
 
 
 @pytest.mark.parametrize("preset", ("tiny-hunyuan-i2v", "tiny-hunyuan-i2v-token-replace", "tiny-i2v"))
@@ -232,3 +233,27 @@ def test_head_hands_the_backbone_contiguous_gradients(tp1, head):
     feats = Features(phase.layers, hidden, (3, 3, 2))
     roles.head(feats, torch.full((b,), 0.8), torch.randn(b, 5, cfg.text_dim)).sum().backward()
     assert strides == [(True, (s, b, d))] * len(hidden)
+
+
+def test_semantic_head_reads_only_the_valid_text(tp1):
+    """A masked text's padding (HunyuanVideo's LLM tokens past the prompt) changes nothing the head computes;
+    without the mask it would. The head computes only the queries' rows of its self-attention: the same as
+    the whole self-attention's query rows."""
+    from pose_mcore.models.features import Features
+
+    roles, _, cfg = phase1_setup("tiny-hunyuan-t2v")
+    phase = phase2_setup(roles, cfg)
+    b, d = 2, cfg.hidden_size
+    feats = Features(phase.layers, [torch.randn(18, b, d) for _ in phase.layers], (3, 3, 2))
+    t, text = torch.full((b,), 0.8), torch.randn(b, 6, cfg.text_dim)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]])
+    other = torch.where(mask.bool()[..., None], text, torch.randn_like(text))  # other padding
+    head = roles.head
+    with torch.no_grad():
+        assert torch.equal(head(feats, t, text, None, mask), head(feats, t, other, None, mask))
+        assert not torch.allclose(head(feats, t, text), head(feats, t, other))
+        layer, queries = head.layers[0], head.queries.expand(b, -1, -1)
+        tokens = layer.norm(torch.cat([queries, head.text_proj(text) + head.m_text], dim=1))
+        whole = layer.self_attn(tokens, tokens, tokens, need_weights=False)[0][:, : queries.shape[1]]
+        rows = layer.self_attn(tokens[:, : queries.shape[1]], tokens, tokens, need_weights=False)[0]
+        assert torch.allclose(rows, whole, atol=1e-6)

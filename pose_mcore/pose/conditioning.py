@@ -109,6 +109,9 @@ class Conditions:
     start_image: torch.Tensor | None = None
     """HunyuanVideo-I2V: the clean first-frame latent ``[b, c, 1, h, w]`` that the pipelines mix into the
     starting noise (:meth:`start`); None for the other models."""
+    text_mask: torch.Tensor | None = None
+    """The mask ``[b, l]`` of a masked ``text`` (HunyuanVideo, -1.5), for the discriminator head; None for Wan,
+    whose zero-padded text the DiT attends whole."""
 
     def start(self, noise: torch.Tensor) -> torch.Tensor:
         """The generator's input at ``t = 1``: ``noise``, or for HunyuanVideo-I2V ``0.999 * noise + 0.001 *
@@ -288,4 +291,5 @@ class Conditioner:
                 cond["image_embeds"] = uncond["image_embeds"] = image
         else:
             raise TypeError(f"no conditioning for {type(cfg).__name__}")
-        return Conditions(cond, uncond, channels, text, image, first_frame, frame_tokens, start_image)
+        return Conditions(cond, uncond, channels, text, image, first_frame, frame_tokens, start_image,
+                          cond.get("encoder_attention_mask"))

@@ -2,8 +2,9 @@
 
 ``SemanticHead`` (paper Sec. 3.3, Fig. 4): learnable logit queries; per feature layer, the queries
 self-attend with the condition tokens (text, and image for I2V, each with a learned modality
-embedding), get the noise level through an AdaLN scale/shift, and cross-attend to that layer's video
-tokens with :func:`pose_kernels.logit_query_attention` (few queries, very long keys). Under sequence
+embedding; a masked text's padding is not attended, as the DiT does not attend it), get the noise
+level through an AdaLN scale/shift, and cross-attend to that layer's video tokens with
+:func:`pose_kernels.logit_query_attention` (few queries, very long keys). Under sequence
 parallelism each rank attends to its own token shard and the partial results are merged exactly by
 log-sum-exp (over the TP ranks under sequence parallelism, over the CP ranks under context parallelism,
 over both with both). The outputs of all layers are concatenated along channels and projected to one logit.
@@ -41,11 +42,13 @@ class _QueryLayer(nn.Module):
         mark_sequence_parallel(self.kv, sequence_parallel)  # applied to this rank's token shard
 
     def forward(self, queries: torch.Tensor, conditions: torch.Tensor, temb: torch.Tensor, video: torch.Tensor,
-                valid: int, group: dist.ProcessGroup | None) -> torch.Tensor:
-        """``group``: the ranks the video tokens are split over (None: this rank has all of them)."""
+                valid: int, group: dist.ProcessGroup | None, ignored: torch.Tensor | None = None) -> torch.Tensor:
+        """``group``: the ranks the video tokens are split over (None: this rank has all of them); ``ignored``
+        ``[b, n + conditions]`` (bool): tokens no query attends to (a masked text's padding). Only the queries'
+        rows of the self-attention are kept, so only they are computed."""
         b, n, d = queries.shape
         tokens = self.norm(torch.cat([queries, conditions], dim=1))
-        q = queries + self.self_attn(tokens, tokens, tokens, need_weights=False)[0][:, :n]
+        q = queries + self.self_attn(tokens[:, :n], tokens, tokens, key_padding_mask=ignored, need_weights=False)[0]
         scale, shift = self.ada(F.silu(temb)).unsqueeze(1).chunk(2, dim=-1)
         q = q * (1 + scale) + shift
         hd = d // self.heads
@@ -78,17 +81,21 @@ class SemanticHead(nn.Module):
         self.layers = nn.ModuleList(_QueryLayer(dim, feature_dim, heads, sequence_parallel) for _ in range(num_layers))
         self.proj = nn.Linear(num_layers * num_queries * dim, 1)
 
-    def forward(self, features: Features, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor | None = None
-                ) -> torch.Tensor:
-        """Logits ``[b]`` from features, noise level ``t [b]`` (in [0, 1]) and condition tokens."""
+    def forward(self, features: Features, t: torch.Tensor, text: torch.Tensor, image: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[b]`` from features, noise level ``t [b]`` (in [0, 1]) and condition tokens; ``text_mask``
+        ``[b, l]`` (HunyuanVideo's masked text): the text tokens to attend (None: all)."""
         conditions = self.text_proj(text) + self.m_text
+        b, n = text.shape[0], self.queries.shape[0]
+        ignored = None if text_mask is None else torch.cat([text_mask.new_ones(b, n), text_mask], dim=1).eq(0)
         if self.image_proj is not None and image is not None:
             conditions = torch.cat([self.image_proj(image) + self.m_image, conditions], dim=1)
-        b = text.shape[0]
+            if ignored is not None:
+                ignored = torch.cat([ignored[:, :n], ignored.new_zeros(b, image.shape[1]), ignored[:, n:]], dim=1)
         temb = self.time(timestep_sinusoid(1000 * t, self.queries.shape[1]))
         queries = self.queries.unsqueeze(0).expand(b, -1, -1)
         valid, group = features.valid_tokens(), token_shard_group(features.sequence_parallel)
-        outs = [layer(queries, conditions, temb, hidden.float(), valid, group)
+        outs = [layer(queries, conditions, temb, hidden.float(), valid, group, ignored)
                 for layer, hidden in zip(self.layers, features.hidden, strict=True)]
         return self.proj(torch.cat(outs, dim=-1).flatten(1)).squeeze(-1)
 
@@ -116,7 +123,8 @@ class ConvHead(nn.Module):
         self.proj = nn.Linear(dim, 1)
 
     def forward(self, features: Features, t: torch.Tensor, text: torch.Tensor | None = None,
-                image: torch.Tensor | None = None) -> torch.Tensor:
+                image: torch.Tensor | None = None, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[b]`` from the features and the noise level (the conditions are the semantic head's)."""
         f, h, w = features.grid
         total = f * h * w
         pooled = 0

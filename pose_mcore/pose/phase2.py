@@ -70,7 +70,7 @@ class Phase2(Phase):
     def logit(self, feats: Features, t: torch.Tensor, conds: Conditions) -> torch.Tensor:
         """The head's logit on backbone features."""
         with self.amp():
-            return self.roles.head(feats, t, conds.text, conds.image).float()
+            return self.roles.head(feats, t, conds.text, conds.image, conds.text_mask).float()
 
     def discriminate(self, x_t: torch.Tensor, t: torch.Tensor, conds: Conditions) -> torch.Tensor:
         """``D(x_t, t, c)``: the head on the backbone's features of the noised input."""
