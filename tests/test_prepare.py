@@ -93,13 +93,15 @@ def test_fields_equal_the_encoders_on_the_same_clip(models, inputs, prepared):
                 **{k: v[0] for k, v in enc.encode_prompts([CAPTIONS[2]], image).items()},
                 **{k: v[0] for k, v in enc.encode_first_frame(frames[0], 5, 32, 48).items()}}
         got = data[2]
-        for field in fields:
+        for field in fields - ({"text"} if "text_mask" in fields else set()):
             assert torch.equal(got[field], want[field]), (kind, field)
         stored = data.sources[data.samples[2]["file"]].shape(data.samples[2]["text"])[0]
+        assert 1 <= stored < data.samples[2]["text_length"] == want["text"].shape[0]  # 12 (LLaVA: and the image's)
         if kind.startswith("wan"):  # stored without the zero rows after the prompt, read back padded
-            assert 1 <= stored < data.samples[2]["text_length"] == 12 and want["text"][stored:].eq(0).all()
-        else:  # masked text is stored as encoded
-            assert stored == want["text"].shape[0] and "text_length" not in data.samples[2]
+            assert want["text"][stored:].eq(0).all()
+        else:  # masked text: stored up to its last valid token, read back with zero rows after it
+            assert stored == int(want["text_mask"].sum()) and not want["text"][stored:].eq(0).all()
+            assert got["text"][stored:].eq(0).all() and torch.equal(got["text"][:stored], want["text"][:stored])
         negative = enc.encode_negative("blurry static", 32, 48)
         assert set(data.negative) == {"wan-i2v": {"text"}, "hunyuan15-i2v": {"text", "text_mask", "glyph", "glyph_mask"}
                                       }.get(kind, {"text", "text_mask", "pooled"})
@@ -157,8 +159,9 @@ def test_wrong_model_folder_stops_before_any_work(models, inputs, tmp_path, caps
     assert not (tmp_path / "out").exists()
 
 
-def _loss_changes(preset: str, data: LatentDataset, edits: dict) -> None:
-    """Phase I's and Phase II's generator losses on a prepared batch change when one field changes."""
+def _loss_changes(preset: str, data: LatentDataset, edits: dict, unchanged: dict | None = None) -> None:
+    """Phase I's and Phase II's generator losses on a prepared batch change when one field changes, and do not
+    change under the ``unchanged`` edits."""
     from phase_fixtures import phase2_setup
 
     from pose_mcore.config.train import Phase1Config
@@ -191,6 +194,8 @@ def _loss_changes(preset: str, data: LatentDataset, edits: dict) -> None:
         else:
             changed = losses({**batch, name: edit(batch[name])}, negative)
             assert changed[0] != base[0] and changed[1] != base[1], name
+    for name, edit in (unchanged or {}).items():
+        assert losses({**batch, name: edit(batch)}, negative) == base, name
 
 
 def test_training_steps_use_the_real_fields(tp1, prepared):
@@ -218,8 +223,14 @@ def test_training_steps_use_the_real_fields(tp1, prepared):
     glyph = {"glyph": tilt, "glyph_mask": lambda m: torch.ones_like(m), "text_mask": drop_last,
              "text": lambda v: v + 0.5, "negative.text": lambda v: v + 0.5, "negative.glyph_mask": torch.ones_like}
     _loss_changes(TINY_PRESET["hunyuan15-t2v"], LatentDataset(prepared["hunyuan15-t2v"] / "manifest.jsonl"), glyph)
+    def masked(tokens, mask):  # other values where the mask is 0: what the dataset's trimming drops
+        return lambda batch: torch.where(batch[mask][..., None].bool(), batch[tokens], torch.randn_like(batch[tokens]))
+
     _loss_changes(TINY_PRESET["hunyuan15-i2v"], LatentDataset(prepared["hunyuan15-i2v"] / "manifest.jsonl"), {
-        "image_states": tilt, "condition": lambda v: v * 1.5, **glyph})
+        "image_states": tilt, "condition": lambda v: v * 1.5, **glyph},
+        unchanged={"text": masked("text", "text_mask"), "glyph": masked("glyph", "glyph_mask")})
+    _loss_changes(TINY_PRESET["hunyuan-t2v"], LatentDataset(prepared["hunyuan-t2v"] / "manifest.jsonl"), {},
+                  unchanged={"text": masked("text", "text_mask")})
 
 
 def _train(kind: str, manifest, out, preset: str | None = None, model_dir=None):

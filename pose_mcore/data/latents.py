@@ -9,7 +9,11 @@ input of classifier-free guidance. A sample's ``text`` without a ``text_mask`` (
 states with zero rows after the prompt's tokens, which the model attends to as zeros) is stored without
 its trailing zero rows and ``"text_length": N`` in its line; it is read back padded with zeros to ``N``
 rows, bit for bit what was encoded (a 480p Wan clip's 4 MiB of bf16 text becomes 8 KiB per prompt
-token). Tensors are read per sample with positioned reads. The manifest,
+token). Masked tokens (``text`` with ``text_mask``, ``glyph`` with ``glyph_mask``: HunyuanVideo, -1.5) are
+stored up to their last valid token, ``"<field>_length"`` in the line, and read back with zero rows after it:
+what the model computes does not change (a masked token is never attended: the DiT's keys, the
+refiner's pair mask and masked mean, the discriminator head), and HunyuanVideo-1.5's 1000 x 3584 LLM states per
+prompt (7 MiB in bf16) shrink to its valid tokens. Tensors are read per sample with positioned reads. The manifest,
 every shard's header and every key are checked when the dataset is opened, so a missing or malformed
 shard fails at once, naming the file, line and key.
 """
@@ -28,6 +32,8 @@ from torch.utils.data import Dataset
 from pose_mcore.checkpoint.io import CheckpointError, SafetensorsSource, atomic_destination
 from pose_mcore.encoders.model import FIELDS, TEXT_FIELDS
 
+TOKEN_FIELDS = ("text", "glyph")
+"""Per-token fields stored trimmed: ``text`` (by its zero rows, or its mask), ``glyph`` (by its mask)."""
 NEGATIVE = "negative.safetensors"
 """The encoded negative prompt, beside the manifest."""
 
@@ -72,12 +78,13 @@ class LatentDataset(Dataset):
             for field in fields:
                 if entry[field] not in keys:
                     raise DatasetError(f"{manifest}:{n}: key {entry[field]!r} ({field}) is not in {file}")
-            length = entry.get("text_length")
-            if length is not None:
-                rows = sources[file].shape(entry["text"])[0]
-                if not (isinstance(length, int) and length >= rows):
-                    raise DatasetError(f"{manifest}:{n}: text_length {length!r} is not an integer of at least the "
-                                       f"{rows} text rows stored")
+            for tokens in TOKEN_FIELDS:
+                length = entry.get(f"{tokens}_length")
+                if length is not None:
+                    rows = sources[file].shape(entry[tokens])[0]
+                    if not (isinstance(length, int) and length >= rows):
+                        raise DatasetError(f"{manifest}:{n}: {tokens}_length {length!r} is not an integer of at "
+                                           f"least the {rows} {tokens} rows stored")
             self.samples.append(entry)
         if not self.samples:
             raise DatasetError(f"{manifest}: no samples")
@@ -104,8 +111,9 @@ class LatentDataset(Dataset):
         entry = self.samples[index]
         source = self.sources[entry["file"]]
         out = {field: _float(source.get(entry[field])) for field in self.fields}
-        if "text_length" in entry:
-            out["text"] = F.pad(out["text"], (0, 0, 0, entry["text_length"] - out["text"].shape[0]))
+        for tokens in TOKEN_FIELDS:
+            if f"{tokens}_length" in entry:
+                out[tokens] = F.pad(out[tokens], (0, 0, 0, entry[f"{tokens}_length"] - out[tokens].shape[0]))
         if "first_frame" not in out:  # the VAEs are causal: the first latent frame encodes the first frame alone
             out["first_frame"] = out["latents"][:, :1].clone()
         return out
@@ -117,16 +125,25 @@ def trim_text(text: torch.Tensor) -> torch.Tensor:
     return text[: int(rows[-1]) + 1 if len(rows) else 1]
 
 
+def trim_masked(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``tokens [L, d]`` up to the last position ``mask [L]`` marks valid (at least one row kept)."""
+    valid = mask.ne(0).nonzero()
+    return tokens[: int(valid[-1]) + 1 if len(valid) else 1]
+
+
 def shard_entries(samples: Iterable[dict[str, torch.Tensor]], path: Path, names: Iterable[str]
                   ) -> list[dict[str, str]]:
     """Write one shard of ``samples`` (named ``names``) atomically; return their manifest entries. Text without
-    a mask is stored trimmed (see the module's doc)."""
+    a mask, and masked tokens, are stored trimmed (see the module's doc)."""
     tensors, entries = {}, []
     for name, sample in zip(names, samples, strict=True):
         entry, sample = {"file": path.name}, dict(sample)
-        if "text_mask" not in sample:
-            entry["text_length"] = sample["text"].shape[0]
-            sample["text"] = trim_text(sample["text"])
+        for tokens in TOKEN_FIELDS:
+            if tokens not in sample or (tokens != "text" and f"{tokens}_mask" not in sample):
+                continue
+            entry[f"{tokens}_length"] = sample[tokens].shape[0]
+            mask = sample.get(f"{tokens}_mask")
+            sample[tokens] = trim_text(sample[tokens]) if mask is None else trim_masked(sample[tokens], mask)
         for field in FIELDS:
             if field in sample:
                 tensors[entry.setdefault(field, f"{name}.{field}")] = sample[field].contiguous()
