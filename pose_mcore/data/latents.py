@@ -33,7 +33,7 @@ from pose_mcore.checkpoint.io import CheckpointError, SafetensorsSource, atomic_
 from pose_mcore.encoders.model import FIELDS, TEXT_FIELDS
 
 TOKEN_FIELDS = ("text", "glyph")
-"""Per-token fields stored trimmed: ``text`` (by its zero rows, or its mask), ``glyph`` (by its mask)."""
+"""Per-token fields stored trimmed: by their mask, or without one (Wan's text) by their trailing zero rows."""
 NEGATIVE = "negative.safetensors"
 """The encoded negative prompt, beside the manifest."""
 
@@ -119,15 +119,10 @@ class LatentDataset(Dataset):
         return out
 
 
-def trim_text(text: torch.Tensor) -> torch.Tensor:
-    """``text [L, d]`` without its trailing all-zero rows (at least one row kept)."""
-    rows = text.ne(0).any(dim=-1).nonzero()
-    return text[: int(rows[-1]) + 1 if len(rows) else 1]
-
-
-def trim_masked(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``tokens [L, d]`` up to the last position ``mask [L]`` marks valid (at least one row kept)."""
-    valid = mask.ne(0).nonzero()
+def trim(tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``tokens [L, d]`` up to the last position ``mask [L]`` marks valid, or without a mask up to the last row
+    that is not all zero (at least one row kept)."""
+    valid = (tokens.ne(0).any(dim=-1) if mask is None else mask.ne(0)).nonzero()
     return tokens[: int(valid[-1]) + 1 if len(valid) else 1]
 
 
@@ -139,11 +134,9 @@ def shard_entries(samples: Iterable[dict[str, torch.Tensor]], path: Path, names:
     for name, sample in zip(names, samples, strict=True):
         entry, sample = {"file": path.name}, dict(sample)
         for tokens in TOKEN_FIELDS:
-            if tokens not in sample or (tokens != "text" and f"{tokens}_mask" not in sample):
-                continue
-            entry[f"{tokens}_length"] = sample[tokens].shape[0]
-            mask = sample.get(f"{tokens}_mask")
-            sample[tokens] = trim_text(sample[tokens]) if mask is None else trim_masked(sample[tokens], mask)
+            if tokens in sample:
+                entry[f"{tokens}_length"] = sample[tokens].shape[0]
+                sample[tokens] = trim(sample[tokens], sample.get(f"{tokens}_mask"))
         for field in FIELDS:
             if field in sample:
                 tensors[entry.setdefault(field, f"{name}.{field}")] = sample[field].contiguous()

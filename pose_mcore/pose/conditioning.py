@@ -169,6 +169,7 @@ class Conditioner:
     def __init__(self, config: VideoDiTConfig, negative: dict[str, torch.Tensor] | None = None,
                  stand_ins: bool = False, image_tokens_seed: int = 7) -> None:
         self.config, self.negative, self.stand_ins = config, negative, stand_ins
+        self.fields = required_fields(config)
         if getattr(config, "use_meanflow", False):
             raise ValueError(f"{type(config).__name__}: use_meanflow=True (a mean-flow model, HunyuanVideo-1.5's "
                              "super-resolution) takes a second timestep that POSE's phases and samplers do not give")
@@ -180,7 +181,7 @@ class Conditioner:
             raise ValueError(f"in_channels={config.in_channels} cannot hold the noisy latent and the condition "
                              f"latent ({config.out_channels} channels each)")
         self._image_proj = None
-        if stand_ins and "image_states" in required_fields(config):
+        if stand_ins and "image_states" in self.fields:
             ph, pw = config.patch_size[1:]
             gen = torch.Generator().manual_seed(image_tokens_seed)
             self._image_proj = torch.randn(config.out_channels * ph * pw, config.image_dim, generator=gen)
@@ -247,7 +248,7 @@ class Conditioner:
         cfg = self.config
         text = batch["text"]
         channels = image = first_frame = frame_tokens = start_image = None
-        if self.extra_channels and "condition" not in required_fields(cfg):  # HunyuanVideo-1.5 T2V: zeros
+        if self.extra_channels and "condition" not in self.fields:  # HunyuanVideo-1.5 T2V: zeros
             latents = batch["latents"]
             channels = latents.new_zeros(latents.shape[0], self.extra_channels, *latents.shape[2:])
         elif self.extra_channels:

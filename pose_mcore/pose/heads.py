@@ -86,12 +86,13 @@ class SemanticHead(nn.Module):
         """Logits ``[b]`` from features, noise level ``t [b]`` (in [0, 1]) and condition tokens; ``text_mask``
         ``[b, l]`` (HunyuanVideo's masked text): the text tokens to attend (None: all)."""
         conditions = self.text_proj(text) + self.m_text
-        b, n = text.shape[0], self.queries.shape[0]
-        ignored = None if text_mask is None else torch.cat([text_mask.new_ones(b, n), text_mask], dim=1).eq(0)
         if self.image_proj is not None and image is not None:
             conditions = torch.cat([self.image_proj(image) + self.m_image, conditions], dim=1)
-            if ignored is not None:
-                ignored = torch.cat([ignored[:, :n], ignored.new_zeros(b, image.shape[1]), ignored[:, n:]], dim=1)
+        b, n = text.shape[0], self.queries.shape[0]
+        ignored = None  # the queries and image tokens are always attended, the text where its mask says
+        if text_mask is not None:
+            attended = text_mask.new_ones(b, n + conditions.shape[1] - text_mask.shape[1])
+            ignored = torch.cat([attended, text_mask], dim=1).eq(0)
         temb = self.time(timestep_sinusoid(1000 * t, self.queries.shape[1]))
         queries = self.queries.unsqueeze(0).expand(b, -1, -1)
         valid, group = features.valid_tokens(), token_shard_group(features.sequence_parallel)
